@@ -1,0 +1,77 @@
+"""rmq_style: RocketMQ's consumption model on Redis Streams.
+
+>>> from rmq_style import Admin, Producer, Message
+>>> with Admin("memory://doc-init") as admin:
+...     _ = admin.create_topic("orders", queues=4)
+>>> with Producer("memory://doc-init") as producer:
+...     result = producer.send(Message("orders", {"order": 1}, tag="created"), sharding_key="user-9")
+>>> result.queue, result.queue_offset
+(MessageQueue(topic='orders', queue_id=3), 0)
+"""
+
+from ._async.admin import AsyncAdmin
+from ._async.producer import AsyncProducer
+from ._delay import DELAY_LEVELS_MS, RetrySchedule
+from ._errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    FencedError,
+    InvalidNameError,
+    InvalidOffsetError,
+    InvalidUrlError,
+    MessageTooLargeError,
+    QueueNotFoundError,
+    RmqError,
+    SerializationError,
+    SubscriptionConflictError,
+    TopicError,
+    TopicExistsError,
+    TopicNotFoundError,
+    UsageError,
+)
+from ._message import Message, MessageQueue, ReceivedMessage, SendResult
+from ._names import LAYOUT_VERSION, Keys
+from ._offsets import Offset, parse_offset
+from ._producing import ProducerSettings
+from ._routing import queue_for_key
+from ._sync.admin import Admin
+from ._sync.producer import Producer
+from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
+
+__all__ = [
+    "DELAY_LEVELS_MS",
+    "LAYOUT_VERSION",
+    "Admin",
+    "AsyncAdmin",
+    "AsyncProducer",
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "FencedError",
+    "InvalidNameError",
+    "InvalidOffsetError",
+    "InvalidUrlError",
+    "Keys",
+    "Message",
+    "MessageQueue",
+    "MessageTooLargeError",
+    "Offset",
+    "Producer",
+    "ProducerSettings",
+    "QueueInfo",
+    "QueueNotFoundError",
+    "ReceivedMessage",
+    "Retention",
+    "RetrySchedule",
+    "RmqError",
+    "SendResult",
+    "SerializationError",
+    "SubscriptionConflictError",
+    "TopicError",
+    "TopicExistsError",
+    "TopicInfo",
+    "TopicNotFoundError",
+    "TopicRoute",
+    "UsageError",
+    "parse_offset",
+    "queue_for_key",
+]

@@ -1,0 +1,1 @@
+"""The asyncio front: hand-written; rmq_style/_sync is generated from it by scripts/unasync.py."""

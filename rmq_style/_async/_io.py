@@ -1,0 +1,98 @@
+"""Clients, and the driver that runs flows (rmq_style._calls) against Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as redis_asyncio
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .._calls import Call, Command, Flow
+from .._connection import CLIENT_OPTIONS, memory_server, parse_url
+from .._errors import BrokerUnavailableError
+
+__all__ = ["AsyncClient", "drive", "drive_with_retries", "execute", "open_client"]
+
+T = TypeVar("T")
+AsyncClient = redis_asyncio.Redis
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+
+
+def open_client(url: str) -> AsyncClient:
+    """A client for *url*; memory:// gives an in-process fakeredis shared by the same name."""
+    spec = parse_url(url)
+    if spec.memory_name is not None:
+        from fakeredis import FakeAsyncRedis  # noqa: PLC0415 - optional extra
+
+        server = memory_server(spec.memory_name)
+        return FakeAsyncRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
+    return redis_asyncio.Redis.from_url(url, **CLIENT_OPTIONS)
+
+
+def _args(call: Call) -> tuple[Any, ...]:
+    return call.args if isinstance(call, Command) else call.evalsha_args
+
+
+async def _load_scripts(client: AsyncClient, calls: Sequence[Call]) -> None:
+    for source in {c.script.source for c in calls if not isinstance(c, Command)}:
+        await client.script_load(source)
+
+
+async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
+    """Run *calls* in one round trip; a failed call's reply is its ResponseError.
+
+    Scripts go by EVALSHA; after NOSCRIPT (a restarted or flushed server) they
+    are loaded and the refused calls run again: NOSCRIPT means nothing ran.
+    """
+    replies = await _round_trip(client, calls)
+    refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if refused:
+        await _load_scripts(client, [calls[i] for i in refused])
+        again = await _round_trip(client, [calls[i] for i in refused])
+        for i, reply in zip(refused, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
+    if len(calls) == 1:
+        try:
+            return [await cast(Any, client).execute_command(*_args(calls[0]))]
+        except ResponseError as exc:
+            return [exc]
+    pipe = client.pipeline(transaction=False)
+    for call in calls:
+        cast(Any, pipe).execute_command(*_args(call))
+    return list(await pipe.execute(raise_on_error=False))
+
+
+async def drive(client: AsyncClient, flow: Flow[T]) -> T:
+    """Run a flow: send each batch of calls, hand the replies back, return its result."""
+    try:
+        calls = next(flow)
+        while True:
+            calls = flow.send(await execute(client, calls))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+
+
+async def drive_with_retries(
+    client: AsyncClient, make_flow: Callable[[], Flow[T]], retries: int, backoff_ms: int
+) -> T:
+    """Run a fresh flow again after a connection error, up to *retries* times, then raise."""
+    attempt = 0
+    while True:
+        try:
+            return await drive(client, make_flow())
+        except _TRANSIENT as exc:
+            if attempt >= retries:
+                raise BrokerUnavailableError(
+                    f"Redis unreachable after {attempt + 1} attempt(s): {exc}; the operation may not have "
+                    "taken effect"
+                ) from exc
+            await asyncio.sleep(backoff_ms * (2**attempt) / 1000)
+            attempt += 1

@@ -1,0 +1,94 @@
+"""AsyncAdmin: topics (create, list, describe, expand, delete) and delayed-message release."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from .._names import Keys, check_topic
+from .._producing import release_due_call
+from .._topics import (
+    DEFAULT_QUEUE_COUNT,
+    Retention,
+    TopicInfo,
+    TopicRoute,
+    create_flow,
+    delete_flow,
+    describe_flow,
+    expand_flow,
+    list_flow,
+    route_flow,
+)
+from ._io import AsyncClient, drive, execute, open_client
+
+__all__ = ["AsyncAdmin"]
+
+
+class AsyncAdmin:
+    """Topic administration.
+
+    >>> import asyncio
+    >>> from rmq_style import AsyncAdmin
+    >>> async def main():
+    ...     async with AsyncAdmin("memory://doc-async-admin") as admin:
+    ...         await admin.create_topic("payments", queues=2)
+    ...         return [t.topic for t in await admin.list_topics()]
+    >>> asyncio.run(main())
+    ['payments']
+    """
+
+    def __init__(self, url: str | AsyncClient, *, namespace: str = "rmq") -> None:
+        self.keys = Keys(namespace)
+        self._owns_client = isinstance(url, str)
+        self._client = open_client(url) if isinstance(url, str) else url
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} namespace={self.keys.prefix!r}>"
+
+    async def create_topic(
+        self, topic: str, queues: int = DEFAULT_QUEUE_COUNT, retention: Retention | None = None
+    ) -> TopicRoute:
+        """Create *topic* with *queues* message queues; TopicExistsError if it exists."""
+        return await drive(self._client, create_flow(self.keys, topic, queues, retention or Retention()))
+
+    async def list_topics(self) -> list[TopicRoute]:
+        return await drive(self._client, list_flow(self.keys))
+
+    async def topic(self, topic: str) -> TopicRoute:
+        """The topic's queue count and retention; TopicNotFoundError if it does not exist."""
+        return await drive(self._client, route_flow(self.keys, check_topic(topic)))
+
+    async def describe_topic(self, topic: str) -> TopicInfo:
+        """Per queue: first and last offset, length, queue-offset range, delayed count."""
+        return await drive(self._client, describe_flow(self.keys, check_topic(topic)))
+
+    async def expand_topic(self, topic: str, queues: int) -> TopicRoute:
+        """Raise the queue count; sharding keys then map to other queues."""
+        return await drive(self._client, expand_flow(self.keys, check_topic(topic), queues))
+
+    async def delete_topic(self, topic: str) -> None:
+        """Delete the topic, its queues, delayed messages and per-group retry and DLQ data."""
+        await drive(self._client, delete_flow(self.keys, check_topic(topic)))
+
+    async def release_due(self, topic: str) -> int:
+        """Move the topic's due delayed messages into their queues; returns how many moved."""
+        route = await self.topic(topic)
+        calls = [release_due_call(self.keys, route, q) for q in range(route.queue_count)]
+        replies = await execute(self._client, calls)
+        moved = 0
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+            moved += int(reply[0])
+        return moved
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncAdmin:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,105 @@
+"""AsyncProducer: send messages to topics."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any
+
+from .._message import Message, SendResult
+from .._producing import ProducerCore, ProducerSettings, ShardingKey
+from ._io import AsyncClient, drive_with_retries, open_client
+
+__all__ = ["AsyncProducer"]
+
+
+class AsyncProducer:
+    """Sends messages; one instance is safe to share.
+
+    >>> import asyncio
+    >>> from rmq_style import AsyncAdmin, AsyncProducer, Message
+    >>> async def main():
+    ...     async with AsyncAdmin("memory://doc-async-producer") as admin:
+    ...         await admin.create_topic("orders", queues=4)
+    ...     async with AsyncProducer("memory://doc-async-producer") as producer:
+    ...         result = await producer.send(Message("orders", {"id": 1}), sharding_key="user-1")
+    ...     return result.queue.queue_id, result.queue_offset
+    >>> asyncio.run(main())
+    (2, 0)
+    """
+
+    def __init__(
+        self, url: str | AsyncClient, settings: ProducerSettings | None = None, **options: Any
+    ) -> None:
+        self.settings = settings or ProducerSettings(**options)
+        self._owns_client = isinstance(url, str)
+        self._client = open_client(url) if isinstance(url, str) else url
+        self._core = ProducerCore(self.settings)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} namespace={self.settings.namespace!r} codec={self.settings.codec}>"
+
+    async def send(
+        self,
+        message: Message,
+        *,
+        sharding_key: ShardingKey | None = None,
+        queue_id: int | None = None,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
+        delay_level: int | None = None,
+    ) -> SendResult:
+        """Send one message; its queue is round-robin, by *sharding_key*, or *queue_id*."""
+        results = await self.send_batch(
+            [message],
+            sharding_key=sharding_key,
+            queue_id=queue_id,
+            delay=delay,
+            deliver_at=deliver_at,
+            delay_level=delay_level,
+        )
+        return results[0]
+
+    async def send_batch(
+        self,
+        messages: Sequence[Message],
+        *,
+        sharding_key: ShardingKey | None = None,
+        queue_id: int | None = None,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
+        delay_level: int | None = None,
+    ) -> list[SendResult]:
+        """Send many messages in one round trip; one result per message, in order.
+
+        *sharding_key* may be a function of the message, to route each by its own key.
+        """
+        plan = self._core.plan(
+            messages,
+            sharding_key=sharding_key,
+            queue_id=queue_id,
+            delay=delay,
+            deliver_at=deliver_at,
+            delay_level=delay_level,
+        )
+        if not plan.items:
+            return []
+        return await drive_with_retries(
+            self._client,
+            lambda: self._core.send_flow(plan),
+            self.settings.retries,
+            self.settings.retry_backoff_ms,
+        )
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

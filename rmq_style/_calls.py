@@ -1,0 +1,61 @@
+"""Redis calls as values: what the pure logic asks the I/O fronts to run.
+
+A multi-step operation is a generator that yields a list of calls, receives
+the list of replies (an exception instance in place of a failed call's reply)
+and finally returns its result; ``drive`` in each front runs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ._scripts import Script, script
+
+__all__ = ["Call", "Command", "Flow", "ScriptCall", "command", "run_script"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    args: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptCall:
+    script: Script
+    keys: tuple[str, ...]
+    args: tuple[Any, ...]
+
+    @property
+    def evalsha_args(self) -> tuple[Any, ...]:
+        return ("EVALSHA", self.script.sha, self.script.numkeys, *self.keys, *self.args)
+
+    @property
+    def eval_args(self) -> tuple[Any, ...]:
+        return ("EVAL", self.script.source, self.script.numkeys, *self.keys, *self.args)
+
+
+Call = Command | ScriptCall
+# yields calls, receives their replies, returns T
+Flow = Generator[Sequence[Call], list[Any], T]
+
+
+def command(*args: Any) -> Command:
+    return Command(args)
+
+
+def run_script(name: str, keys: Sequence[str], args: Sequence[Any]) -> ScriptCall:
+    s = script(name)
+    if len(keys) != s.numkeys:
+        raise ValueError(f"script {name} takes {s.numkeys} keys, got {len(keys)}")
+    return ScriptCall(s, tuple(keys), tuple(args))
+
+
+def single(reply: Any) -> Any:
+    """Raise a failed call's exception, else return its reply."""
+    if isinstance(reply, BaseException):
+        raise reply
+    return reply

@@ -1,0 +1,97 @@
+"""Body encoding: bytes, text, JSON (default) or msgpack; never pickle.
+
+The content type travels with the entry as one letter so any reader can
+decode it: ``b`` raw bytes, ``s`` UTF-8 text, ``j`` JSON, ``m`` msgpack.
+
+>>> encode_body({"id": 1})
+('j', b'{"id":1}')
+>>> encode_body("héllo")
+('s', b'h\\xc3\\xa9llo')
+>>> decode_value("j", b'[1, 2]')
+[1, 2]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from ._errors import SerializationError
+
+__all__ = ["Codec", "decode_model", "decode_value", "encode_body"]
+
+Codec = Literal["json", "msgpack"]
+M = TypeVar("M")
+
+RAW, TEXT, JSON, MSGPACK = "b", "s", "j", "m"
+_STRUCTURED = {"json": JSON, "msgpack": MSGPACK}
+
+
+def _msgpack() -> Any:
+    try:
+        import msgpack  # noqa: PLC0415 - optional extra
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SerializationError(
+            "the msgpack codec needs the msgpack package: pip install 'rmq_style[msgpack]'"
+        ) from exc
+    return msgpack
+
+
+def encode_body(body: object, codec: Codec = "json") -> tuple[str, bytes]:
+    """Return (content type, bytes) for a message body."""
+    if isinstance(body, bytes | bytearray | memoryview):
+        return RAW, bytes(body)
+    if isinstance(body, str):
+        return TEXT, body.encode()
+    kind = _STRUCTURED.get(codec)
+    if kind is None:
+        raise SerializationError(f"unknown codec {codec!r}: use 'json' or 'msgpack'")
+    try:
+        if kind == JSON:
+            if isinstance(body, BaseModel):
+                return JSON, body.model_dump_json().encode()
+            return JSON, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        value = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
+        return MSGPACK, bytes(_msgpack().packb(value))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SerializationError(
+            f"cannot encode a body of type {type(body).__name__} as {codec}: {exc}; "
+            "send bytes, str, a pydantic model or JSON-able data"
+        ) from exc
+
+
+def decode_value(content_type: str, data: bytes) -> Any:
+    """Decode a body into plain Python data (bytes stay bytes, text becomes str)."""
+    try:
+        if content_type == RAW:
+            return data
+        if content_type == TEXT:
+            return data.decode()
+        if content_type == JSON:
+            return json.loads(data)
+        if content_type == MSGPACK:
+            return _msgpack().unpackb(data, raw=False)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SerializationError(f"undecodable body (content type {content_type!r}): {exc}") from exc
+    raise SerializationError(f"unknown content type {content_type!r}")
+
+
+def decode_model(content_type: str, data: bytes, model: type[M]) -> M:
+    """Decode and validate a body into *model* (a pydantic model or any type pydantic can validate).
+
+    Raises SerializationError whose ``__cause__`` is the pydantic ValidationError.
+    """
+    try:
+        if content_type in (JSON, RAW, TEXT):
+            if isinstance(model, type) and issubclass(model, BaseModel):
+                return model.model_validate_json(data)
+            return TypeAdapter(model).validate_json(data)
+        value = decode_value(content_type, data)
+        return TypeAdapter(model).validate_python(value)
+    except ValidationError as exc:
+        raise SerializationError(
+            f"body does not validate as {getattr(model, '__name__', model)}: "
+            f"{exc.error_count()} error(s), first: {exc.errors()[0]['msg']}"
+        ) from exc

@@ -1,0 +1,111 @@
+"""The exceptions rmq_style raises.
+
+One root, families by cause::
+
+    RmqError
+    ├── UsageError                  the caller asked for something that cannot be done
+    │   ├── InvalidNameError        topic or group name outside [A-Za-z0-9_.-]{1,128}
+    │   ├── InvalidUrlError         URL scheme or form not understood
+    │   ├── MessageTooLargeError    encoded body over the size limit
+    │   ├── SerializationError      body cannot be encoded, or decoded into the model
+    │   ├── InvalidOffsetError      an offset that is not a stream entry id
+    │   ├── QueueNotFoundError      queue id outside the topic's queues
+    │   ├── SubscriptionConflictError  members of one group disagree on a subscription
+    │   └── ConfigurationError      settings that contradict each other
+    ├── TopicError
+    │   ├── TopicNotFoundError      topic not created (and auto-create is off)
+    │   └── TopicExistsError        create of a topic that exists
+    ├── FencedError                 the caller lost its lease; its write was refused
+    └── BrokerUnavailableError      Redis could not be reached after the retries
+
+Redis' own errors are translated where they cross into rmq_style, so callers
+never need to import redis to catch what this library raises.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ConfigurationError",
+    "FencedError",
+    "InvalidNameError",
+    "InvalidOffsetError",
+    "InvalidUrlError",
+    "MessageTooLargeError",
+    "QueueNotFoundError",
+    "RmqError",
+    "SerializationError",
+    "SubscriptionConflictError",
+    "TopicError",
+    "TopicExistsError",
+    "TopicNotFoundError",
+    "UsageError",
+]
+
+
+class RmqError(Exception):
+    """Root of every error rmq_style raises on purpose."""
+
+
+class UsageError(RmqError):
+    """The caller asked for something that cannot be done; nothing was written."""
+
+
+class InvalidNameError(UsageError):
+    pass
+
+
+class InvalidUrlError(UsageError):
+    pass
+
+
+class MessageTooLargeError(UsageError):
+    pass
+
+
+class SerializationError(UsageError):
+    pass
+
+
+class InvalidOffsetError(UsageError):
+    pass
+
+
+class QueueNotFoundError(UsageError):
+    pass
+
+
+class SubscriptionConflictError(UsageError):
+    pass
+
+
+class ConfigurationError(UsageError):
+    pass
+
+
+class TopicError(RmqError):
+    pass
+
+
+class TopicNotFoundError(TopicError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(
+            f"topic {topic!r} does not exist: create it first "
+            f"(`rmq-style topic create {topic}` or admin.create_topic), "
+            "or enable auto_create_topics on the producer"
+        )
+        self.topic = topic
+
+
+class TopicExistsError(TopicError):
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"topic {topic!r} already exists; use expand_topic to add queues")
+        self.topic = topic
+
+
+class FencedError(RmqError):
+    """A write was refused because the caller no longer holds the queue's lease."""
+
+
+class BrokerUnavailableError(RmqError):
+    """Redis could not be reached; the operation may or may not have taken effect."""

@@ -1,0 +1,231 @@
+"""Messages as the user sees them, and as they lie in a stream entry.
+
+An entry's fields, always in this order (docs/storage.md)::
+
+    i  msg id (32 hex chars, made at send time, kept across retries and replays)
+    q  queue offset (consecutive per queue, written by the send script)
+    r  reconsume times
+    b  born timestamp (producer clock, ms)
+    t  tag ("" for none)
+    k  keys, space separated
+    p  properties as a JSON object ("" for none)
+    c  content type of the body (b raw, s text, j JSON, m msgpack)
+    d  body
+
+The store timestamp is the entry id's millisecond part (Redis server clock).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from ._codec import Codec, decode_model, decode_value, encode_body
+from ._errors import MessageTooLargeError, UsageError
+from ._names import check_topic
+from ._offsets import parse_offset
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Message",
+    "MessageQueue",
+    "ReceivedMessage",
+    "SendResult",
+    "decode_entry",
+    "encode_message",
+    "new_msg_id",
+    "pack_fields",
+    "unpack_fields",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+FIELD_ORDER = (b"i", b"q", b"r", b"b", b"t", b"k", b"p", b"c", b"d")
+M = TypeVar("M")
+
+
+def new_msg_id() -> str:
+    """32 hex chars: 48 bits of ms time then 80 random bits (sortable by birth, unique)."""
+    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class MessageQueue:
+    """A message queue: one shard of a topic, one Redis stream."""
+
+    topic: str
+    queue_id: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}:{self.queue_id}"
+
+
+@dataclass(slots=True)
+class Message:
+    """A message to send.
+
+    *body* is bytes, str, a pydantic model or JSON-able data. One *tag* per
+    message (as in RocketMQ); *keys* are business keys for lookup (no spaces);
+    *properties* are user string pairs.
+
+    >>> Message("orders", {"id": 7}, tag="created", keys=["order-7"]).tag
+    'created'
+    """
+
+    topic: str
+    body: Any
+    tag: str | None = None
+    keys: Sequence[str] = ()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_topic(self.topic)
+        if isinstance(self.keys, str):
+            self.keys = [self.keys]
+        if self.tag is not None and (not isinstance(self.tag, str) or " " in self.tag or "|" in self.tag):
+            raise UsageError(f"invalid tag {self.tag!r}: one tag per message, without spaces or '|'")
+        for key in self.keys:
+            if not isinstance(key, str) or not key or " " in key:
+                raise UsageError(f"invalid key {key!r}: keys are non-empty strings without spaces")
+        for name, value in self.properties.items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise UsageError(f"invalid property {name!r}={value!r}: properties map str to str")
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """Where a sent message landed.
+
+    A delayed message has no offset yet: it is held until *deliver_at_ms*
+    (server clock) and then written to *queue*.
+    """
+
+    msg_id: str
+    queue: MessageQueue
+    offset: str | None
+    queue_offset: int | None
+    deliver_at_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    """A message as read from a queue."""
+
+    msg_id: str
+    topic: str
+    queue_id: int
+    offset: str
+    queue_offset: int
+    born_timestamp: int
+    store_timestamp: int
+    reconsume_times: int
+    tag: str | None
+    keys: tuple[str, ...]
+    properties: dict[str, str]
+    body: bytes
+    content_type: str
+
+    @property
+    def queue(self) -> MessageQueue:
+        return MessageQueue(self.topic, self.queue_id)
+
+    @property
+    def born_at(self) -> datetime:
+        return datetime.fromtimestamp(self.born_timestamp / 1000, UTC)
+
+    @property
+    def stored_at(self) -> datetime:
+        return datetime.fromtimestamp(self.store_timestamp / 1000, UTC)
+
+    def value(self) -> Any:
+        """The body as plain data: JSON/msgpack decoded, text as str, raw bytes as bytes."""
+        return decode_value(self.content_type, self.body)
+
+    def decode(self, model: type[M]) -> M:
+        """The body validated into *model*; SerializationError (cause: ValidationError) if it does not fit."""
+        return decode_model(self.content_type, self.body, model)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedMessage:
+    """A message turned into entry fields, ready for a send script."""
+
+    msg_id: str
+    fields: list[bytes]  # r, b, t, k, p, c, d values, in FIELD_ORDER after i and q
+    size: int
+
+
+def encode_message(
+    message: Message, *, codec: Codec, max_size: int, msg_id: str | None = None
+) -> EncodedMessage:
+    """Encode *message*; raise MessageTooLargeError before anything is written if it is too big."""
+    content_type, body = encode_body(message.body, codec)
+    props = (
+        json.dumps(dict(message.properties), separators=(",", ":")).encode() if message.properties else b""
+    )
+    keys = " ".join(message.keys).encode()
+    size = len(body) + len(props) + len(keys)
+    if size > max_size:
+        raise MessageTooLargeError(
+            f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
+            "(raise max_message_size, or store the payload elsewhere and send a reference)"
+        )
+    born = str(int(time.time() * 1000)).encode()
+    tag = (message.tag or "").encode()
+    return EncodedMessage(
+        msg_id or new_msg_id(), [b"0", born, tag, keys, props, content_type.encode(), body], size
+    )
+
+
+def _text(value: bytes | None) -> str:
+    return value.decode() if value else ""
+
+
+def decode_entry(
+    topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]
+) -> ReceivedMessage:
+    """Build the received view of one stream entry."""
+    offset = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    props = fields.get(b"p")
+    keys = _text(fields.get(b"k"))
+    return ReceivedMessage(
+        msg_id=_text(fields.get(b"i")),
+        topic=topic,
+        queue_id=queue_id,
+        offset=offset,
+        queue_offset=int(fields.get(b"q") or -1),
+        born_timestamp=int(fields.get(b"b") or 0),
+        store_timestamp=parse_offset(offset).ms,
+        reconsume_times=int(fields.get(b"r") or 0),
+        tag=_text(fields.get(b"t")) or None,
+        keys=tuple(keys.split(" ")) if keys else (),
+        properties=json.loads(props) if props else {},
+        body=fields.get(b"d") or b"",
+        content_type=_text(fields.get(b"c")) or "b",
+    )
+
+
+def pack_fields(values: Iterable[bytes]) -> bytes:
+    """Length-prefixed concatenation (``<len>:<bytes>`` each) that Lua unpacks without a library.
+
+    >>> pack_fields([b"ab", b""])
+    b'2:ab0:'
+    >>> unpack_fields(pack_fields([b"x:y", b"1"]))
+    [b'x:y', b'1']
+    """
+    return b"".join(b"%d:%s" % (len(v), v) for v in values)
+
+
+def unpack_fields(blob: bytes) -> list[bytes]:
+    out: list[bytes] = []
+    pos = 0
+    while pos < len(blob):
+        colon = blob.index(b":", pos)
+        length = int(blob[pos:colon])
+        out.append(blob[colon + 1 : colon + 1 + length])
+        pos = colon + 1 + length
+    return out

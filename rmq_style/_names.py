@@ -1,0 +1,139 @@
+"""Names: validation of topic and group names, and every Redis key rmq_style uses.
+
+All key names come from here (docs/storage.md is the contract). Every key that
+belongs to one message queue carries the hash tag ``{topic:queue_id}``, so a
+queue's stream, counters, delayed set and per-group structures share one Redis
+Cluster slot and each state transition can be one Lua script. Names are
+restricted to ``[A-Za-z0-9_.-]`` so they can never inject a brace (hash tag)
+or a colon (separator) into a key.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ._errors import InvalidNameError
+
+__all__ = ["LAYOUT_VERSION", "MAX_NAME_LENGTH", "Keys", "QueueKeys", "check_group", "check_topic"]
+
+LAYOUT_VERSION = 1
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+
+
+def _check(kind: str, name: object) -> str:
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else repr(name[:40] + "...")
+        raise InvalidNameError(
+            f"invalid {kind} name {shown}: use 1 to {MAX_NAME_LENGTH} characters "
+            "from letters, digits, '_', '.' and '-'"
+        )
+    return name
+
+
+def check_topic(name: object) -> str:
+    """Return *name* if it is a valid topic name, else raise InvalidNameError."""
+    return _check("topic", name)
+
+
+def check_group(name: object) -> str:
+    """Return *name* if it is a valid consumer group name, else raise InvalidNameError."""
+    return _check("group", name)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueKeys:
+    """The keys of one message queue; all share the hash tag ``{topic:queue_id}``.
+
+    >>> k = Keys().queue("orders", 3)
+    >>> k.stream, k.seq
+    ('rmq:{orders:3}:s', 'rmq:{orders:3}:seq')
+    >>> k.dlq("billing")
+    'rmq:{orders:3}:dlq:billing'
+    """
+
+    prefix: str
+    topic: str
+    queue_id: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.prefix}:{{{self.topic}:{self.queue_id}}}"
+
+    @property
+    def stream(self) -> str:
+        """The queue itself: one Redis stream."""
+        return f"{self.tag}:s"
+
+    @property
+    def seq(self) -> str:
+        """Counter of messages ever written (RocketMQ's max offset); its existence marks a live queue."""
+        return f"{self.tag}:seq"
+
+    @property
+    def delay(self) -> str:
+        """Sorted set of delayed msg ids scored by due time (server ms)."""
+        return f"{self.tag}:delay"
+
+    @property
+    def delayed(self) -> str:
+        """Hash msg id -> packed entry fields of delayed messages."""
+        return f"{self.tag}:delayed"
+
+    def retry(self, group: str) -> str:
+        """Sorted set of the group's messages waiting for a retry, scored by due time."""
+        return f"{self.tag}:retry:{group}"
+
+    def retry_body(self, group: str) -> str:
+        """Hash msg id -> packed fields of the group's messages waiting for a retry."""
+        return f"{self.tag}:retrymsg:{group}"
+
+    def retry_stream(self, group: str) -> str:
+        """Stream of the group's due retries (RocketMQ's %RETRY%group, per queue)."""
+        return f"{self.tag}:rs:{group}"
+
+    def dlq(self, group: str) -> str:
+        """The group's dead-letter stream for this queue."""
+        return f"{self.tag}:dlq:{group}"
+
+    def lock(self, group: str) -> str:
+        """Orderly lease lock of (group, queue)."""
+        return f"{self.tag}:lock:{group}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Key names under one prefix (namespace).
+
+    >>> Keys().topic_meta("orders")
+    'rmq:topic:{orders}'
+    >>> Keys("staging").members("billing")
+    'staging:group:{billing}:members'
+    """
+
+    prefix: str = "rmq"
+
+    @property
+    def topics(self) -> str:
+        """Set of all topic names."""
+        return f"{self.prefix}:topics"
+
+    def topic_meta(self, topic: str) -> str:
+        """Hash of a topic's settings (queue count, retention, layout version)."""
+        return f"{self.prefix}:topic:{{{topic}}}"
+
+    def queue(self, topic: str, queue_id: int) -> QueueKeys:
+        return QueueKeys(self.prefix, topic, queue_id)
+
+    def members(self, group: str) -> str:
+        """Sorted set of the group's live members scored by the last heartbeat (server ms)."""
+        return f"{self.prefix}:group:{{{group}}}:members"
+
+    def subscriptions(self, group: str) -> str:
+        """Hash topic -> subscription expression of the group (one per topic)."""
+        return f"{self.prefix}:group:{{{group}}}:subs"
+
+    def groups(self) -> str:
+        """Set of all consumer group names."""
+        return f"{self.prefix}:groups"

@@ -1,0 +1,46 @@
+"""Which queue a message goes to: round-robin, sharding key, or explicit.
+
+The sharding hash is CRC-32 (IEEE 802.3, as zlib.crc32, Java's CRC32, Go's
+hash/crc32 IEEE table) of the key's UTF-8 bytes, modulo the queue count: the
+same key lands on the same queue in every process and language.
+
+>>> queue_for_key("user-42", 8)
+5
+>>> queue_for_key("user-42", 8) == queue_for_key("user-42", 8)
+True
+"""
+
+from __future__ import annotations
+
+import itertools
+import zlib
+
+from ._errors import QueueNotFoundError
+
+__all__ = ["RoundRobin", "check_queue_id", "queue_for_key"]
+
+
+def queue_for_key(sharding_key: str | bytes | int, queue_count: int) -> int:
+    data = sharding_key if isinstance(sharding_key, bytes) else str(sharding_key).encode()
+    return zlib.crc32(data) % queue_count
+
+
+def check_queue_id(topic: str, queue_id: int, queue_count: int) -> int:
+    if isinstance(queue_id, bool) or not isinstance(queue_id, int) or not 0 <= queue_id < queue_count:
+        raise QueueNotFoundError(
+            f"queue id {queue_id!r} is out of range for topic {topic!r}: it has queues 0..{queue_count - 1}"
+        )
+    return queue_id
+
+
+class RoundRobin:
+    """Per-topic round-robin queue choice (RocketMQ's default selector)."""
+
+    def __init__(self) -> None:
+        self._counters: dict[str, itertools.count[int]] = {}
+
+    def next(self, topic: str, queue_count: int) -> int:
+        counter = self._counters.get(topic)
+        if counter is None:
+            counter = self._counters[topic] = itertools.count()
+        return next(counter) % queue_count

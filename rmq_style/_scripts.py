@@ -1,0 +1,44 @@
+"""The Lua scripts: one ``.lua`` file per state transition, loaded once.
+
+Each file starts with a header naming every KEYS and ARGV slot and every
+return value. ``--@include NAME`` lines pull in ``lua/includes/NAME.lua`` at
+load time, so shared fragments are written once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+__all__ = ["SCRIPTS", "Script", "script"]
+
+_INCLUDE = re.compile(r"^--@include (\w+)$", re.MULTILINE)
+
+# name -> number of KEYS; a test checks these against each file's header.
+SCRIPTS: dict[str, int] = {
+    "send": 2,
+    "schedule": 3,
+    "release_due": 4,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    name: str
+    numkeys: int
+    source: str
+    sha: str
+
+
+def _read(relative: str) -> str:
+    return resources.files("rmq_style").joinpath("lua", relative).read_text(encoding="utf-8")
+
+
+@cache
+def script(name: str) -> Script:
+    """The script *name* with its includes expanded."""
+    source = _INCLUDE.sub(lambda m: _read(f"includes/{m.group(1)}.lua"), _read(f"{name}.lua"))
+    return Script(name, SCRIPTS[name], source, hashlib.sha1(source.encode()).hexdigest())
