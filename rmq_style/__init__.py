@@ -6,7 +6,7 @@
 >>> with Producer("memory://doc-init") as producer:
 ...     result = producer.send(Message("orders", {"order": 1}, tag="created"), sharding_key="user-9")
 >>> result.queue, result.queue_offset
-(MessageQueue(topic='orders', queue_id=3), 0)
+(MessageQueue(topic='orders', queue_id=2), 0)
 """
 
 from ._async.admin import AsyncAdmin
