@@ -5,7 +5,7 @@ hash/crc32 IEEE table) of the key's UTF-8 bytes, modulo the queue count: the
 same key lands on the same queue in every process and language.
 
 >>> queue_for_key("user-42", 8)
-5
+3
 >>> queue_for_key("user-42", 8) == queue_for_key("user-42", 8)
 True
 """

@@ -26,7 +26,7 @@ class AsyncProducer:
     ...         result = await producer.send(Message("orders", {"id": 1}), sharding_key="user-1")
     ...     return result.queue.queue_id, result.queue_offset
     >>> asyncio.run(main())
-    (2, 0)
+    (0, 0)
     """
 
     def __init__(

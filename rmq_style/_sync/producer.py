@@ -27,7 +27,7 @@ class Producer:
     ...         result = producer.send(Message("orders", {"id": 1}), sharding_key="user-1")
     ...     return result.queue.queue_id, result.queue_offset
     >>> main()
-    (2, 0)
+    (0, 0)
     """
 
     def __init__(
