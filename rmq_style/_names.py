@@ -108,8 +108,8 @@ class Keys:
 
     >>> Keys().topic_meta("orders")
     'rmq:topic:{orders}'
-    >>> Keys("staging").members("billing")
-    'staging:group:{billing}:members'
+    >>> Keys("staging").members("billing", "orders")
+    'staging:group:{billing}:members:orders'
     """
 
     prefix: str = "rmq"
@@ -126,9 +126,9 @@ class Keys:
     def queue(self, topic: str, queue_id: int) -> QueueKeys:
         return QueueKeys(self.prefix, topic, queue_id)
 
-    def members(self, group: str) -> str:
-        """Sorted set of the group's live members scored by the last heartbeat (server ms)."""
-        return f"{self.prefix}:group:{{{group}}}:members"
+    def members(self, group: str, topic: str) -> str:
+        """Sorted set of the group's members subscribing *topic*, scored by last heartbeat (server ms)."""
+        return f"{self.prefix}:group:{{{group}}}:members:{topic}"
 
     def subscriptions(self, group: str) -> str:
         """Hash topic -> subscription expression of the group (one per topic)."""

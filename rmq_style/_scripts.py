@@ -22,6 +22,8 @@ SCRIPTS: dict[str, int] = {
     "send": 2,
     "schedule": 3,
     "release_due": 4,
+    "heartbeat": 1,
+    "subscribe": 2,
 }
 
 

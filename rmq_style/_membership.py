@@ -1,0 +1,80 @@
+"""Group membership: heartbeats per (group, topic), subscriptions, and the queue share of a member.
+
+Members announce themselves with a heartbeat every ``heartbeat_interval_ms``;
+one silent for ``member_expiry_ms`` is dropped by the next heartbeat of
+anyone. Each member then computes its share of the topic's queues from the
+same sorted member list (rmq_style._allocation). The push and the lite pull
+consumers both use this piece.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+from redis.exceptions import ResponseError
+
+from ._allocation import STRATEGIES, AllocationStrategy
+from ._calls import Call, command, run_script, single
+from ._errors import SubscriptionConflictError
+from ._filter import TagFilter
+from ._message import MessageQueue
+from ._names import Keys
+
+__all__ = ["MembershipSettings", "new_member_id"]
+
+
+class MembershipSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    heartbeat_interval_ms: int = Field(1000, gt=0)
+    member_expiry_ms: int = Field(6000, gt=0, description="a member silent this long is gone")
+    allocation: AllocationStrategy = "averagely"
+
+
+def new_member_id() -> str:
+    """Unique per process instance: host, pid and a random suffix (a restart is a new member)."""
+    return f"{socket.gethostname()}@{os.getpid()}-{os.urandom(3).hex()}"
+
+
+def subscribe_calls(
+    keys: Keys, group: str, topic: str, expression: TagFilter, member: str, expiry_ms: int
+) -> list[Call]:
+    return [
+        run_script(
+            "subscribe",
+            (keys.subscriptions(group), keys.members(group, topic)),
+            (topic, str(expression), member, expiry_ms),
+        ),
+        command("SADD", keys.groups(), group),
+    ]
+
+
+def check_subscribe_replies(replies: Sequence[object], group: str, topic: str, expression: TagFilter) -> None:
+    first = replies[0]
+    if isinstance(first, ResponseError) and str(first).startswith("SUBCONFLICT"):
+        current = str(first).partition(" ")[2]
+        raise SubscriptionConflictError(
+            f"group {group!r} already subscribes topic {topic!r} with {current!r}, not {str(expression)!r}: "
+            "members of one group must use the same expression (stop the old members first, or use "
+            "another group)"
+        ) from None
+    for reply in replies:
+        single(reply)
+
+
+def heartbeat_call(
+    keys: Keys, group: str, topic: str, member: str, expiry_ms: int, *, join: bool = True
+) -> Call:
+    """Renew (or end, with join=False) a membership; the reply is the live member list."""
+    return run_script("heartbeat", (keys.members(group, topic),), (member, expiry_ms, "1" if join else "0"))
+
+
+def my_queues(
+    topic: str, queue_count: int, members_reply: object, member: str, strategy: AllocationStrategy
+) -> list[MessageQueue]:
+    members = [m.decode() if isinstance(m, bytes) else str(m) for m in single(members_reply)]
+    queues = [MessageQueue(topic, q) for q in range(queue_count)]
+    return STRATEGIES[strategy](queues, members, member)
