@@ -15,18 +15,14 @@ from urllib.parse import urlsplit
 
 from ._errors import InvalidUrlError
 
-__all__ = ["CLIENT_OPTIONS", "ConnectionSpec", "memory_server", "parse_url"]
+__all__ = ["ConnectionSpec", "memory_server", "parse_url"]
 
 _SCHEMES = ("redis", "rediss", "unix", "memory")
 
 # RESP2: the scripts see the same reply shapes on real Redis and fakeredis, and
 # it is the faster protocol for stream reads (reference/fakeredis.md).
-CLIENT_OPTIONS: dict[str, Any] = {
-    "protocol": 2,
-    "socket_connect_timeout": 5,
-    "socket_keepalive": True,
-    "health_check_interval": 30,
-}
+_COMMON_OPTIONS: dict[str, Any] = {"protocol": 2, "health_check_interval": 30}
+_TCP_OPTIONS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_keepalive": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +30,13 @@ class ConnectionSpec:
     url: str
     scheme: str
     memory_name: str | None = None
+
+    @property
+    def client_options(self) -> dict[str, Any]:
+        """Options for redis-py's from_url (TCP options do not apply to unix sockets)."""
+        if self.scheme == "unix":
+            return dict(_COMMON_OPTIONS)
+        return {**_COMMON_OPTIONS, **_TCP_OPTIONS}
 
 
 def parse_url(url: str) -> ConnectionSpec:

@@ -42,6 +42,7 @@ class RedisServer:
         port: int | None = None,
         data_dir: str | None = None,
         unixsocket: bool = False,
+        tls: bool = False,
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
@@ -49,10 +50,29 @@ class RedisServer:
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rmq-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.unixsocket = str(self.data_dir / "redis.sock") if unixsocket else None
+        self.tls_port = free_port() if tls else None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def tls_url(self) -> str:
+        """rediss:// URL trusting the server's self-signed certificate (needs ``tls=True``)."""
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.data_dir / 'cert.pem'}"
+
+    def _make_certificate(self) -> list[str]:
+        cert, key = self.data_dir / "cert.pem", self.data_dir / "key.pem"
+        if not cert.exists():
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                 str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        return [
+            "--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
+        ]  # fmt: skip
 
     def __repr__(self) -> str:
         state = "running" if self.process and self.process.poll() is None else "stopped"
@@ -81,6 +101,8 @@ class RedisServer:
             "--loglevel",
             "warning",
         ]
+        if self.tls_port:
+            args += self._make_certificate()
         if self.unixsocket:
             args += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
         if self.appendonly:

@@ -13,7 +13,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow
-from .._connection import CLIENT_OPTIONS, memory_server, parse_url
+from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = ["Client", "drive", "drive_with_retries", "execute", "open_client"]
@@ -31,7 +31,7 @@ def open_client(url: str) -> Client:
 
         server = memory_server(spec.memory_name)
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
-    return redis_asyncio.Redis.from_url(url, **CLIENT_OPTIONS)
+    return redis_asyncio.Redis.from_url(url, **spec.client_options)
 
 
 def _args(call: Call) -> tuple[Any, ...]:

@@ -1,0 +1,89 @@
+"""Connection URLs: every scheme against a real server, and the errors for the rest."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rmq_style import Admin, BrokerUnavailableError, InvalidUrlError, Message, Producer
+from rmq_style.testing import RedisServer, free_port
+
+
+def roundtrip(url: str) -> int | None:
+    with Admin(url) as admin:
+        admin.create_topic("conn", queues=1)
+    with Producer(url) as producer:
+        return producer.send(Message("conn", b"x")).queue_offset
+
+
+@pytest.fixture(scope="module")
+def special_server() -> Iterator[RedisServer]:
+    if shutil.which("openssl") is None:
+        pytest.fail("openssl is needed to make the TLS test certificate (.ci/run installs it)")
+    with RedisServer(unixsocket=True, tls=True) as server:
+        yield server
+
+
+def test_tls_url(special_server: RedisServer) -> None:
+    redis.Redis.from_url(special_server.url).flushall()
+    assert roundtrip(special_server.tls_url) == 0
+
+
+def test_unix_socket_url(special_server: RedisServer) -> None:
+    redis.Redis.from_url(special_server.url).flushall()
+    assert roundtrip(f"unix://{special_server.unixsocket}?db=0") == 0
+
+
+def test_acl_user_and_password_in_url(special_server: RedisServer) -> None:
+    admin = redis.Redis.from_url(special_server.url)
+    admin.flushall()
+    admin.acl_setuser("alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
+    url = f"redis://alice:s3cret@127.0.0.1:{special_server.port}/0"
+    assert roundtrip(url) == 0
+    with pytest.raises(redis.AuthenticationError):
+        roundtrip(f"redis://alice:wrong@127.0.0.1:{special_server.port}/0")
+
+
+def test_memory_urls_share_a_server_by_name() -> None:
+    assert roundtrip("memory://conn-shared") == 0
+    with Producer("memory://conn-shared") as producer:
+        assert producer.send(Message("conn", b"y")).queue_offset == 1
+    with Admin("memory://conn-other") as admin:
+        assert admin.list_topics() == []
+
+
+def test_unix_url_without_a_path_is_refused() -> None:
+    with pytest.raises(InvalidUrlError, match="names no socket path"):
+        Producer("unix://")
+
+
+@pytest.mark.parametrize("url", ["http://localhost", "kafka://x:9092", "localhost:6379", "redis://", ""])
+def test_unsupported_urls_are_refused_clearly(url: str) -> None:
+    with pytest.raises(InvalidUrlError, match="redis://"):
+        Producer(url)
+
+
+def test_unreachable_redis_at_send_time_is_a_clear_error_after_retries() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    start = time.monotonic()
+    with (
+        Producer(url, retries=2, retry_backoff_ms=10) as producer,
+        pytest.raises(BrokerUnavailableError, match="after 3 attempt"),
+    ):
+        producer.send(Message("conn", b"x"))
+    assert time.monotonic() - start < 5
+
+
+def test_send_retries_across_a_redis_restart(private_redis: RedisServer) -> None:
+    with Admin(private_redis.url) as admin:
+        admin.create_topic("conn", queues=1)
+    with Producer(private_redis.url, retries=5, retry_backoff_ms=20) as producer:
+        first = producer.send(Message("conn", b"1"))
+        private_redis.restart()  # AOF: the topic and the first message survive
+        second = producer.send(Message("conn", b"2"))
+    assert (first.queue_offset, second.queue_offset) == (0, 1)
+    assert redis.Redis.from_url(private_redis.url).xlen("rmq:{conn:0}:s") == 2
