@@ -35,7 +35,7 @@ class HandlerSpec:
     batch: bool
     # per positional parameter: "message" or "body"
     roles: tuple[str, ...]
-    body_type: Any | None
+    body_type: Any
 
     @property
     def name(self) -> str:
@@ -79,7 +79,7 @@ def inspect_handler(func: Callable[..., Any]) -> HandlerSpec:
         )
     roles: list[str] = []
     batches: set[bool] = set()
-    body_type: Any | None = None
+    body_type: Any = None
     for param in params:
         if param.name not in hints:
             raise ConfigurationError(
