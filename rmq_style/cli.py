@@ -137,6 +137,24 @@ def send(
     console.print(f"sent {result.msg_id} to {result.queue}: {where}")
 
 
+@app.command("worker")
+def worker(
+    app_path: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the App, e.g. myproject.tasks:app")],
+    processes: Annotated[int, typer.Option(min=1, help="worker processes")] = 1,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="handlers at once per group")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="run only this group (repeatable)")] = None,
+    shutdown_timeout: Annotated[float, typer.Option(help="seconds to drain on SIGTERM")] = 30.0,
+) -> None:
+    """Run the App's handlers in worker processes; SIGTERM/SIGINT drains them and exits 0."""
+    from ._supervisor import Supervisor  # noqa: PLC0415
+    from ._worker import import_app  # noqa: PLC0415
+
+    import_app(app_path)  # fail fast, in the parent, on a wrong path
+    supervisor = Supervisor(app_path, processes, only_groups=only, concurrency=concurrency,
+                            shutdown_timeout_s=shutdown_timeout)  # fmt: skip
+    raise typer.Exit(supervisor.run())
+
+
 @app.command("demo")
 def demo(
     redis_url: Annotated[str, typer.Option("--redis-url", help="use this Redis instead of memory://")] = "",
@@ -154,3 +172,7 @@ def main() -> None:
     except RmqError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

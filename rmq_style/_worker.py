@@ -1,0 +1,68 @@
+"""One worker process: import the app by dotted path, run it until SIGTERM/SIGINT, exit 0.
+
+Run by the supervisor as ``python -m rmq_style._worker module:app [--only GROUP ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import signal
+import sys
+from typing import Any, Protocol
+
+import structlog
+
+from ._errors import ConfigurationError
+
+log = structlog.get_logger("rmq_style.worker")
+
+
+class Runnable(Protocol):
+    async def run(self, stop: asyncio.Event, *, only_groups: list[str] | None = None,
+                  concurrency: int | None = None) -> None: ...  # fmt: skip
+
+
+def import_app(path: str) -> Any:
+    """``package.module:attribute`` -> the object (the App)."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigurationError(f"app path {path!r} must look like 'package.module:app'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import module {module_name!r} for app {path!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        raise ConfigurationError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(getattr(obj, "run", None)):
+        raise ConfigurationError(f"{path!r} is a {type(obj).__name__}, not an rmq_style App")
+    return obj
+
+
+async def serve(app: Runnable, only_groups: list[str] | None, concurrency: int | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.run(stop, only_groups=only_groups, concurrency=concurrency)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rmq_style._worker")
+    parser.add_argument("app")
+    parser.add_argument("--only", action="append", default=None)
+    parser.add_argument("--concurrency", type=int, default=None)
+    args = parser.parse_args(argv)
+    sys.path.insert(0, ".")
+    app = import_app(args.app)
+    log.info("worker_started", app=args.app, only_groups=args.only)
+    asyncio.run(serve(app, args.only, args.concurrency))
+    log.info("worker_stopped", app=args.app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
