@@ -27,6 +27,8 @@ M = TypeVar("M")
 
 RAW, TEXT, JSON, MSGPACK = "b", "s", "j", "m"
 _STRUCTURED = {"json": JSON, "msgpack": MSGPACK}
+# one encoder, built once: json.dumps with non-default options builds a new one per call
+_JSON_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def _msgpack() -> Any:
@@ -52,7 +54,7 @@ def encode_body(body: object, codec: Codec = "json") -> tuple[str, bytes]:
         if kind == JSON:
             if isinstance(body, BaseModel):
                 return JSON, body.model_dump_json().encode()
-            return JSON, json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+            return JSON, _JSON_ENCODE(body).encode()
         value = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
         return MSGPACK, bytes(_msgpack().packb(value))
     except (TypeError, ValueError, OverflowError) as exc:

@@ -39,6 +39,7 @@ __all__ = [
     "decode_entry",
     "encode_message",
     "new_msg_id",
+    "new_msg_ids",
     "pack_fields",
     "unpack_fields",
 ]
@@ -48,9 +49,18 @@ FIELD_ORDER = (b"i", b"q", b"r", b"b", b"t", b"k", b"p", b"c", b"d")
 M = TypeVar("M")
 
 
-def new_msg_id() -> str:
+def new_msg_id(now_ms: int | None = None) -> str:
     """32 hex chars: 48 bits of ms time then 80 random bits (sortable by birth, unique)."""
-    return f"{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    return f"{now_ms:012x}{os.urandom(10).hex()}"
+
+
+def new_msg_ids(count: int, now_ms: int) -> list[str]:
+    """*count* msg ids born at *now_ms*, with one call for the randomness of them all."""
+    entropy = os.urandom(10 * count).hex()
+    prefix = f"{now_ms:012x}"
+    return [prefix + entropy[20 * n : 20 * n + 20] for n in range(count)]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -160,9 +170,17 @@ class EncodedMessage:
 
 
 def encode_message(
-    message: Message, *, codec: Codec, max_size: int, msg_id: str | None = None
+    message: Message,
+    *,
+    codec: Codec,
+    max_size: int,
+    msg_id: str | None = None,
+    born_ms: int | None = None,
 ) -> EncodedMessage:
-    """Encode *message*; raise MessageTooLargeError before anything is written if it is too big."""
+    """Encode *message*; raise MessageTooLargeError before anything is written if it is too big.
+
+    *born_ms* (default: now) is the born timestamp; a batch passes one clock reading for all.
+    """
     content_type, body = encode_body(message.body, codec)
     props = (
         json.dumps(dict(message.properties), separators=(",", ":")).encode() if message.properties else b""
@@ -174,10 +192,13 @@ def encode_message(
             f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
             "(raise max_message_size, or store the payload elsewhere and send a reference)"
         )
-    born = str(int(time.time() * 1000)).encode()
-    tag = (message.tag or "").encode()
+    if born_ms is None:
+        born_ms = int(time.time() * 1000)
+    tag = message.tag.encode() if message.tag else b""
     return EncodedMessage(
-        msg_id or new_msg_id(), [b"0", born, tag, keys, props, content_type.encode(), body], size
+        msg_id or new_msg_id(born_ms),
+        [b"0", b"%d" % born_ms, tag, keys, props, content_type.encode(), body],
+        size,
     )
 
 

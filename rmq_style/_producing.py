@@ -27,6 +27,7 @@ from ._message import (
     MessageQueue,
     SendResult,
     encode_message,
+    new_msg_ids,
     pack_fields,
 )
 from ._names import Keys
@@ -93,12 +94,16 @@ class ProducerCore:
         if sharding_key is not None and queue_id is not None:
             raise UsageError("give either sharding_key or queue_id, not both")
         due = due_spec(delay, deliver_at, delay_level)
+        # one clock reading and one draw of randomness for the whole batch
+        born_ms = int(time.time() * 1000)
+        msg_ids = new_msg_ids(len(messages), born_ms)
+        codec, max_size = self.settings.codec, self.settings.max_message_size
         items = []
         for index, message in enumerate(messages):
             if not isinstance(message, Message):
                 raise UsageError(f"send takes Message objects, got {type(message).__name__}")
             encoded = encode_message(
-                message, codec=self.settings.codec, max_size=self.settings.max_message_size
+                message, codec=codec, max_size=max_size, msg_id=msg_ids[index], born_ms=born_ms
             )
             key = sharding_key(message) if callable(sharding_key) else sharding_key
             items.append(_Planned(index, message.topic, encoded, key, queue_id, due))

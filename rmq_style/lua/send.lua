@@ -20,16 +20,17 @@
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('NOTOPIC queue does not exist')
 end
-local out = {}
+-- one INCRBY reserves the queue offsets of the whole batch (consecutive, in order)
 local n = tonumber(ARGV[3])
+local first = redis.call('INCRBY', KEYS[2], n) - n
+local mode, value = ARGV[1], ARGV[2]
+local out = {}
 for k = 0, n - 1 do
   local base = 4 + 8 * k
-  local fields = {}
-  for f = 1, 7 do
-    fields[f] = ARGV[base + f]
-  end
-  local id, seq = rmq_append(KEYS[1], KEYS[2], ARGV[base], fields, ARGV[1], ARGV[2])
-  out[#out + 1] = id
-  out[#out + 1] = seq
+  local seq = first + k
+  out[2 * k + 1] = rmq_xadd(KEYS[1], mode, value, ARGV[base], seq, ARGV[base + 1], ARGV[base + 2],
+    ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6], ARGV[base + 7])
+  out[2 * k + 2] = seq
+  rmq_trim(KEYS[1], mode, value, seq + 1)
 end
 return out

@@ -1,25 +1,21 @@
+-- Write one message entry: the fields of docs/storage.md, always in this order.
+-- Positional arguments and one XADD call (no tables): this runs once per message.
+local function rmq_xadd(stream, trim_mode, trim_value, msg_id, seq, r, b, t, k, p, c, d)
+  if trim_mode == 'maxlen' then
+    return redis.call('XADD', stream, 'MAXLEN', '~', trim_value, '*',
+      'i', msg_id, 'q', seq, 'r', r, 'b', b, 't', t, 'k', k, 'p', p, 'c', c, 'd', d)
+  end
+  return redis.call('XADD', stream, '*',
+    'i', msg_id, 'q', seq, 'r', r, 'b', b, 't', t, 'k', k, 'p', p, 'c', c, 'd', d)
+end
+
 -- Append one message to a queue stream: the queue offset increment and the XADD
 -- are one step, so queue offsets are consecutive and never reused.
 -- `fields` holds r, b, t, k, p, c, d values (the order of docs/storage.md).
 local function rmq_append(stream, seq_key, msg_id, fields, trim_mode, trim_value)
   local seq = redis.call('INCR', seq_key) - 1
-  local args = {stream}
-  if trim_mode == 'maxlen' then
-    args[#args + 1] = 'MAXLEN'
-    args[#args + 1] = '~'
-    args[#args + 1] = trim_value
-  end
-  local names = {'r', 'b', 't', 'k', 'p', 'c', 'd'}
-  args[#args + 1] = '*'
-  args[#args + 1] = 'i'
-  args[#args + 1] = msg_id
-  args[#args + 1] = 'q'
-  args[#args + 1] = seq
-  for i = 1, 7 do
-    args[#args + 1] = names[i]
-    args[#args + 1] = fields[i]
-  end
-  local id = redis.call('XADD', unpack(args))
+  local id = rmq_xadd(stream, trim_mode, trim_value, msg_id, seq,
+    fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
   rmq_trim(stream, trim_mode, trim_value, seq + 1)
   return id, seq
 end
