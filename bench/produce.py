@@ -34,7 +34,7 @@ from typing import Any
 import redis
 
 from rmq_style import Admin, Message, Producer
-from rmq_style._connection import CLIENT_OPTIONS
+from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer
 
 TOPIC = "bench-produce"
@@ -74,7 +74,7 @@ def timed(fn: Callable[[int], None], n: int) -> float:
 class Workload:
     def __init__(self, url: str) -> None:
         self.url = url
-        self.raw = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+        self.raw = redis.Redis.from_url(url, **parse_url(url).client_options)
         self.raw.flushall()
         with Admin(url) as admin:
             admin.create_topic(TOPIC, queues=QUEUES)
