@@ -124,35 +124,36 @@ class LitePullCore:
         if self.closed:
             raise UsageError("this lite pull consumer is closed")
 
-    def _set_mode(self, mode: str) -> None:
+    def _check_mode(self, mode: str) -> None:
         self._check_open()
         if self._mode not in (None, mode):
             raise UsageError(
                 "subscribe and assign are mutually exclusive: this consumer already uses "
                 f"{self._mode}(); use another consumer instance"
             )
-        self._mode = mode
 
     # -- subscribe / assign ----------------------------------------------------------
 
     def subscribe_flow(self, topic: str, expression: str) -> Flow[None]:
         check_topic(topic)
         tags = TagFilter.parse(expression)
-        self._set_mode("subscribe")
+        self._check_mode("subscribe")
         yield from self.routes.route_flow(topic, refresh=True)
         if self.settings.message_model == "clustering":
             calls = subscribe_calls(
                 self.keys, self.group, topic, tags, self.member, self.settings.member_expiry_ms
             )
             check_subscribe_replies((yield calls), self.group, topic, tags)
+        self._mode = "subscribe"
         self._subs[topic] = tags
         yield from self.rebalance_flow()
 
     def assign_flow(self, queues: Iterable[MessageQueue]) -> Flow[None]:
         wanted = list(dict.fromkeys(queues))
-        self._set_mode("assign")
+        self._check_mode("assign")
         for queue in wanted:
             yield from self.routes.queue_flow(queue)
+        self._mode = "assign"
         yield from self._reassign_flow(set(wanted))
 
     def rebalance_flow(self) -> Flow[None]:
@@ -346,7 +347,9 @@ class LitePullCore:
             until_duty = self._next_rebalance if self._mode == "subscribe" else float("inf")
             if self.settings.auto_commit:
                 until_duty = min(until_duty, self._next_commit)
-            wait = min(remaining_ms, max(1, int((until_duty - self._clock()) * 1000)))
+            wait = remaining_ms
+            if until_duty != float("inf"):
+                wait = min(wait, max(1, int((until_duty - self._clock()) * 1000)))
             if active:
                 wait = block_wait_ms(wait, bounds)
                 positions = [self._owned[q].fetched for q in active]
