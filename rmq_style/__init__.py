@@ -10,7 +10,9 @@
 """
 
 from ._async.admin import AsyncAdmin
+from ._async.lite_pull import AsyncLitePullConsumer
 from ._async.producer import AsyncProducer
+from ._async.pull import AsyncPullConsumer
 from ._delay import DELAY_LEVELS_MS, RetrySchedule
 from ._errors import (
     BrokerUnavailableError,
@@ -29,13 +31,18 @@ from ._errors import (
     TopicNotFoundError,
     UsageError,
 )
+from ._lite_pulling import ConsumeFrom, LitePullSettings
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult
 from ._names import LAYOUT_VERSION, Keys
+from ._offset_store import QueueProgress
 from ._offsets import Offset, parse_offset
 from ._producing import ProducerSettings
+from ._pulling import PullResult, PullStatus
 from ._routing import queue_for_key
 from ._sync.admin import Admin
+from ._sync.lite_pull import LitePullConsumer
 from ._sync.producer import Producer
+from ._sync.pull import PullConsumer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
 
 __all__ = [
@@ -43,22 +50,31 @@ __all__ = [
     "LAYOUT_VERSION",
     "Admin",
     "AsyncAdmin",
+    "AsyncLitePullConsumer",
     "AsyncProducer",
+    "AsyncPullConsumer",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "ConsumeFrom",
     "FencedError",
     "InvalidNameError",
     "InvalidOffsetError",
     "InvalidUrlError",
     "Keys",
+    "LitePullConsumer",
+    "LitePullSettings",
     "Message",
     "MessageQueue",
     "MessageTooLargeError",
     "Offset",
     "Producer",
     "ProducerSettings",
+    "PullConsumer",
+    "PullResult",
+    "PullStatus",
     "QueueInfo",
     "QueueNotFoundError",
+    "QueueProgress",
     "ReceivedMessage",
     "Retention",
     "RetrySchedule",

@@ -101,6 +101,10 @@ class QueueKeys:
         """Orderly lease lock of (group, queue)."""
         return f"{self.tag}:lock:{group}"
 
+    def broadcast(self, group: str) -> str:
+        """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
+        return f"{self.tag}:bcast:{group}"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -133,6 +137,10 @@ class Keys:
     def subscriptions(self, group: str) -> str:
         """Hash topic -> subscription expression of the group (one per topic)."""
         return f"{self.prefix}:group:{{{group}}}:subs"
+
+    def idle(self, group: str) -> str:
+        """A list nobody writes: a lite pull consumer owning no queue waits on it (BLPOP)."""
+        return f"{self.prefix}:group:{{{group}}}:idle"
 
     def groups(self) -> str:
         """Set of all consumer group names."""

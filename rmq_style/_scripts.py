@@ -24,6 +24,8 @@ SCRIPTS: dict[str, int] = {
     "release_due": 4,
     "heartbeat": 1,
     "subscribe": 2,
+    "pull_prepare": 4,
+    "commit_offset": 2,
 }
 
 

@@ -197,7 +197,14 @@ def delete_flow(keys: Keys, topic: str) -> Flow[None]:
         per_group = [
             k
             for g in group_names
-            for k in (qk.retry(g), qk.retry_body(g), qk.retry_stream(g), qk.dlq(g), qk.lock(g))
+            for k in (
+                qk.retry(g),
+                qk.retry_body(g),
+                qk.retry_stream(g),
+                qk.dlq(g),
+                qk.lock(g),
+                qk.broadcast(g),
+            )
         ]
         calls.append(command("DEL", qk.stream, qk.seq, qk.delay, qk.delayed, *per_group))
     calls += [command("HDEL", keys.subscriptions(g), topic) for g in group_names]

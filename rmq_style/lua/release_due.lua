@@ -15,23 +15,7 @@
 --@include clock
 --@include trim
 --@include append
+--@include release
 
-local now = rmq_now_ms()
-local moved = 0
-if redis.call('EXISTS', KEYS[4]) == 1 then
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-  for _, msg_id in ipairs(due) do
-    local packed = redis.call('HGET', KEYS[2], msg_id)
-    if packed then
-      rmq_append(KEYS[3], KEYS[4], msg_id, rmq_unpack(packed), ARGV[2], ARGV[3])
-      moved = moved + 1
-    end
-    redis.call('ZREM', KEYS[1], msg_id)
-    redis.call('HDEL', KEYS[2], msg_id)
-  end
-end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #nxt == 0 then
-  return {moved, -1}
-end
-return {moved, tonumber(nxt[2])}
+local moved, nxt = rmq_release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+return {moved, nxt}

@@ -1,0 +1,152 @@
+"""Pull throughput: PullConsumer (sync and async) and LitePullConsumer against a raw redis-py XREAD loop.
+
+    python bench/pull.py                 # starts its own redis-server on a free port
+    python bench/pull.py --redis-url redis://127.0.0.1:6390/0 --messages 20000
+
+Same data, same batch size (32), same connection options (RESP2). The baseline
+reads with ``XREAD COUNT 32`` and decodes nothing; the consumers also release
+delayed messages, check offsets and build ReceivedMessage objects.
+Prints one JSON object per measurement (median of 3 rounds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from rmq_style import (
+    Admin,
+    AsyncPullConsumer,
+    LitePullConsumer,
+    Message,
+    MessageQueue,
+    Producer,
+    PullConsumer,
+)
+from rmq_style._connection import CLIENT_OPTIONS
+from rmq_style.testing import RedisServer
+
+BATCH = 32
+TOPIC = "bench-pull"
+QUEUE = MessageQueue(TOPIC, 0)
+
+
+def fill(url: str, n: int) -> None:
+    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    client.flushdb()
+    with Admin(url) as admin:
+        admin.create_topic(TOPIC, queues=1)
+    body = {"order": 1, "user": "u-123456", "items": ["a", "b", "c"], "note": "x" * 40}
+    with Producer(url) as producer:
+        for start in range(0, n, 500):
+            chunk = [Message(TOPIC, body, tag="t") for _ in range(min(500, n - start))]
+            producer.send_batch(chunk, queue_id=0)
+
+
+def raw_xread(url: str) -> int:
+    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    stream, last, count = f"rmq:{{{TOPIC}:0}}:s", "0-0", 0
+    while True:
+        reply = client.xread({stream: last}, count=BATCH)
+        if not reply:
+            break
+        entries = reply[0][1]
+        count += len(entries)
+        last = entries[-1][0]
+    client.close()
+    return count
+
+
+def sync_pull(url: str) -> int:
+    offset, count = "0-0", 0
+    with PullConsumer(url, "bench") as consumer:
+        while True:
+            result = consumer.pull(QUEUE, offset, max_nums=BATCH)
+            if not result.messages:
+                break
+            count += len(result.messages)
+            offset = result.next_offset
+    return count
+
+
+def async_pull(url: str) -> int:
+    async def main() -> int:
+        offset, count = "0-0", 0
+        async with AsyncPullConsumer(url, "bench") as consumer:
+            while True:
+                result = await consumer.pull(QUEUE, offset, max_nums=BATCH)
+                if not result.messages:
+                    break
+                count += len(result.messages)
+                offset = result.next_offset
+        return count
+
+    return asyncio.run(main())
+
+
+def lite_poll(url: str) -> int:
+    count = 0
+    with LitePullConsumer(
+        url, f"bench-lite-{time.monotonic_ns()}", consume_from="first", pull_batch_size=BATCH
+    ) as consumer:
+        consumer.assign([QUEUE])
+        while batch := consumer.poll(timeout=0):
+            count += len(batch)
+    return count
+
+
+def measure(run: Callable[[str], int], url: str, rounds: int) -> tuple[float, int]:
+    rates, count = [], 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        count = run(url)
+        rates.append(count / (time.perf_counter() - started))
+    return statistics.median(rates), count
+
+
+def bench(url: str, n: int, rounds: int) -> list[dict[str, Any]]:
+    fill(url, n)
+    base, base_count = measure(raw_xread, url, rounds)
+    out = []
+    for case, run in (("sync_pull", sync_pull), ("async_pull", async_pull), ("sync_lite_poll", lite_poll)):
+        rate, count = measure(run, url, rounds)
+        assert count == base_count == n, (case, count, base_count, n)
+        out.append(
+            {
+                "bench": "pull",
+                "case": case,
+                "messages": n,
+                "batch": BATCH,
+                "msgs_per_s": round(rate),
+                "baseline": "redis-py sync XREAD COUNT 32 loop, no decoding",
+                "baseline_msgs_per_s": round(base),
+                "ratio": round(rate / base, 3),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", help="reuse this Redis (its db is flushed!) instead of starting one")
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    if args.redis_url:
+        results = bench(args.redis_url, args.messages, args.rounds)
+    else:
+        with RedisServer() as server:
+            results = bench(server.url, args.messages, args.rounds)
+    for row in results:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Pull consumption, free of I/O: queue bounds, pull statuses, the pull flow, offsets by timestamp.
+
+Offsets are positions between entries, named by entry ids, exactly like XREAD:
+pulling from offset ``X`` returns the entries strictly after ``X``; ``"0-0"`` is
+the beginning of the queue. ``next_offset`` is the id of the last entry returned
+or skipped (by the tag filter), so pulling from it continues without gap or
+duplicate. ``max_offset`` is the id of the last entry ever written (pulling
+from it gives NO_NEW_MSG). ``min_offset`` is the smallest legal offset:
+``"0-0"`` while no entry was trimmed away, else the position just before the
+first retained entry.
+
+>>> b = QueueBounds(first=Offset(5, 0), last=Offset(9, 0), added=10, length=4)
+>>> str(b.min_position), str(b.max_position)      # 6 entries were trimmed
+('4-18446744073709551615', '9-0')
+>>> str(b.correction(Offset(0, 0))), b.correction(Offset(7, 0))
+('4-18446744073709551615', None)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from ._calls import Call, Flow, command, run_script, single
+from ._errors import TopicNotFoundError, UsageError
+from ._filter import TagFilter
+from ._message import MessageQueue, ReceivedMessage, decode_entry
+from ._names import Keys
+from ._offsets import ZERO, Offset, parse_offset
+from ._routing import check_queue_id
+from ._topics import TopicRoute, route_flow
+
+__all__ = ["PullResult", "PullStatus", "QueueBounds", "RouteCache", "timestamp_ms"]
+
+MAX_PULL = 1024  # entries per pull (bounds one reply)
+Entry = tuple[bytes, Mapping[bytes, bytes]]
+
+
+class PullStatus(StrEnum):
+    FOUND = "FOUND"
+    NO_NEW_MSG = "NO_NEW_MSG"
+    NO_MATCHED_MSG = "NO_MATCHED_MSG"
+    OFFSET_ILLEGAL = "OFFSET_ILLEGAL"
+
+
+@dataclass(frozen=True, slots=True)
+class PullResult:
+    """What one pull found; resume from ``next_offset`` whatever the status."""
+
+    status: PullStatus
+    messages: list[ReceivedMessage]
+    next_offset: str
+    min_offset: str
+    max_offset: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueBounds:
+    """A queue's retained range, as reported by the pull_prepare script."""
+
+    first: Offset | None  # first retained entry
+    last: Offset  # last entry ever written (0-0: none)
+    added: int  # entries ever written (the exclusive max queue offset)
+    length: int
+    next_due_ms: int = -1  # next delayed message (server ms), -1: none held
+    now_ms: int = 0
+
+    @property
+    def min_position(self) -> Offset:
+        if self.first is None:
+            return self.last  # everything written is gone (or nothing was written)
+        if self.added - self.length <= 0:
+            return ZERO  # nothing was trimmed before the first entry
+        return self.first.previous()
+
+    @property
+    def max_position(self) -> Offset:
+        return self.last
+
+    def correction(self, position: Offset) -> Offset | None:
+        """Where to resume if *position* is illegal (entries trimmed after it, or past the end), else None."""
+        if position > self.last:
+            return self.last
+        low = self.min_position
+        return low if position < low else None
+
+    def result(
+        self, status: PullStatus, next_offset: Offset, messages: list[ReceivedMessage] | None = None
+    ) -> PullResult:
+        last = max(self.last, next_offset)
+        return PullResult(status, messages or [], str(next_offset), str(self.min_position), str(last))
+
+
+def prepare_call(keys: Keys, route: TopicRoute, queue_id: int, limit: int = 1000) -> Call:
+    """Release due delayed messages of the queue, and report its bounds."""
+    qk = keys.queue(route.topic, queue_id)
+    return run_script(
+        "pull_prepare", (qk.delay, qk.delayed, qk.stream, qk.seq), (limit, *route.retention.script_args)
+    )
+
+
+def parse_bounds(topic: str, reply: Any) -> QueueBounds:
+    if isinstance(reply, ResponseError) and str(reply).startswith("NOTOPIC"):
+        raise TopicNotFoundError(topic) from None
+    nxt, now, first, last, added, length = single(reply)
+    return QueueBounds(
+        parse_offset(first) if first else None,
+        parse_offset(last),
+        int(added),
+        int(length),
+        int(nxt),
+        int(now),
+    )
+
+
+def read_call(
+    streams: Sequence[str], positions: Sequence[Offset], count: int, block_ms: int | None = None
+) -> Call:
+    args: list[Any] = ["XREAD", "COUNT", count]
+    if block_ms is not None:
+        args += ["BLOCK", block_ms]
+    return command(*args, "STREAMS", *streams, *(str(p) for p in positions))
+
+
+def read_reply(reply: Any) -> dict[str, list[Entry]]:
+    """XREAD's reply as stream key -> entries (an empty read is nil, [] or {} depending on the server)."""
+    out: dict[str, list[Entry]] = {}
+    for stream, entries in single(reply) or ():
+        key = stream.decode() if isinstance(stream, bytes) else str(stream)
+        out[key] = entries
+    return out
+
+
+def block_wait_ms(remaining_ms: int, bounds: Sequence[QueueBounds]) -> int:
+    """Block no longer than *remaining_ms*, nor past the next delayed message's due time."""
+    wait = remaining_ms
+    for b in bounds:
+        if b.next_due_ms >= 0:
+            wait = min(wait, max(1, b.next_due_ms - b.now_ms + 1))
+    return max(1, wait)
+
+
+def decode_matching(
+    queue: MessageQueue, entries: Sequence[Entry], tags: TagFilter
+) -> tuple[list[ReceivedMessage], Offset | None]:
+    """The entries that match *tags* as messages, and the id of the last entry looked at."""
+    if not entries:
+        return [], None
+    topic, qid = queue.topic, queue.queue_id
+    if tags.tags is None:
+        messages = [decode_entry(topic, qid, eid, fields) for eid, fields in entries]
+    else:
+        wanted = {t.encode() for t in tags.tags}
+        messages = [decode_entry(topic, qid, eid, f) for eid, f in entries if f.get(b"t") in wanted]
+    return messages, parse_offset(entries[-1][0])
+
+
+def timestamp_ms(ts: datetime | int | float) -> int:
+    """A timestamp as epoch ms: a datetime (naive = local time), or epoch ms as a number."""
+    if isinstance(ts, datetime):
+        return int(ts.timestamp() * 1000)
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        raise UsageError(f"a timestamp is a datetime or epoch milliseconds, got {ts!r}")
+    return int(ts)
+
+
+@dataclass(slots=True)
+class RouteCache:
+    """Topic routes cached for *ttl_s* seconds; resolves and checks a MessageQueue."""
+
+    keys: Keys
+    ttl_s: float = 30.0
+    _routes: dict[str, tuple[TopicRoute, float]] = field(default_factory=dict)
+
+    def route_flow(self, topic: str, *, refresh: bool = False) -> Flow[TopicRoute]:
+        hit = self._routes.get(topic)
+        if hit is not None and not refresh and time.monotonic() - hit[1] <= self.ttl_s:
+            return hit[0]
+        try:
+            route = yield from route_flow(self.keys, topic)
+        except TopicNotFoundError:
+            self._routes.pop(topic, None)
+            raise
+        self._routes[topic] = (route, time.monotonic())
+        return route
+
+    def queue_flow(self, queue: MessageQueue) -> Flow[TopicRoute]:
+        if not isinstance(queue, MessageQueue):
+            raise UsageError(f"expected a MessageQueue, got {queue!r}")
+        route = yield from self.route_flow(queue.topic)
+        if not 0 <= queue.queue_id < route.queue_count:
+            route = yield from self.route_flow(queue.topic, refresh=True)  # the topic may have grown
+        check_queue_id(queue.topic, queue.queue_id, route.queue_count)
+        return route
+
+
+def check_max_nums(max_nums: int) -> int:
+    if isinstance(max_nums, bool) or not isinstance(max_nums, int) or not 1 <= max_nums <= MAX_PULL:
+        raise UsageError(f"max_nums must be 1 to {MAX_PULL}, got {max_nums!r}")
+    return max_nums
+
+
+def pull_flow(
+    keys: Keys,
+    routes: RouteCache,
+    queue: MessageQueue,
+    offset: str | Offset,
+    max_nums: int,
+    expression: str | TagFilter,
+    block: float | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Flow[PullResult]:
+    """One pull: release due delayed messages, check the offset, read after it (long-polling if *block*)."""
+    position = parse_offset(offset)
+    check_max_nums(max_nums)
+    tags = expression if isinstance(expression, TagFilter) else TagFilter.parse(expression)
+    if block is not None and (isinstance(block, bool) or not isinstance(block, int | float) or block < 0):
+        raise UsageError(f"block is a timeout in seconds (>= 0) or None, got {block!r}")
+    route = yield from routes.queue_flow(queue)
+    stream = keys.queue(queue.topic, queue.queue_id).stream
+    deadline = None if block is None else clock() + block
+    skipped = False
+    while True:
+        prep, read = yield [
+            prepare_call(keys, route, queue.queue_id),
+            read_call([stream], [position], max_nums),
+        ]
+        bounds = parse_bounds(queue.topic, prep)
+        corrected = bounds.correction(position)
+        if corrected is not None:
+            return bounds.result(PullStatus.OFFSET_ILLEGAL, corrected)
+        entries = read_reply(read).get(stream, [])
+        while not entries:
+            remaining_ms = 0 if deadline is None else int((deadline - clock()) * 1000)
+            if remaining_ms <= 0:
+                status = PullStatus.NO_MATCHED_MSG if skipped else PullStatus.NO_NEW_MSG
+                return bounds.result(status, position)
+            wait = block_wait_ms(remaining_ms, [bounds])
+            (read,) = yield [read_call([stream], [position], max_nums, wait)]
+            entries = read_reply(read).get(stream, [])
+            if not entries and wait < remaining_ms:
+                break  # a delayed message is due: release it, then read again
+        if not entries:
+            continue
+        messages, last = decode_matching(queue, entries, tags)
+        assert last is not None
+        position = last
+        if messages:
+            return bounds.result(PullStatus.FOUND, position, messages)
+        skipped = True
+        if deadline is None:
+            return bounds.result(PullStatus.NO_MATCHED_MSG, position)
+
+
+def bounds_flow(keys: Keys, routes: RouteCache, queue: MessageQueue) -> Flow[QueueBounds]:
+    route = yield from routes.queue_flow(queue)
+    (prep,) = yield [prepare_call(keys, route, queue.queue_id)]
+    return parse_bounds(queue.topic, prep)
+
+
+def offset_for_timestamp_flow(
+    keys: Keys, routes: RouteCache, queue: MessageQueue, ts: datetime | int | float
+) -> Flow[str | None]:
+    """The id of the first entry stored at or after *ts* (exact), or None if there is none yet."""
+    ms = timestamp_ms(ts)
+    yield from routes.queue_flow(queue)
+    stream = keys.queue(queue.topic, queue.queue_id).stream
+    (found,) = yield [command("XRANGE", stream, str(Offset.from_timestamp_ms(ms)), "+", "COUNT", 1)]
+    found = single(found)
+    if not found:
+        return None
+    eid = found[0][0]
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+
+def position_for_timestamp_flow(
+    keys: Keys, routes: RouteCache, queue: MessageQueue, ts: datetime | int | float
+) -> Flow[Offset]:
+    """The offset from which a pull returns exactly the entries stored at or after *ts*."""
+    ms = timestamp_ms(ts)
+    route = yield from routes.queue_flow(queue)
+    stream = keys.queue(queue.topic, queue.queue_id).stream
+    calls = [prepare_call(keys, route, queue.queue_id)]
+    if ms > 0:
+        calls.append(command("XREVRANGE", stream, f"({Offset.from_timestamp_ms(ms)}", "-", "COUNT", 1))
+    replies = yield calls
+    bounds = parse_bounds(queue.topic, replies[0])
+    before = single(replies[1]) if ms > 0 else None
+    if before:
+        return parse_offset(before[0][0])
+    if ms > bounds.last.ms:
+        return bounds.last
+    return bounds.min_position
