@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ._scripts import Script, script
 
-__all__ = ["Call", "Command", "Flow", "ScriptCall", "command", "run_script"]
+__all__ = ["Call", "Command", "Flow", "Pause", "ScriptCall", "command", "run_script"]
 
 T = TypeVar("T")
 
@@ -38,9 +38,16 @@ class ScriptCall:
         return ("EVAL", self.script.source, self.script.numkeys, *self.keys, *self.args)
 
 
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Not a Redis call: the flow asks its driver to wait (a consumer with nothing to read)."""
+
+    seconds: float
+
+
 Call = Command | ScriptCall
-# yields calls, receives their replies, returns T
-Flow = Generator[Sequence[Call], list[Any], T]
+# yields calls (or a Pause), receives their replies ([] after a Pause), returns T
+Flow = Generator[Sequence[Call] | Pause, list[Any], T]
 
 
 def command(*args: Any) -> Command:

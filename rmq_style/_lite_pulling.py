@@ -20,7 +20,7 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._allocation import AllocationStrategy
-from ._calls import Call, Flow, command, single
+from ._calls import Call, Flow, Pause, single
 from ._errors import ConfigurationError, InvalidOffsetError, UsageError
 from ._filter import TagFilter
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
@@ -359,8 +359,7 @@ class LitePullCore:
                     if queue in self._owned and stream in got:
                         self._absorb(queue, got[stream])
             else:  # nothing to read until the next rebalance: wait without spinning
-                (reply,) = yield [command("BLPOP", self.keys.idle(self.group), f"{wait / 1000:.3f}")]
-                single(reply)
+                yield Pause(wait / 1000)
 
     def _after_read(
         self, queue: MessageQueue, stream: str, prep: object, read: object, bounds: list[QueueBounds]

@@ -138,10 +138,6 @@ class Keys:
         """Hash topic -> subscription expression of the group (one per topic)."""
         return f"{self.prefix}:group:{{{group}}}:subs"
 
-    def idle(self, group: str) -> str:
-        """A list nobody writes: a lite pull consumer owning no queue waits on it (BLPOP)."""
-        return f"{self.prefix}:group:{{{group}}}:idle"
-
     def groups(self) -> str:
         """Set of all consumer group names."""
         return f"{self.prefix}:groups"

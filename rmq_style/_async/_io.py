@@ -11,7 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, Flow
+from .._calls import Call, Command, Flow, Pause
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
@@ -73,9 +73,13 @@ async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
 async def drive(client: AsyncClient, flow: Flow[T]) -> T:
     """Run a flow: send each batch of calls, hand the replies back, return its result."""
     try:
-        calls = next(flow)
+        step = next(flow)
         while True:
-            calls = flow.send(await execute(client, calls))
+            if isinstance(step, Pause):
+                await asyncio.sleep(step.seconds)
+                step = flow.send([])
+            else:
+                step = flow.send(await execute(client, step))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 

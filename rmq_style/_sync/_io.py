@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, Flow
+from .._calls import Call, Command, Flow, Pause
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
@@ -74,9 +74,13 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
 def drive(client: Client, flow: Flow[T]) -> T:
     """Run a flow: send each batch of calls, hand the replies back, return its result."""
     try:
-        calls = next(flow)
+        step = next(flow)
         while True:
-            calls = flow.send(execute(client, calls))
+            if isinstance(step, Pause):
+                time.sleep(step.seconds)
+                step = flow.send([])
+            else:
+                step = flow.send(execute(client, step))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
 
