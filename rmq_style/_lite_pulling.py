@@ -10,13 +10,13 @@ messages.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._allocation import AllocationStrategy
@@ -47,7 +47,7 @@ from ._topics import TopicRoute
 __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
 
 # stdlib logging: a library must not print unless the application configures logging
-log = logging.getLogger("rmq_style.lite_pull")
+log = structlog.get_logger("rmq_style.lite_pull")
 _ALL = TagFilter(None)
 
 
@@ -183,13 +183,13 @@ class LitePullCore:
             yield from self.commit_flow(dropped)  # hand the queues over at our last position
             for queue in dropped:
                 del self._owned[queue]
-            log.info("group %s: queues released %s", self.group, [str(q) for q in dropped])
+            log.info("queues_released", group=self.group, queues=[str(q) for q in dropped])
         added = sorted(q for q in wanted if q not in self._owned)
         for queue in added:
             position = yield from self._start_position_flow(queue)
             self._owned[queue] = _QueueState(position, position, position)
         if added:
-            log.info("group %s: queues acquired %s", self.group, [str(q) for q in added])
+            log.info("queues_acquired", group=self.group, queues=[str(q) for q in added])
 
     def _start_position_flow(self, queue: MessageQueue) -> Flow[Offset]:
         """The group's stored position, or (stored now, unless a peer was faster) where consume_from says."""
@@ -370,12 +370,9 @@ class LitePullCore:
         corrected = queue_bounds.correction(state.fetched)
         if corrected is not None:
             log.warning(
-                "group %s: offset %s of queue %s is illegal (trimmed or past the end); resuming at %s",
-                self.group,
-                state.fetched,
-                queue,
-                corrected,
-            )
+                "offset_illegal", group=self.group, topic=queue.topic, queue=queue.queue_id,
+                offset=str(state.fetched), resume_at=str(corrected), reason="trimmed or past the end",
+            )  # fmt: skip
             state.position = state.fetched = corrected
             return False
         entries = read_reply(read).get(stream, [])

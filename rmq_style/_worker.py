@@ -50,12 +50,29 @@ async def serve(app: Runnable, only_groups: list[str] | None, concurrency: int |
     await app.run(stop, only_groups=only_groups, concurrency=concurrency)
 
 
+def configure_logging() -> None:
+    """JSON log lines on stderr, unless the app configured structlog itself."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rmq_style._worker")
     parser.add_argument("app")
     parser.add_argument("--only", action="append", default=None)
     parser.add_argument("--concurrency", type=int, default=None)
     args = parser.parse_args(argv)
+    configure_logging()
     sys.path.insert(0, ".")
     app = import_app(args.app)
     log.info("worker_started", app=args.app, only_groups=args.only)
