@@ -147,8 +147,9 @@ def worker(
 ) -> None:
     """Run the App's handlers in worker processes; SIGTERM/SIGINT drains them and exits 0."""
     from ._supervisor import Supervisor  # noqa: PLC0415
-    from ._worker import import_app  # noqa: PLC0415
+    from ._worker import configure_logging, import_app  # noqa: PLC0415
 
+    configure_logging()
     import_app(app_path)  # fail fast, in the parent, on a wrong path
     supervisor = Supervisor(app_path, processes, only_groups=only, concurrency=concurrency,
                             shutdown_timeout_s=shutdown_timeout)  # fmt: skip
