@@ -30,7 +30,7 @@ from rmq_style import (
     Producer,
     PullConsumer,
 )
-from rmq_style._connection import CLIENT_OPTIONS
+from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer
 
 BATCH = 32
@@ -39,7 +39,7 @@ QUEUE = MessageQueue(TOPIC, 0)
 
 
 def fill(url: str, n: int) -> None:
-    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    client = redis.Redis.from_url(url, **parse_url(url).client_options)
     client.flushdb()
     with Admin(url) as admin:
         admin.create_topic(TOPIC, queues=1)
@@ -51,7 +51,7 @@ def fill(url: str, n: int) -> None:
 
 
 def raw_xread(url: str) -> int:
-    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    client = redis.Redis.from_url(url, **parse_url(url).client_options)
     stream, last, count = f"rmq:{{{TOPIC}:0}}:s", "0-0", 0
     while True:
         reply = client.xread({stream: last}, count=BATCH)
