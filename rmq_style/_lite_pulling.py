@@ -320,7 +320,7 @@ class LitePullCore:
     def _absorb(self, queue: MessageQueue, stream: str, entries: list[Entry]) -> bool:
         """Buffer the messages of a legal read (non-empty) of *queue*."""
         tags = self._subs.get(queue.topic, _ALL)
-        messages, _ = decode_matching(queue, entries, tags)
+        messages = decode_matching(queue, entries, tags)
         state = self._owned[queue]
         state.fetched = self.known.read(stream, entries)
         state.buffer.extend(messages)

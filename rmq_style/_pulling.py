@@ -40,6 +40,7 @@ __all__ = ["PullResult", "PullStatus", "QueueBounds", "QueueCache", "RouteCache"
 
 MAX_PULL = 1024  # entries per pull (bounds one reply)
 INF = float("inf")
+ALL_TAGS = TagFilter(None)
 DEFAULT_BOUNDS_TTL_MS = 100  # how long a consumer trusts a queue's bounds between checks
 Entry = tuple[bytes, Mapping[bytes, bytes]]
 
@@ -180,12 +181,18 @@ class QueueCache:
     the checked path: release, bounds, read, in one round trip.
     """
 
-    __slots__ = ("_clock", "_known", "ttl_s")
+    __slots__ = ("_clock", "_known", "_last_text", "ttl_s")
 
     def __init__(self, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
         self._known: dict[str, _Known] = {}
+        self._last_text: tuple[object, Offset] = (None, ZERO)  # the last position read, as text
+
+    def parse(self, offset: str | Offset) -> Offset:
+        """parse_offset, skipped when *offset* is the text of the last position read (the next pull's)."""
+        text, position = self._last_text
+        return position if offset == text and type(offset) is str else parse_offset(offset)
 
     def usable(self, stream: str, position: Offset) -> _Known | None:
         """The knowledge for a fast read of *stream* after *position*, or None: check first."""
@@ -217,8 +224,11 @@ class QueueCache:
 
     def read(self, stream: str, entries: Sequence[Entry]) -> Offset:
         """Remember where a read (known to be legal) of *entries* ended; return that position."""
-        last = parse_offset(entries[-1][0])
-        q = queue_offset(entries[-1][1])
+        eid, fields = entries[-1]
+        text = eid.decode() if isinstance(eid, bytes) else str(eid)
+        last = parse_offset(text)
+        self._last_text = (text, last)
+        q = queue_offset(fields)
         self.at(stream, last, q + 1 if q >= 0 else -1)
         return last
 
@@ -226,19 +236,15 @@ class QueueCache:
         self._known.pop(stream, None)
 
 
-def decode_matching(
-    queue: MessageQueue, entries: Sequence[Entry], tags: TagFilter
-) -> tuple[list[ReceivedMessage], Offset | None]:
-    """The entries that match *tags* as messages, and the id of the last entry looked at."""
-    if not entries:
-        return [], None
+def decode_matching(queue: MessageQueue, entries: Sequence[Entry], tags: TagFilter) -> list[ReceivedMessage]:
+    """The entries that match *tags*, as messages."""
     topic, qid, new = queue.topic, queue.queue_id, ReceivedMessage
     if tags.tags is None:
         messages = [new(topic, qid, eid, fields) for eid, fields in entries]
     else:
         wanted = {t.encode() for t in tags.tags}
         messages = [new(topic, qid, eid, f) for eid, f in entries if f.get(b"t") in wanted]
-    return messages, parse_offset(entries[-1][0])
+    return messages
 
 
 def timestamp_ms(ts: datetime | int | float) -> int:
@@ -308,15 +314,18 @@ def pull_flow(
     With a *cache* that vouches for the offset (see QueueCache) the pull is one
     XREAD; without one every read is checked (pull_prepare in the same round trip).
     """
-    position = parse_offset(offset)
+    if cache is None:
+        cache = QueueCache(0.0, clock)
+    position = cache.parse(offset)
     check_max_nums(max_nums)
-    tags = expression if isinstance(expression, TagFilter) else TagFilter.parse(expression)
+    if isinstance(expression, TagFilter):
+        tags = expression
+    else:
+        tags = ALL_TAGS if expression == "*" else TagFilter.parse(expression)
     if block is not None and (isinstance(block, bool) or not isinstance(block, int | float) or block < 0):
         raise UsageError(f"block is a timeout in seconds (>= 0) or None, got {block!r}")
     route = yield from routes.queue_flow(queue)
     stream = keys.queue(queue.topic, queue.queue_id).stream
-    if cache is None:
-        cache = QueueCache(0.0, clock)
     deadline = None if block is None else clock() + block
     skipped = False
     while True:
@@ -354,7 +363,7 @@ def pull_flow(
                 break  # a delayed message is due: release it, then read again
         if not entries:
             continue
-        messages, _ = decode_matching(queue, entries, tags)
+        messages = decode_matching(queue, entries, tags)
         position = cache.read(stream, entries)
         if messages:
             return bounds.result(PullStatus.FOUND, position, messages)
