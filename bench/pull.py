@@ -6,7 +6,8 @@
 Same data, same batch size (32), same connection options (RESP2). The baseline
 reads with ``XREAD COUNT 32`` and decodes nothing; the consumers also release
 delayed messages, check offsets and build ReceivedMessage objects.
-Prints one JSON object per measurement (median of 3 rounds).
+Prints one JSON object per case (medians of 3 rounds; each round times the
+baseline, then the case). ``sync_pull`` (PullConsumer) is the primary row.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rmq_style import (
     Producer,
     PullConsumer,
 )
-from rmq_style._connection import CLIENT_OPTIONS
+from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer
 
 BATCH = 32
@@ -39,7 +40,7 @@ QUEUE = MessageQueue(TOPIC, 0)
 
 
 def fill(url: str, n: int) -> None:
-    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    client = redis.Redis.from_url(url, **parse_url(url).client_options)
     client.flushdb()
     with Admin(url) as admin:
         admin.create_topic(TOPIC, queues=1)
@@ -51,7 +52,7 @@ def fill(url: str, n: int) -> None:
 
 
 def raw_xread(url: str) -> int:
-    client = redis.Redis.from_url(url, **CLIENT_OPTIONS)
+    client = redis.Redis.from_url(url, **parse_url(url).client_options)
     stream, last, count = f"rmq:{{{TOPIC}:0}}:s", "0-0", 0
     while True:
         reply = client.xread({stream: last}, count=BATCH)
@@ -102,32 +103,39 @@ def lite_poll(url: str) -> int:
     return count
 
 
-def measure(run: Callable[[str], int], url: str, rounds: int) -> tuple[float, int]:
-    rates, count = [], 0
-    for _ in range(rounds):
-        started = time.perf_counter()
-        count = run(url)
-        rates.append(count / (time.perf_counter() - started))
-    return statistics.median(rates), count
+def timed(run: Callable[[str], int], url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    count = run(url)
+    return count / (time.perf_counter() - started), count
 
 
 def bench(url: str, n: int, rounds: int) -> list[dict[str, Any]]:
+    """Each round times the baseline and then the case back to back (the box is shared: compare ratios)."""
     fill(url, n)
-    base, base_count = measure(raw_xread, url, rounds)
     out = []
-    for case, run in (("sync_pull", sync_pull), ("async_pull", async_pull), ("sync_lite_poll", lite_poll)):
-        rate, count = measure(run, url, rounds)
-        assert count == base_count == n, (case, count, base_count, n)
+    cases = (("sync_pull", sync_pull), ("async_pull", async_pull), ("sync_lite_poll", lite_poll))
+    for case, run in cases:
+        rates, bases, ratios = [], [], []
+        for _ in range(rounds):
+            base, base_count = timed(raw_xread, url)
+            rate, count = timed(run, url)
+            assert count == base_count == n, (case, count, base_count, n)
+            rates.append(rate)
+            bases.append(base)
+            ratios.append(rate / base)
+        rate, base = statistics.median(rates), statistics.median(bases)
         out.append(
             {
                 "bench": "pull",
                 "case": case,
-                "messages": n,
-                "batch": BATCH,
                 "msgs_per_s": round(rate),
                 "baseline": "redis-py sync XREAD COUNT 32 loop, no decoding",
                 "baseline_msgs_per_s": round(base),
                 "ratio": round(rate / base, 3),
+                "round_ratios": [round(r, 3) for r in ratios],
+                "messages": n,
+                "batch": BATCH,
+                "rounds": rounds,
             }
         )
     return out

@@ -29,9 +29,10 @@ from ._names import Keys, check_group, check_topic
 from ._offset_store import MessageModel, OffsetStore, default_instance_name
 from ._offsets import Offset, parse_offset
 from ._pulling import (
+    DEFAULT_BOUNDS_TTL_MS,
     MAX_PULL,
     Entry,
-    QueueBounds,
+    QueueCache,
     RouteCache,
     block_wait_ms,
     bounds_flow,
@@ -39,6 +40,7 @@ from ._pulling import (
     parse_bounds,
     position_for_timestamp_flow,
     prepare_call,
+    queue_offset,
     read_call,
     read_reply,
 )
@@ -77,6 +79,12 @@ class LitePullSettings(BaseModel):
     member_expiry_ms: int = Field(6000, gt=0)
     allocation: AllocationStrategy = "averagely"
     route_ttl_s: float = Field(30.0, ge=0)
+    bounds_ttl_ms: int = Field(
+        DEFAULT_BOUNDS_TTL_MS,
+        ge=0,
+        le=60_000,
+        description="how long queue bounds and delayed messages are trusted between checks (0: every read)",
+    )
 
 
 @dataclass(slots=True)
@@ -96,6 +104,7 @@ class LitePullCore:
         self.keys = Keys(settings.namespace)
         self.member = new_member_id()
         self.routes = RouteCache(self.keys, settings.route_ttl_s)
+        self.known = QueueCache(settings.bounds_ttl_ms / 1000, clock)
         self.store = OffsetStore(
             self.keys, group, settings.message_model, settings.instance_name or default_instance_name()
         )
@@ -287,25 +296,33 @@ class LitePullCore:
         self._turn = (self._turn + 1) % len(queues)
         queues = queues[self._turn :] + queues[: self._turn]
         limit = self.settings.pull_batch_size
-        while len(out) < limit and queues:
-            for queue in list(queues):
-                state = self._owned[queue]
-                message = state.buffer.popleft()
-                out.append(message)
-                state.position = parse_offset(message.offset)
-                if not state.buffer:
-                    state.position = state.fetched  # past any filtered-out entries too
-                    queues.remove(queue)
-                if len(out) >= limit:
-                    break
+        if len(queues) == 1:
+            buffer = self._owned[queues[0]].buffer
+            out = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+            taken = {queues[0]: out[-1]}
+        else:
+            taken = {}
+            while len(out) < limit and queues:
+                for queue in list(queues):
+                    buffer = self._owned[queue].buffer
+                    taken[queue] = message = buffer.popleft()
+                    out.append(message)
+                    if not buffer:
+                        queues.remove(queue)
+                    if len(out) >= limit:
+                        break
+        for queue, message in taken.items():
+            state = self._owned[queue]
+            # past any filtered-out entries too once the buffer is drained
+            state.position = parse_offset(message.offset) if state.buffer else state.fetched
         return out
 
-    def _absorb(self, queue: MessageQueue, entries: list[Entry]) -> bool:
+    def _absorb(self, queue: MessageQueue, stream: str, entries: list[Entry]) -> bool:
+        """Buffer the messages of a legal read (non-empty) of *queue*."""
         tags = self._subs.get(queue.topic, _ALL)
-        messages, last = decode_matching(queue, entries, tags)
+        messages = decode_matching(queue, entries, tags)
         state = self._owned[queue]
-        if last is not None:
-            state.fetched = last
+        state.fetched = self.known.read(stream, entries)
         state.buffer.extend(messages)
         if not state.buffer:
             state.position = state.fetched
@@ -328,18 +345,34 @@ class LitePullCore:
                 return taken
             active = [q for q in sorted(self._owned) if q not in self._paused]
             streams = [self.keys.queue(q.topic, q.queue_id).stream for q in active]
-            bounds: list[QueueBounds] = []
             if active:
+                # one XREAD per queue; a queue whose position the cache cannot vouch for is checked first
                 calls: list[Call] = []
+                expected: list[int | None] = []
                 for queue, stream in zip(active, streams, strict=True):
-                    route = yield from self.routes.queue_flow(queue)
-                    calls += [prepare_call(self.keys, route, queue.queue_id)]
-                    calls += [read_call([stream], [self._owned[queue].fetched], batch)]
+                    fetched = self._owned[queue].fetched
+                    known = self.known.usable(stream, fetched)
+                    if known is None:
+                        route = yield from self.routes.queue_flow(queue)
+                        calls.append(prepare_call(self.keys, route, queue.queue_id))
+                    expected.append(None if known is None else known.next_q)
+                    calls.append(read_call([stream], [fetched], batch))
                 replies = yield calls
-                found = False
-                for n, (queue, stream) in enumerate(zip(active, streams, strict=True)):
-                    found |= self._after_read(queue, stream, replies[2 * n], replies[2 * n + 1], bounds)
-                if found:
+                found = again = False
+                n = 0
+                for queue, stream, next_q in zip(active, streams, expected, strict=True):
+                    if next_q is None:
+                        found |= self._after_checked_read(queue, stream, replies[n], replies[n + 1])
+                        n += 2
+                        continue
+                    entries = read_reply(replies[n]).get(stream, [])
+                    n += 1
+                    if entries and queue_offset(entries[0][1]) != next_q:
+                        self.known.forget(stream)  # a gap: entries were trimmed, check and read again
+                        again = True
+                    elif entries:
+                        found |= self._absorb(queue, stream, entries)
+                if found or again:
                     continue
             remaining_ms = int((deadline - self._clock()) * 1000)
             if remaining_ms <= 0:
@@ -351,32 +384,34 @@ class LitePullCore:
             if until_duty != float("inf"):
                 wait = min(wait, max(1, int((until_duty - self._clock()) * 1000)))
             if active:
-                wait = block_wait_ms(wait, bounds)
+                wait = block_wait_ms(wait, [self.known.due_at(s) for s in streams], self._clock())
                 positions = [self._owned[q].fetched for q in active]
                 (reply,) = yield [read_call(streams, positions, batch, wait)]
                 got = read_reply(reply)
                 for queue, stream in zip(active, streams, strict=True):
                     if queue in self._owned and stream in got:
-                        self._absorb(queue, got[stream])
+                        self._absorb(queue, stream, got[stream])
             else:  # nothing to read until the next rebalance: wait without spinning
                 yield Pause(wait / 1000)
 
-    def _after_read(
-        self, queue: MessageQueue, stream: str, prep: object, read: object, bounds: list[QueueBounds]
-    ) -> bool:
-        queue_bounds = parse_bounds(queue.topic, prep)
-        bounds.append(queue_bounds)
+    def _after_checked_read(self, queue: MessageQueue, stream: str, prep: object, read: object) -> bool:
+        bounds = parse_bounds(queue.topic, prep)
+        self.known.learn(stream, bounds)
         state = self._owned[queue]
-        corrected = queue_bounds.correction(state.fetched)
+        corrected = bounds.correction(state.fetched)
         if corrected is not None:
             log.warning(
                 "offset_illegal", group=self.group, topic=queue.topic, queue=queue.queue_id,
                 offset=str(state.fetched), resume_at=str(corrected), reason="trimmed or past the end",
             )  # fmt: skip
             state.position = state.fetched = corrected
+            self.known.at(stream, corrected, bounds.next_q_after(corrected))
             return False
         entries = read_reply(read).get(stream, [])
-        return self._absorb(queue, entries) if entries else False
+        if not entries:
+            self.known.at(stream, state.fetched, bounds.added)  # legal, and nothing after it yet
+            return False
+        return self._absorb(queue, stream, entries)
 
     # -- end ------------------------------------------------------------------------
 

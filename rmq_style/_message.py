@@ -120,27 +120,91 @@ class SendResult:
     deliver_at_ms: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
 class ReceivedMessage:
-    """A message as read from a queue."""
+    """A message as read from a queue (its attributes are read-only properties).
 
-    msg_id: str
-    topic: str
-    queue_id: int
-    offset: str
-    queue_offset: int
-    born_timestamp: int
-    store_timestamp: int
-    reconsume_times: int
-    tag: str | None
-    keys: tuple[str, ...]
-    properties: dict[str, str]
-    body: bytes
-    content_type: str
+    It keeps the stream entry as Redis returned it and decodes each attribute
+    when asked: building one costs next to nothing, so a pull of many messages
+    pays only for what the application looks at.
+
+    >>> m = decode_entry("orders", 0, b"1700000000000-0", {b"q": b"3", b"t": b"paid", b"d": b"x"})
+    >>> (m.offset, m.queue_offset, m.tag, m.keys, m.properties, m.body, m.store_timestamp)
+    ('1700000000000-0', 3, 'paid', (), {}, b'x', 1700000000000)
+    """
+
+    __slots__ = ("_entry_id", "_fields", "_properties", "_queue_id", "_topic")
+
+    def __init__(self, topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]):
+        self._topic = topic
+        self._queue_id = queue_id
+        self._entry_id = entry_id
+        self._fields = fields
+        self._properties: dict[str, str] | None = None
+
+    @property
+    def topic(self) -> str:
+        return self._topic
+
+    @property
+    def queue_id(self) -> int:
+        return self._queue_id
+
+    @property
+    def offset(self) -> str:
+        """The stream entry id (pull from it to continue after this message)."""
+        eid = self._entry_id
+        return eid.decode() if isinstance(eid, bytes) else eid
+
+    @property
+    def msg_id(self) -> str:
+        return (self._fields.get(b"i") or b"").decode()
+
+    @property
+    def queue_offset(self) -> int:
+        return int(self._fields.get(b"q") or -1)
+
+    @property
+    def born_timestamp(self) -> int:
+        return int(self._fields.get(b"b") or 0)
+
+    @property
+    def store_timestamp(self) -> int:
+        """The entry id's ms part: the Redis server's clock when the entry was written."""
+        return int(self.offset.partition("-")[0])
+
+    @property
+    def reconsume_times(self) -> int:
+        return int(self._fields.get(b"r") or 0)
+
+    @property
+    def tag(self) -> str | None:
+        tag = self._fields.get(b"t")
+        return tag.decode() if tag else None
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        keys = self._fields.get(b"k")
+        return tuple(keys.decode().split(" ")) if keys else ()
+
+    @property
+    def properties(self) -> dict[str, str]:
+        if self._properties is None:
+            props = self._fields.get(b"p")
+            self._properties = json.loads(props) if props else {}
+        return self._properties
+
+    @property
+    def body(self) -> bytes:
+        return self._fields.get(b"d") or b""
+
+    @property
+    def content_type(self) -> str:
+        content_type = self._fields.get(b"c")
+        return content_type.decode() if content_type else "b"
 
     @property
     def queue(self) -> MessageQueue:
-        return MessageQueue(self.topic, self.queue_id)
+        return MessageQueue(self._topic, self._queue_id)
 
     @property
     def born_at(self) -> datetime:
@@ -157,6 +221,24 @@ class ReceivedMessage:
     def decode(self, model: type[M]) -> M:
         """The body validated into *model*; SerializationError (cause: ValidationError) if it does not fit."""
         return decode_model(self.content_type, self.body, model)
+
+    def _identity(self) -> tuple[Any, ...]:
+        return (self._topic, self._queue_id, self.offset, dict(self._fields))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ReceivedMessage):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash((self._topic, self._queue_id, self.offset))
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _SHOWN)
+        return f"ReceivedMessage({shown})"
+
+
+_SHOWN = ("msg_id", "topic", "queue_id", "offset", "queue_offset", "tag", "keys", "content_type")
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,25 +286,8 @@ def encode_message(
 def decode_entry(
     topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]
 ) -> ReceivedMessage:
-    """Build the received view of one stream entry (hot path of every consumer: kept lean)."""
-    offset = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    get = fields.get
-    props, keys, tag, content_type = get(b"p"), get(b"k"), get(b"t"), get(b"c")
-    return ReceivedMessage(
-        (get(b"i") or b"").decode(),
-        topic,
-        queue_id,
-        offset,
-        int(get(b"q") or -1),
-        int(get(b"b") or 0),
-        int(offset.partition("-")[0]),  # the id's ms part: the Redis server's store time
-        int(get(b"r") or 0),
-        tag.decode() if tag else None,
-        tuple(keys.decode().split(" ")) if keys else (),
-        json.loads(props) if props else {},
-        get(b"d") or b"",
-        content_type.decode() if content_type else "b",
-    )
+    """The received view of one stream entry (hot path of every consumer: decoding is deferred)."""
+    return ReceivedMessage(topic, queue_id, entry_id, fields)
 
 
 def pack_fields(values: Iterable[bytes]) -> bytes:

@@ -10,6 +10,7 @@ import pytest
 
 from rmq_style import InvalidOffsetError, Message, MessageQueue, TopicNotFoundError, UsageError
 from rmq_style._offsets import parse_offset
+from rmq_style._sync._io import open_client
 
 FAST = {"heartbeat_interval_ms": 50, "member_expiry_ms": 400, "auto_commit_interval_ms": 100}
 
@@ -191,3 +192,18 @@ def test_broadcasting_every_member_reads_every_queue(front: Any, url: str) -> No
     with front.LitePullConsumer(url, "g", instance_name="a", **opts) as again:
         again.subscribe("orders")
         assert again.poll(timeout=0.05) == []  # a's own positions were kept
+
+
+def test_trim_past_the_fetched_position_resumes_at_the_first_retained_entry(front: Any, url: str) -> None:
+    setup(front, url, queues=1)
+    send_each_queue(front, url, 10, queues=1)
+    q0 = MessageQueue("orders", 0)
+    with front.LitePullConsumer(
+        url, "g", consume_from="first", pull_batch_size=2, bounds_ttl_ms=60_000, **FAST
+    ) as consumer:
+        consumer.assign([q0])
+        assert [m.queue_offset for m in consumer.poll(timeout=1.0)] == [0, 1]
+        open_client(url).xtrim("rmq:{orders:0}:s", maxlen=4, approximate=False)  # drops q 0..5
+        # the next read after q 1 meets q 6: a gap, checked, then resumed at the first retained entry
+        got = drain(consumer, 4)
+        assert [m.queue_offset for m in got] == [6, 7, 8, 9]

@@ -231,3 +231,69 @@ def test_broadcasting_positions_are_per_instance(front: Any, url: str) -> None:
     # nothing touched the clustering position of the group
     with front.PullConsumer(url, "g") as clustering:
         assert clustering.committed(Q0) is None
+
+
+def test_trim_after_the_read_position_is_caught_on_the_fast_path(front: Any, url: str) -> None:
+    setup(front, url)
+    sent = send(front, url, list(range(10)))
+    with front.PullConsumer(url, "g", bounds_ttl_ms=60_000) as consumer:
+        first = consumer.pull(Q0, "0-0", max_nums=3)  # checked: the consumer now knows q 3 comes next
+        open_client(url).xtrim("rmq:{orders:0}:s", maxlen=4, approximate=False)
+        trimmed = consumer.pull(Q0, first.next_offset)  # reads q 6 where 3 was due: a gap, so it checks
+        assert (trimmed.status, trimmed.messages) == (PullStatus.OFFSET_ILLEGAL, [])
+        assert trimmed.next_offset == trimmed.min_offset
+        assert parse_offset(trimmed.min_offset) < parse_offset(sent[6].offset)
+        resumed = consumer.pull(Q0, trimmed.next_offset)
+        assert [m.queue_offset for m in resumed.messages] == [6, 7, 8, 9]
+        assert (resumed.max_offset, resumed.min_offset) == (sent[9].offset, trimmed.min_offset)
+
+
+def test_a_position_read_up_to_stays_legal_when_only_entries_before_it_are_trimmed(
+    front: Any, url: str
+) -> None:
+    setup(front, url)
+    sent = send(front, url, list(range(10)))
+    with front.PullConsumer(url, "g", bounds_ttl_ms=60_000) as consumer:
+        head = consumer.pull(Q0, "0-0", max_nums=6)
+        assert head.next_offset == sent[5].offset
+        open_client(url).xtrim("rmq:{orders:0}:s", maxlen=4, approximate=False)  # drops q 0..5
+        # the consumer knows q 6 follows its position and reads it: nothing after the position is lost
+        rest = consumer.pull(Q0, head.next_offset)
+        assert [m.queue_offset for m in rest.messages] == [6, 7, 8, 9]
+
+
+def test_delayed_messages_are_released_within_bounds_ttl(front: Any, url: str) -> None:
+    setup(front, url)
+    with (
+        front.PullConsumer(url, "g", bounds_ttl_ms=150) as cached,
+        front.PullConsumer(url, "h", bounds_ttl_ms=0) as checked,
+    ):
+        assert cached.pull(Q0, "0-0").status == PullStatus.NO_NEW_MSG
+        with front.Producer(url) as producer:
+            producer.send(Message("orders", "soon"), queue_id=0, delay=timedelta(milliseconds=1))
+        time.sleep(0.01)
+        # bounds_ttl_ms=0 checks before every read: the due message is released and read at once
+        assert [m.value() for m in checked.pull(Q0, "0-0").messages] == ["soon"]
+        time.sleep(0.2)  # past the cached consumer's bounds_ttl_ms
+        assert [m.value() for m in cached.pull(Q0, "0-0").messages] == ["soon"]
+    with pytest.raises(UsageError, match="bounds_ttl_ms"):
+        front.PullConsumer(url, "g", bounds_ttl_ms=-1)
+
+
+def test_fast_pulls_report_bounds_and_end_of_queue(front: Any, url: str) -> None:
+    setup(front, url)
+    sent = send(front, url, list(range(4)))
+    with front.PullConsumer(url, "g", bounds_ttl_ms=60_000) as consumer:
+        offset, seen = "0-0", []
+        for _ in range(4):
+            result = consumer.pull(Q0, offset, max_nums=1)
+            assert (result.min_offset, result.max_offset) == ("0-0", sent[3].offset)
+            seen += [m.value() for m in result.messages]
+            offset = result.next_offset
+        assert seen == [0, 1, 2, 3]
+        end = consumer.pull(Q0, offset)
+        assert (end.status, end.next_offset, end.max_offset) == (PullStatus.NO_NEW_MSG, offset, offset)
+        more = send(front, url, ["x"])
+        found = consumer.pull(Q0, offset)  # still one XREAD: the read itself shows the new last entry
+        assert [m.value() for m in found.messages] == ["x"]
+        assert found.max_offset == found.next_offset == more[0].offset

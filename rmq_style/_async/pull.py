@@ -10,9 +10,12 @@ from .._names import Keys, check_group
 from .._offset_store import MessageModel, OffsetStore, QueueProgress, default_instance_name, progress_flow
 from .._offsets import Offset, parse_offset
 from .._pulling import (
+    DEFAULT_BOUNDS_TTL_MS,
     PullResult,
+    QueueCache,
     RouteCache,
     bounds_flow,
+    check_bounds_ttl_ms,
     offset_for_timestamp_flow,
     position_for_timestamp_flow,
     pull_flow,
@@ -26,7 +29,9 @@ class AsyncPullConsumer:
     """RocketMQ's pull consumer: the application chooses queues and offsets.
 
     ``pull`` returns the entries strictly after *offset* ("0-0": from the
-    beginning); resume from ``result.next_offset``.
+    beginning); resume from ``result.next_offset``. Pulling on from
+    ``next_offset`` is one XREAD per pull: the queue's bounds and delayed
+    messages are checked again after *bounds_ttl_ms* (0: before every read).
 
     >>> import asyncio
     >>> from rmq_style import AsyncAdmin, AsyncProducer, AsyncPullConsumer, Message, MessageQueue
@@ -55,10 +60,12 @@ class AsyncPullConsumer:
         message_model: MessageModel = "clustering",
         instance_name: str | None = None,
         route_ttl_s: float = 30.0,
+        bounds_ttl_ms: int = DEFAULT_BOUNDS_TTL_MS,
     ) -> None:
         self.group = check_group(group)
         self.keys = Keys(namespace)
         self._routes = RouteCache(self.keys, route_ttl_s)
+        self._queues = QueueCache(check_bounds_ttl_ms(bounds_ttl_ms) / 1000)
         self._store = OffsetStore(self.keys, group, message_model, instance_name or default_instance_name())
         self._owns_client = isinstance(url, str)
         self._client = open_client(url) if isinstance(url, str) else url
@@ -84,7 +91,7 @@ class AsyncPullConsumer:
         With *block* (seconds), wait up to that long for a message to arrive
         (long polling: returns as soon as one does).
         """
-        flow = pull_flow(self.keys, self._routes, queue, offset, max_nums, expression, block)
+        flow = pull_flow(self.keys, self._routes, queue, offset, max_nums, expression, block, self._queues)
         return await drive(self._client, flow)
 
     async def min_offset(self, queue: MessageQueue) -> str:
