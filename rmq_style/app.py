@@ -1,0 +1,254 @@
+"""App: decorator-declared handlers, producers and consumers from one place.
+
+>>> from pydantic import BaseModel
+>>> from rmq_style import App, ReceivedMessage
+>>> app = App("memory://doc-app")
+>>> class Order(BaseModel):
+...     order_id: int
+>>> @app.subscribe("orders", group="billing", tags="created || paid")
+... async def bill(order: Order, msg: ReceivedMessage) -> None:
+...     print("billing", order.order_id, msg.tag)
+>>> [(s.topic, s.group, s.tags) for s in app.subscriptions]
+[('orders', 'billing', 'created || paid')]
+>>> bill.__name__                       # the handler is still a plain function
+'bill'
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from ._async.admin import AsyncAdmin
+from ._async.producer import AsyncProducer
+from ._errors import ConfigurationError, TopicNotFoundError
+from ._filter import TagFilter
+from ._handlers import HandlerSpec, inspect_handler
+from ._message import ReceivedMessage
+from ._names import check_group, check_topic
+from ._producing import ProducerSettings
+from ._push_consumer import PushConsumer
+from ._push_settings import PushSettings
+from ._sync.admin import Admin
+from ._sync.pull import PullConsumer
+from ._sync.producer import Producer
+from .settings import AppSettings
+
+__all__ = ["App", "HandlerSubscription"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger("rmq_style.app")
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerSubscription:
+    """One decorated handler: what it consumes and how."""
+
+    topic: str
+    group: str
+    tags: str
+    handler: HandlerSpec
+    orderly: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# options a handler may set; each is a PushSettings field of its group's consumer
+_GROUP_OPTIONS = ("max_reconsume_times", "concurrency", "consume_from", "retry_delays_ms", "consume_timeout_ms")
+
+
+class App:
+    """The application: its Redis URL and settings, its handlers, its producers.
+
+    Handlers of one group share one consumer (one member of the group per
+    worker process); their per-group options must agree.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: AppSettings | None = None, **overrides: Any) -> None:
+        if settings is None:
+            settings = AppSettings(**({"url": url} if url else {}), **overrides)
+        elif url or overrides:
+            raise ConfigurationError("give App either settings or url/keyword settings, not both")
+        self.settings = settings
+        self._subscriptions: list[HandlerSubscription] = []
+
+    def __repr__(self) -> str:
+        return f"<App url={self.settings.url!r} handlers={len(self._subscriptions)}>"
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    @property
+    def subscriptions(self) -> list[HandlerSubscription]:
+        return list(self._subscriptions)
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str,
+        tags: str = "*",
+        orderly: bool = False,
+        batch: int | None = None,
+        **options: Any,
+    ) -> Callable[[F], F]:
+        """Declare *func* the handler of *topic* for *group*; returns *func* unchanged.
+
+        *options*: ``max_reconsume_times``, ``concurrency``, ``consume_from``,
+        ``retry_delays_ms``, ``consume_timeout_ms``.
+        """
+        check_topic(topic)
+        check_group(group)
+        TagFilter.parse(tags)
+        unknown = sorted(set(options) - set(_GROUP_OPTIONS))
+        if unknown:
+            raise ConfigurationError(
+                f"unknown subscribe option(s) {unknown} for {topic!r}/{group!r}; known: {list(_GROUP_OPTIONS)}"
+            )
+        if batch is not None and batch < 1:
+            raise ConfigurationError(f"batch must be at least 1, got {batch}")
+
+        def decorate(func: F) -> F:
+            spec = inspect_handler(func)
+            if spec.batch != (batch is not None and batch > 1):
+                raise ConfigurationError(
+                    f"handler {spec.name}: a batch handler (batch > 1) takes lists, a single handler does not"
+                )
+            for existing in self._subscriptions:
+                if (existing.topic, existing.group) == (topic, group):
+                    raise ConfigurationError(
+                        f"two handlers for topic {topic!r} in group {group!r}: {existing.handler.name} and "
+                        f"{spec.name}; a group has one handler per topic (use tags to split, or another group)"
+                    )
+            opts = dict(options)
+            if batch is not None:
+                opts["consume_message_batch_max_size"] = batch
+            self._subscriptions.append(HandlerSubscription(topic, group, tags, spec, orderly, opts))
+            return func
+
+        return decorate
+
+    # producers and consumers -------------------------------------------------
+
+    def _producer_settings(self) -> ProducerSettings:
+        s = self.settings
+        return ProducerSettings(
+            namespace=s.namespace, codec=s.codec, max_message_size=s.max_message_size,
+            auto_create_topics=s.auto_create_topics,
+        )  # fmt: skip
+
+    def producer(self) -> Producer:
+        return Producer(self.url, self._producer_settings())
+
+    def async_producer(self) -> AsyncProducer:
+        return AsyncProducer(self.url, self._producer_settings())
+
+    def admin(self) -> Admin:
+        return Admin(self.url, namespace=self.settings.namespace)
+
+    def pull_consumer(self, group: str, **options: Any) -> PullConsumer:
+        return PullConsumer(self.url, group, namespace=self.settings.namespace, **options)
+
+    def groups(self) -> list[str]:
+        return sorted({s.group for s in self._subscriptions})
+
+    def push_settings(self, group: str, *, concurrency: int | None = None, **extra: Any) -> PushSettings:
+        """The consumer settings of *group*: app defaults, then the handlers' options (which must agree)."""
+        merged: dict[str, Any] = {}
+        for sub in self._subscriptions:
+            if sub.group != group:
+                continue
+            for name, value in sub.options.items():
+                if name in merged and merged[name] != value:
+                    raise ConfigurationError(
+                        f"handlers of group {group!r} disagree on {name}: {merged[name]!r} and {value!r}"
+                    )
+                merged[name] = value
+        s = self.settings
+        values: dict[str, Any] = {
+            "namespace": s.namespace,
+            "concurrency": s.concurrency,
+            "max_reconsume_times": s.max_reconsume_times,
+            "shutdown_timeout_ms": int(s.shutdown_timeout_s * 1000),
+            **merged,
+            **extra,
+        }
+        if concurrency is not None:
+            values["concurrency"] = concurrency
+        return PushSettings(**values)
+
+    def consumer(self, group: str, *, concurrency: int | None = None, **extra: Any) -> PushConsumer:
+        """A push consumer of *group* with every handler of that group subscribed."""
+        consumer = PushConsumer(self.url, group, self.push_settings(group, concurrency=concurrency, **extra))
+        for sub in self._subscriptions:
+            if sub.group == group:
+                consumer.subscribe(sub.topic, sub.tags, _listener(sub.handler), **_orderly(sub))
+        return consumer
+
+    async def check(self) -> None:
+        """Fail early: every subscribed topic must exist (unless auto-create is on)."""
+        if not self._subscriptions:
+            raise ConfigurationError("the app has no handlers: decorate functions with @app.subscribe")
+        if self.settings.auto_create_topics:
+            return
+        async with AsyncAdmin(self.url, namespace=self.settings.namespace) as admin:
+            for topic in sorted({s.topic for s in self._subscriptions}):
+                try:
+                    await admin.topic(topic)
+                except TopicNotFoundError:
+                    raise ConfigurationError(
+                        f"handlers subscribe topic {topic!r}, which does not exist: create it "
+                        f"(`rmq-style topic create {topic}`) or set auto_create_topics"
+                    ) from None
+
+    async def run(
+        self, stop: asyncio.Event, *, only_groups: Sequence[str] | None = None, concurrency: int | None = None
+    ) -> None:
+        """Consume with every handler (or those of *only_groups*) until *stop* is set, then drain."""
+        await self.check()
+        groups = self.groups()
+        if only_groups:
+            missing = sorted(set(only_groups) - set(groups))
+            if missing:
+                raise ConfigurationError(f"no handlers for group(s) {missing}; the app has {groups}")
+            groups = sorted(set(only_groups))
+        consumers = [self.consumer(g, concurrency=concurrency) for g in groups]
+        started: list[PushConsumer] = []
+        try:
+            for consumer in consumers:
+                await consumer.start()
+                started.append(consumer)
+            log.info("app.running", groups=groups)
+            await stop.wait()
+        finally:
+            await asyncio.gather(*(c.stop() for c in started))
+            log.info("app.stopped", groups=groups)
+
+
+def _orderly(sub: HandlerSubscription) -> dict[str, Any]:
+    return {"orderly": True} if sub.orderly else {}
+
+
+def _listener(spec: HandlerSpec) -> Callable[..., Any]:
+    """Adapt a handler's signature to the push listener (which passes the message or a list of them)."""
+    if spec.roles == ("message",):
+        return spec.func
+    if spec.is_async:
+
+        async def call_async(messages: ReceivedMessage | list[ReceivedMessage]) -> Any:
+            return await spec.func(*spec.arguments(_as_list(messages)))
+
+        return call_async
+
+    def call(messages: ReceivedMessage | list[ReceivedMessage]) -> Any:
+        return spec.func(*spec.arguments(_as_list(messages)))
+
+    return call
+
+
+def _as_list(messages: ReceivedMessage | list[ReceivedMessage]) -> list[ReceivedMessage]:
+    return messages if isinstance(messages, list) else [messages]
