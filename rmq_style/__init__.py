@@ -7,6 +7,24 @@
 ...     result = producer.send(Message("orders", {"order": 1}, tag="created"), sharding_key="user-9")
 >>> result.queue, result.queue_offset
 (MessageQueue(topic='orders', queue_id=2), 0)
+
+Push consumption: a listener per topic; returning acks, raising retries later.
+
+>>> import asyncio
+>>> from structlog.testing import capture_logs
+>>> from rmq_style import PushConsumer
+>>> async def consume_one():
+...     done = asyncio.Event()
+...     async def on_order(msg):
+...         done.set()
+...     consumer = PushConsumer("memory://doc-init", "billing", consume_from="first")
+...     consumer.subscribe("orders", "*", on_order)
+...     async with consumer:
+...         await asyncio.wait_for(done.wait(), 5)
+...     return consumer.stats.consumed
+>>> with capture_logs():
+...     asyncio.run(consume_one())
+1
 """
 
 from ._async.admin import AsyncAdmin
@@ -33,6 +51,9 @@ from ._message import Message, MessageQueue, ReceivedMessage, SendResult
 from ._names import LAYOUT_VERSION, Keys
 from ._offsets import Offset, parse_offset
 from ._producing import ProducerSettings
+from ._push_consumer import PushConsumer, PushStats
+from ._push_core import ConsumeResult, ConsumeTimeout, DeadLetter
+from ._push_settings import PushSettings
 from ._routing import queue_for_key
 from ._sync.admin import Admin
 from ._sync.producer import Producer
@@ -46,6 +67,9 @@ __all__ = [
     "AsyncProducer",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "ConsumeResult",
+    "ConsumeTimeout",
+    "DeadLetter",
     "FencedError",
     "InvalidNameError",
     "InvalidOffsetError",
@@ -57,6 +81,9 @@ __all__ = [
     "Offset",
     "Producer",
     "ProducerSettings",
+    "PushConsumer",
+    "PushSettings",
+    "PushStats",
     "QueueInfo",
     "QueueNotFoundError",
     "ReceivedMessage",

@@ -24,6 +24,10 @@ SCRIPTS: dict[str, int] = {
     "release_due": 4,
     "heartbeat": 1,
     "subscribe": 2,
+    "retry": 3,
+    "dead_letter": 2,
+    "release_retries": 3,
+    "create_group": 2,
 }
 
 
