@@ -58,9 +58,10 @@ if read then
 end
 local ok = redis.pcall('XGROUP', unpack(args))
 if type(ok) == 'table' and ok.err then
-  if string.sub(ok.err, 1, 9) == 'BUSYGROUP' then
+  local err = tostring(ok.err)  -- fakeredis hands the error text over as userdata
+  if string.sub(err, 1, 9) == 'BUSYGROUP' then
     return 0
   end
-  return redis.error_reply(ok.err)
+  return redis.error_reply(err)
 end
 return 1
