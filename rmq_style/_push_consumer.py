@@ -42,6 +42,8 @@ from ._topics import route_flow
 
 __all__ = ["PushConsumer", "PushStats"]
 
+_ACK = Ack()
+
 log = structlog.get_logger("rmq_style.push")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _RELEASE_LIMIT = 500
@@ -398,15 +400,18 @@ class PushConsumer:
 
     # -- fetching -------------------------------------------------------------------------------
 
-    def _readable(self) -> list[StreamState]:
+    def _readable(self, reserved: dict[int, int] | None = None) -> list[StreamState]:
+        """Streams with room for one more pull; *reserved*: entries read but not registered yet, per queue."""
         s = self.settings
-        room = s.pull_threshold_for_all - self._total
+        extra = reserved or {}
+        room = s.pull_threshold_for_all - self._total - sum(extra.values())
         out = []
         for q in self._queues.values():
             if not q.owned:
                 continue
+            count = q.count + extra.get(id(q), 0)
             if (
-                q.count + s.pull_batch_size > s.pull_threshold_for_queue
+                count + s.pull_batch_size > s.pull_threshold_for_queue
                 or q.size >= s.pull_threshold_size_for_queue
             ):
                 continue
@@ -416,54 +421,87 @@ class PushConsumer:
                     room -= s.pull_batch_size
         return out
 
+    def _read_new(self, client: AsyncClient, streams: list[StreamState]) -> asyncio.Future[Any]:
+        s = self.settings
+        cmd = fetch_command(
+            self.group,
+            self.member,
+            s.pull_batch_size,
+            s.poll_timeout_ms,
+            [st.key for st in streams],
+            [">"] * len(streams),
+        )
+        read: asyncio.Future[Any] = asyncio.ensure_future(cast(Any, client).execute_command(*cmd.args))
+        return read
+
+    def _prefetch(self, client: AsyncClient, reply: Any) -> asyncio.Future[Any] | None:
+        """Start the next long poll before handling this batch, so Redis works while we do."""
+        if not reply or self._stop.is_set():
+            return None
+        reserved: dict[int, int] = {}
+        for key, entries in reply:
+            stream = self._streams.get(key if isinstance(key, bytes) else key.encode())
+            if stream is not None:
+                reserved[id(stream.queue)] = reserved.get(id(stream.queue), 0) + len(entries)
+        streams = self._readable(reserved)
+        if not streams or any(st.scan_from is not None for st in streams):
+            return None
+        return self._read_new(client, streams)
+
     async def _fetch_loop(self) -> None:
         client = self._fetch_client
         assert client is not None
         s = self.settings
         backoff = _Backoff(s.reconnect_backoff_ms, s.reconnect_backoff_max_ms)
-        while not self._stop.is_set():
-            streams = self._readable()
-            if not streams:
-                self._capacity.clear()
-                await _wait(self._capacity, s.poll_timeout_ms / 1000)
-                continue
-            scans = [st for st in streams if st.scan_from is not None]
-            try:
-                if scans:
-                    cmd = fetch_command(
-                        self.group,
-                        self.member,
-                        s.pull_batch_size,
-                        None,
-                        [st.key for st in scans],
-                        [st.scan_from.decode() for st in scans if st.scan_from is not None],
-                    )
-                    reply = await cast(Any, client).execute_command(*cmd.args)
-                    self._on_read(reply, scans)
+        ahead: asyncio.Future[Any] | None = None
+        try:
+            while not self._stop.is_set():
+                if ahead is None:
+                    streams = self._readable()
+                    if not streams:
+                        self._capacity.clear()
+                        await _wait(self._capacity, s.poll_timeout_ms / 1000)
+                        continue
+                    scans = [st for st in streams if st.scan_from is not None]
                 else:
-                    cmd = fetch_command(
-                        self.group,
-                        self.member,
-                        s.pull_batch_size,
-                        s.poll_timeout_ms,
-                        [st.key for st in streams],
-                        [">"] * len(streams),
-                    )
-                    reply = await cast(Any, client).execute_command(*cmd.args)
-                    if self._stop.is_set():
-                        return  # read after stop: left pending, handed back when we leave
-                    self._on_read(reply, None)
-                backoff.reset()
-            except ResponseError as exc:
-                if not str(exc).startswith("NOGROUP"):
-                    raise
-                await self._recreate_groups(str(exc))
-            except _TRANSIENT as exc:
-                self._log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
-                for q in self._queues.values():
-                    for st in q.streams:
-                        st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
-                await backoff.wait(self._stop)
+                    scans = []
+                try:
+                    if scans:
+                        cmd = fetch_command(
+                            self.group,
+                            self.member,
+                            s.pull_batch_size,
+                            None,
+                            [st.key for st in scans],
+                            [st.scan_from.decode() for st in scans if st.scan_from is not None],
+                        )
+                        reply = await cast(Any, client).execute_command(*cmd.args)
+                        self._on_read(reply, scans)
+                    else:
+                        read, ahead = ahead or self._read_new(client, streams), None
+                        reply = await read
+                        if self._stop.is_set():
+                            return  # read after stop: left pending, handed back when we leave
+                        ahead = self._prefetch(client, reply)
+                        if ahead is not None:
+                            await asyncio.sleep(0)  # lets the next XREADGROUP go out now
+                        self._on_read(reply, None)
+                    backoff.reset()
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._recreate_groups(str(exc))
+                except _TRANSIENT as exc:
+                    self._log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
+                    for q in self._queues.values():
+                        for st in q.streams:
+                            st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
+                    await backoff.wait(self._stop)
+        finally:
+            if ahead is not None:
+                # never cancel a blocked read (fakeredis would keep a zombie reader); what it
+                # delivers stays pending and is handed back when we leave
+                await asyncio.gather(ahead, return_exceptions=True)
 
     async def _recreate_groups(self, error: str) -> None:
         client = self._client
@@ -487,52 +525,72 @@ class PushConsumer:
                 raise reply
 
     def _on_read(self, reply: Any, scans: list[StreamState] | None) -> None:
-        """Register the entries read and hand them to the pool (or settle them at once)."""
+        """Register the entries read and hand them to the pool (or settle them at once).
+
+        The hot path of the consumer: one pass per entry, no call that is not needed.
+        """
         batch_size = self.settings.consume_message_batch_max_size
+        pool = self._pool
+        assert pool is not None
         returned: set[int] = set()
         for key, entries in reply or ():
+            if not entries:
+                continue
             stream = self._streams[key if isinstance(key, bytes) else key.encode()]
-            if entries:
-                returned.add(id(stream))
+            returned.add(id(stream))
+            queue = stream.queue
+            sub = queue.sub
+            topic, queue_id = queue.mq.topic, queue.mq.queue_id
+            in_flight = stream.in_flight
+            tags = sub.filter.tags
+            one_by_one = batch_size == 1 and sub.model is None
+            listener, is_async = sub.listener, sub.is_async
             ready: list[Delivery] = []
+            count = size = 0
             for entry_id, fields in entries:
                 if scans is not None:
                     stream.scan_from = entry_id
-                    if entry_id in stream.in_flight:
+                    if entry_id in in_flight:
                         continue  # being handled or settled right now
+                if fields is None:
+                    self._register_lost(stream, entry_id)
+                    continue
+                body_size = len(fields.get(b"d") or b"")
+                d = Delivery(stream, entry_id, fields, body_size)
+                in_flight.add(entry_id)
+                count += 1
+                size += body_size
+                try:
+                    msg = d.message = decode_entry(topic, queue_id, entry_id, fields)
+                except (ValueError, TypeError) as exc:
+                    self._settle(d, DeadLetterIt(f"undecodable entry: {describe_error(exc)}"))
+                    continue
+                if tags is not None and msg.tag not in tags:
+                    self.stats.filtered += 1
+                    self._settle(d, _ACK)
+                elif one_by_one:
+                    pool.submit(Work(listener, is_async, (msg,), d))
                 else:
-                    stream.last_id = entry_id
-                d = self._register(stream, entry_id, fields)
-                if d.decision is None:
                     ready.append(d)
+            queue.count += count
+            queue.size += size
+            self._total += count
+            if scans is None:
+                stream.last_id = entries[-1][0]
             for start in range(0, len(ready), batch_size):
-                self._submit(stream.queue.sub, ready[start : start + batch_size])
+                self._submit(sub, ready[start : start + batch_size])
         for st in scans or ():
             if id(st) not in returned:
                 st.scan_from = None  # no more entries of ours pending there
 
-    def _register(self, stream: StreamState, entry_id: bytes, fields: dict[bytes, bytes] | None) -> Delivery:
-        queue = stream.queue
-        size = len(fields.get(b"d") or b"") if fields else 0
-        d = Delivery(stream, entry_id, fields or {}, size)
+    def _register_lost(self, stream: StreamState, entry_id: bytes) -> None:
+        """An entry trimmed while pending (MAXLEN retention): nothing left to handle, ack it."""
+        d = Delivery(stream, entry_id, {}, 0)
         stream.in_flight.add(entry_id)
-        queue.count += 1
-        queue.size += size
+        stream.queue.count += 1
         self._total += 1
-        if fields is None:  # trimmed while pending (MAXLEN retention): nothing left to handle
-            self._log.warning("entry.lost_to_trim", stream=stream.key, offset=entry_id.decode())
-            self._settle(d, Ack())
-            return d
-        try:
-            msg = decode_entry(queue.mq.topic, queue.mq.queue_id, entry_id, fields)
-        except (ValueError, TypeError) as exc:
-            self._settle(d, DeadLetterIt(f"undecodable entry: {describe_error(exc)}"))
-            return d
-        d.message = msg
-        if not queue.sub.filter.matches(msg.tag):
-            self.stats.filtered += 1
-            self._settle(d, Ack())
-        return d
+        self._log.warning("entry.lost_to_trim", stream=stream.key, offset=entry_id.decode())
+        self._settle(d, _ACK)
 
     def _submit(self, sub: Subscription, deliveries: list[Delivery]) -> None:
         args: list[Any]
@@ -564,7 +622,19 @@ class PushConsumer:
     # -- outcomes -------------------------------------------------------------------------------
 
     def _on_done(self, work: Work, outcome: object) -> None:
-        deliveries: list[Delivery] = work.token
+        token = work.token
+        if type(token) is Delivery:
+            if outcome is None and token.decision is None:  # the common case, kept short
+                self.stats.consumed += 1
+                if self.settings.trace_messages:
+                    self._event(token).debug("message.consumed")
+                token.decision = _ACK
+                self._settle_buffer.append(token)
+                self._settle_wakeup.set()
+                return
+            deliveries: list[Delivery] = [token]
+        else:
+            deliveries = token
         for d in deliveries:
             if d.decision is not None:
                 continue
@@ -577,7 +647,7 @@ class PushConsumer:
         self.stats.consumed += 1
         if self.settings.trace_messages:
             self._event(d).debug("message.consumed")
-        self._settle(d, Ack())
+        self._settle(d, _ACK)
 
     def _fail(self, d: Delivery, outcome: object) -> None:
         reconsume = d.message.reconsume_times if d.message is not None else 0
