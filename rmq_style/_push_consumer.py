@@ -405,6 +405,7 @@ class PushConsumer:
         s = self.settings
         extra = reserved or {}
         room = s.pull_threshold_for_all - self._total - sum(extra.values())
+        now = time.monotonic()
         out = []
         for q in self._queues.values():
             if not q.owned:
@@ -416,6 +417,8 @@ class PushConsumer:
             ):
                 continue
             for stream in q.streams:
+                if stream.retry and not (stream.wanted or stream.scan_from or now >= stream.next_check):
+                    continue  # an empty retry stream would only slow every long poll down
                 if room >= s.pull_batch_size:
                     out.append(stream)
                     room -= s.pull_batch_size
@@ -423,6 +426,11 @@ class PushConsumer:
 
     def _read_new(self, client: AsyncClient, streams: list[StreamState]) -> asyncio.Future[Any]:
         s = self.settings
+        next_check = time.monotonic() + s.retry_poll_ms / 1000
+        for st in streams:
+            if st.retry:  # read now; again when it returns entries or retries are released into it
+                st.wanted = False
+                st.next_check = next_check
         cmd = fetch_command(
             self.group,
             self.member,
@@ -534,9 +542,11 @@ class PushConsumer:
         assert pool is not None
         returned: set[int] = set()
         for key, entries in reply or ():
+            stream = self._streams[key if isinstance(key, bytes) else key.encode()]
+            if stream.retry and entries:
+                stream.wanted = True  # more may follow
             if not entries:
                 continue
-            stream = self._streams[key if isinstance(key, bytes) else key.encode()]
             returned.add(id(stream))
             queue = stream.queue
             sub = queue.sub
@@ -758,6 +768,9 @@ class PushConsumer:
                         )
                         continue
                     moved, next_ms = int(reply[0]), int(reply[1])
+                    if moved:
+                        q.streams[1].wanted = True
+                        self._capacity.set()
                     if moved >= _RELEASE_LIMIT:
                         wait_ms = 0
                     elif next_ms >= 0:

@@ -35,6 +35,9 @@ class StreamState:
     last_id: bytes | None = None  # last new entry read: where a lost group is re-created
     scan_from: bytes | None = None  # cursor of a re-read of our own pending entries; None: not needed
     in_flight: set[bytes] = field(default_factory=set)
+    # a retry stream is read only when retries were released into it, or now and then (next_check)
+    wanted: bool = True
+    next_check: float = 0.0
 
     def __repr__(self) -> str:
         return f"<StreamState {self.key} in_flight={len(self.in_flight)} scan={self.scan_from!r}>"
