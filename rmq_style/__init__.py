@@ -7,6 +7,24 @@
 ...     result = producer.send(Message("orders", {"order": 1}, tag="created"), sharding_key="user-9")
 >>> result.queue, result.queue_offset
 (MessageQueue(topic='orders', queue_id=2), 0)
+
+Push consumption: a listener per topic; returning acks, raising retries later.
+
+>>> import asyncio
+>>> from structlog.testing import capture_logs
+>>> from rmq_style import PushConsumer
+>>> async def consume_one():
+...     done = asyncio.Event()
+...     async def on_order(msg):
+...         done.set()
+...     consumer = PushConsumer("memory://doc-init", "billing", consume_from="first")
+...     consumer.subscribe("orders", "*", on_order)
+...     async with consumer:
+...         await asyncio.wait_for(done.wait(), 5)
+...     return consumer.stats.consumed
+>>> with capture_logs():
+...     asyncio.run(consume_one())
+1
 """
 
 from ._async.admin import AsyncAdmin
@@ -38,17 +56,24 @@ from ._offset_store import QueueProgress
 from ._offsets import Offset, parse_offset
 from ._producing import ProducerSettings
 from ._pulling import PullResult, PullStatus
+from ._push_consumer import PushConsumer, PushStats
+from ._push_core import ConsumeResult, ConsumeTimeout, DeadLetter
+from ._push_settings import PushSettings
 from ._routing import queue_for_key
 from ._sync.admin import Admin
 from ._sync.lite_pull import LitePullConsumer
 from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
+from .app import App, HandlerSubscription
+from .settings import AppSettings
 
 __all__ = [
     "DELAY_LEVELS_MS",
     "LAYOUT_VERSION",
     "Admin",
+    "App",
+    "AppSettings",
     "AsyncAdmin",
     "AsyncLitePullConsumer",
     "AsyncProducer",
@@ -56,7 +81,11 @@ __all__ = [
     "BrokerUnavailableError",
     "ConfigurationError",
     "ConsumeFrom",
+    "ConsumeResult",
+    "ConsumeTimeout",
+    "DeadLetter",
     "FencedError",
+    "HandlerSubscription",
     "InvalidNameError",
     "InvalidOffsetError",
     "InvalidUrlError",
@@ -72,6 +101,9 @@ __all__ = [
     "PullConsumer",
     "PullResult",
     "PullStatus",
+    "PushConsumer",
+    "PushSettings",
+    "PushStats",
     "QueueInfo",
     "QueueNotFoundError",
     "QueueProgress",

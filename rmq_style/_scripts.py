@@ -26,6 +26,10 @@ SCRIPTS: dict[str, int] = {
     "subscribe": 2,
     "pull_prepare": 4,
     "commit_offset": 2,
+    "retry": 3,
+    "dead_letter": 2,
+    "release_retries": 3,
+    "create_group": 2,
 }
 
 

@@ -34,8 +34,8 @@ from ._producing import ProducerSettings
 from ._push_consumer import PushConsumer
 from ._push_settings import PushSettings
 from ._sync.admin import Admin
-from ._sync.pull import PullConsumer
 from ._sync.producer import Producer
+from ._sync.pull import PullConsumer
 from .settings import AppSettings
 
 __all__ = ["App", "HandlerSubscription"]
@@ -57,7 +57,9 @@ class HandlerSubscription:
 
 
 # options a handler may set; each is a PushSettings field of its group's consumer
-_GROUP_OPTIONS = ("max_reconsume_times", "concurrency", "consume_from", "retry_delays_ms", "consume_timeout_ms")
+_GROUP_OPTIONS = (
+    "max_reconsume_times", "concurrency", "consume_from", "retry_delays_ms", "consume_timeout_ms",
+)  # fmt: skip
 
 
 class App:
@@ -67,9 +69,12 @@ class App:
     worker process); their per-group options must agree.
     """
 
-    def __init__(self, url: str | None = None, *, settings: AppSettings | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, url: str | None = None, *, settings: AppSettings | None = None, **overrides: Any
+    ) -> None:
         if settings is None:
-            settings = AppSettings(**({"url": url} if url else {}), **overrides)
+            values: dict[str, Any] = {"url": url} if url else {}
+            settings = AppSettings(**values, **overrides)
         elif url or overrides:
             raise ConfigurationError("give App either settings or url/keyword settings, not both")
         self.settings = settings
@@ -107,7 +112,8 @@ class App:
         unknown = sorted(set(options) - set(_GROUP_OPTIONS))
         if unknown:
             raise ConfigurationError(
-                f"unknown subscribe option(s) {unknown} for {topic!r}/{group!r}; known: {list(_GROUP_OPTIONS)}"
+                f"unknown subscribe option(s) {unknown} for {topic!r}/{group!r}; "
+                f"known: {list(_GROUP_OPTIONS)}"
             )
         if batch is not None and batch < 1:
             raise ConfigurationError(f"batch must be at least 1, got {batch}")
@@ -121,8 +127,8 @@ class App:
             for existing in self._subscriptions:
                 if (existing.topic, existing.group) == (topic, group):
                     raise ConfigurationError(
-                        f"two handlers for topic {topic!r} in group {group!r}: {existing.handler.name} and "
-                        f"{spec.name}; a group has one handler per topic (use tags to split, or another group)"
+                        f"two handlers for topic {topic!r} in group {group!r}: {existing.handler.name} "
+                        f"and {spec.name}; a group has one handler per topic (use tags, or another group)"
                     )
             opts = dict(options)
             if batch is not None:

@@ -1,0 +1,61 @@
+"""Push consumer configuration, with RocketMQ's defaults (reference: DefaultMQPushConsumer)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ._delay import RetrySchedule
+from ._errors import ConfigurationError
+from ._membership import MembershipSettings
+
+__all__ = ["ConsumeFrom", "PushSettings"]
+
+ConsumeFrom = Literal["first", "last", "timestamp"]
+
+
+class PushSettings(BaseModel):
+    """How a PushConsumer fetches, runs and retries messages.
+
+    Durations are in milliseconds so tests can shrink them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    namespace: str = "rmq"
+    concurrency: int = Field(20, ge=1, description="handlers running at once (consumeThreadMax)")
+    consume_message_batch_max_size: int = Field(1, ge=1, description="messages per listener call")
+    pull_batch_size: int = Field(32, ge=1, description="entries per stream per fetch")
+    pull_threshold_for_queue: int = Field(1000, ge=1, description="in-flight messages per queue")
+    pull_threshold_size_for_queue: int = Field(100 * 1024 * 1024, ge=1, description="in-flight body bytes")
+    pull_threshold_for_all: int = Field(10_000, ge=1, description="in-flight messages per consumer")
+    poll_timeout_ms: int = Field(1000, ge=1, description="long-poll BLOCK of one fetch")
+    consume_timeout_ms: int = Field(15 * 60_000, ge=1, description="a handler running longer fails")
+    max_reconsume_times: int = Field(16, ge=0, description="retries before the dead-letter queue")
+    retry_delays_ms: tuple[int, ...] = Field(RetrySchedule().delays_ms, min_length=1)
+    retry_poll_ms: int = Field(1000, ge=1, description="longest wait between checks for due retries")
+    consume_from: ConsumeFrom = "last"
+    consume_timestamp: datetime | None = Field(None, description="with consume_from='timestamp'")
+    membership: MembershipSettings = MembershipSettings()
+    shutdown_timeout_ms: int = Field(30_000, ge=0, description="graceful stop: wait for handlers")
+    reconnect_backoff_ms: int = Field(100, ge=1)
+    reconnect_backoff_max_ms: int = Field(2000, ge=1)
+    trace_messages: bool = Field(False, description="log every consumed message at debug level")
+
+    @model_validator(mode="after")
+    def _check(self) -> PushSettings:
+        if self.consume_message_batch_max_size > self.pull_threshold_for_queue:
+            raise ConfigurationError("consume_message_batch_max_size cannot exceed pull_threshold_for_queue")
+        if any(d < 0 for d in self.retry_delays_ms):
+            raise ConfigurationError("retry_delays_ms must not be negative")
+        if self.membership.member_expiry_ms <= self.membership.heartbeat_interval_ms:
+            raise ConfigurationError("membership.member_expiry_ms must be longer than heartbeat_interval_ms")
+        if self.consume_timestamp is not None and self.consume_timestamp.tzinfo is None:
+            raise ConfigurationError("consume_timestamp must be timezone-aware")
+        return self
+
+    @property
+    def retry_schedule(self) -> RetrySchedule:
+        return RetrySchedule.of_ms(self.retry_delays_ms)

@@ -1,0 +1,74 @@
+"""Bookkeeping of a push consumer (no I/O): subscriptions, owned queues, in-flight entries, flow control."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._filter import TagFilter
+from ._message import MessageQueue, ReceivedMessage
+from ._names import QueueKeys
+from ._push_core import Decision
+
+__all__ = ["Delivery", "QueueState", "StreamState", "Subscription"]
+
+
+@dataclass(slots=True, eq=False)
+class Subscription:
+    topic: str
+    filter: TagFilter
+    listener: Callable[..., Any]
+    is_async: bool
+    model: Any
+    queue_count: int = 0
+    members: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True, eq=False)
+class StreamState:
+    """One stream the group reads: a queue's stream or the group's retry stream of that queue."""
+
+    key: str
+    queue: QueueState
+    retry: bool
+    last_id: bytes | None = None  # last new entry read: where a lost group is re-created
+    scan_from: bytes | None = None  # cursor of a re-read of our own pending entries; None: not needed
+    in_flight: set[bytes] = field(default_factory=set)
+    # a retry stream is read only when retries were released into it, or now and then (next_check)
+    wanted: bool = True
+    next_check: float = 0.0
+
+    def __repr__(self) -> str:
+        return f"<StreamState {self.key} in_flight={len(self.in_flight)} scan={self.scan_from!r}>"
+
+
+@dataclass(slots=True, eq=False)
+class QueueState:
+    mq: MessageQueue
+    keys: QueueKeys
+    sub: Subscription
+    owned: bool = True
+    count: int = 0  # in-flight messages (read, not yet acknowledged in Redis)
+    size: int = 0  # their body bytes
+    streams: tuple[StreamState, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"<QueueState {self.mq} owned={self.owned} in_flight={self.count} bytes={self.size}>"
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """An entry read by this member and not yet settled in Redis."""
+
+    stream: StreamState
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+    size: int
+    message: ReceivedMessage | None = None
+    decision: Decision | None = None
+
+    @property
+    def origin_offset(self) -> bytes:
+        """The entry's offset in its topic queue (a retried copy carries it in field ``o``)."""
+        return self.fields.get(b"o", self.entry_id) if self.stream.retry else self.entry_id

@@ -1,0 +1,37 @@
+"""A push consumer process for the fault tests.
+
+Usage: python -m tests.push_worker URL GROUP HANDLER_MS
+
+Each handled message's id goes into the Redis set ``test:handled`` at the end
+of the handler, so a message cut off by a kill is not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import redis.asyncio as redis_asyncio
+import structlog
+
+from rmq_style import PushConsumer, ReceivedMessage
+from tests.pushkit import fast_settings
+
+
+async def main(url: str, group: str, handler_ms: int) -> None:
+    client = redis_asyncio.Redis.from_url(url)
+
+    async def listener(msg: ReceivedMessage) -> None:
+        await asyncio.sleep(handler_ms / 1000)
+        await client.sadd("test:handled", msg.msg_id)
+
+    consumer = PushConsumer(url, group, fast_settings(concurrency=8))
+    consumer.subscribe("orders", "*", listener)
+    await consumer.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout says "ready"
+    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))

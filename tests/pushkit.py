@@ -1,0 +1,57 @@
+"""Helpers of the push consumer tests: fast settings, sending, reading dead letters, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rmq_style import AsyncAdmin, AsyncProducer, Keys, Message, PushSettings
+from rmq_style._async._io import open_client
+from rmq_style._membership import MembershipSettings
+
+
+def fast_settings(**overrides: Any) -> PushSettings:
+    base: dict[str, Any] = {
+        "consume_from": "first",
+        "poll_timeout_ms": 100,
+        "retry_delays_ms": (20,),
+        "retry_poll_ms": 50,
+        "shutdown_timeout_ms": 5000,
+        "reconnect_backoff_ms": 20,
+        "reconnect_backoff_max_ms": 200,
+        "membership": MembershipSettings(heartbeat_interval_ms=100, member_expiry_ms=800),
+    }
+    base.update(overrides)
+    return PushSettings(**base)
+
+
+async def create_topic(url: str, topic: str = "orders", queues: int = 4) -> None:
+    async with AsyncAdmin(url) as admin:
+        await admin.create_topic(topic, queues=queues)
+
+
+async def send(url: str, messages: list[Message]) -> list[str]:
+    async with AsyncProducer(url) as producer:
+        results = await producer.send_batch(messages)
+    return [r.msg_id for r in results]
+
+
+async def dead_letters(url: str, group: str, topic: str = "orders", queues: int = 4) -> list[dict[str, str]]:
+    client = open_client(url)
+    out = []
+    for q in range(queues):
+        for _, fields in await client.xrange(Keys().queue(topic, q).dlq(group)):
+            out.append({k.decode(): v.decode(errors="replace") for k, v in fields.items()})
+    await client.aclose()
+    return out
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll *predicate* (bounded); fail the test if it stays false."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
