@@ -30,6 +30,7 @@ SCRIPTS: dict[str, int] = {
     "dead_letter": 2,
     "release_retries": 3,
     "create_group": 2,
+    "dlq_replay": 2,
 }
 
 

@@ -187,6 +187,12 @@ class App:
             values["concurrency"] = concurrency
         return PushSettings(**values)
 
+    def clone(self, **settings: Any) -> App:
+        """The same handlers with other settings (e.g. another URL, for tests)."""
+        twin = App(settings=self.settings.model_copy(update=settings))
+        twin._subscriptions = list(self._subscriptions)
+        return twin
+
     def consumer(self, group: str, *, concurrency: int | None = None, **extra: Any) -> PushConsumer:
         """A push consumer of *group* with every handler of that group subscribed."""
         consumer = PushConsumer(self.url, group, self.push_settings(group, concurrency=concurrency, **extra))
@@ -212,7 +218,13 @@ class App:
                     ) from None
 
     async def run(
-        self, stop: asyncio.Event, *, only_groups: Sequence[str] | None = None, concurrency: int | None = None
+        self,
+        stop: asyncio.Event,
+        *,
+        only_groups: Sequence[str] | None = None,
+        concurrency: int | None = None,
+        ready: asyncio.Event | None = None,
+        **consumer_settings: Any,
     ) -> None:
         """Consume with every handler (or those of *only_groups*) until *stop* is set, then drain."""
         await self.check()
@@ -222,13 +234,15 @@ class App:
             if missing:
                 raise ConfigurationError(f"no handlers for group(s) {missing}; the app has {groups}")
             groups = sorted(set(only_groups))
-        consumers = [self.consumer(g, concurrency=concurrency) for g in groups]
+        consumers = [self.consumer(g, concurrency=concurrency, **consumer_settings) for g in groups]
         started: list[PushConsumer] = []
         try:
             for consumer in consumers:
                 await consumer.start()
                 started.append(consumer)
             log.info("app.running", groups=groups)
+            if ready is not None:
+                ready.set()
             await stop.wait()
         finally:
             await asyncio.gather(*(c.stop() for c in started))

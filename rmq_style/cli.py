@@ -13,17 +13,23 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
-from ._errors import RmqError
-from ._message import Message
+from ._errors import RmqError, SerializationError, UsageError
+from ._group_admin import DeadLetterRecord
+from ._message import Message, MessageQueue, ReceivedMessage
+from ._offsets import Offset
 from ._sync.admin import Admin
 from ._sync.producer import Producer
+from ._sync.pull import PullConsumer
 from ._topics import Retention
 
 app = typer.Typer(help="rmq_style: RocketMQ-style messaging on Redis Streams.", no_args_is_help=True)
 topic_app = typer.Typer(help="Create, list, describe, expand and delete topics.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Read and replay a group's dead-letter queue.", no_args_is_help=True)
 app.add_typer(topic_app, name="topic")
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 
 UrlOption = Annotated[
@@ -70,8 +76,13 @@ def topic_list(url: UrlOption = DEFAULT_URL, as_json: JsonOption = False) -> Non
             [{"topic": r.topic, "queues": r.queue_count, "retention": r.retention.mode} for r in routes]
         )
         return
-    console.print(_table("topics", ["topic", "queues", "retention"],
-                         [[r.topic, r.queue_count, r.retention.mode] for r in routes]))  # fmt: skip
+    console.print(
+        _table(
+            "topics",
+            ["topic", "queues", "retention"],
+            [[r.topic, r.queue_count, r.retention.mode] for r in routes],
+        )
+    )
 
 
 @topic_app.command("describe")
@@ -83,8 +94,18 @@ def topic_describe(topic: str, url: UrlOption = DEFAULT_URL, as_json: JsonOption
         _emit_json({"topic": info.topic, "queues": [asdict(q) for q in info.queues]})
         return
     columns = ["queue", "first offset", "last offset", "length", "min q-offset", "max q-offset", "delayed"]
-    rows = [[q.queue_id, q.first_offset, q.last_offset, q.length, q.min_queue_offset, q.max_queue_offset,
-             q.delayed] for q in info.queues]  # fmt: skip
+    rows = [
+        [
+            q.queue_id,
+            q.first_offset,
+            q.last_offset,
+            q.length,
+            q.min_queue_offset,
+            q.max_queue_offset,
+            q.delayed,
+        ]
+        for q in info.queues
+    ]
     console.print(_table(f"topic {info.topic}", columns, rows))
 
 
@@ -137,6 +158,182 @@ def send(
     console.print(f"sent {result.msg_id} to {result.queue}: {where}")
 
 
+def _message_row(msg: ReceivedMessage) -> dict[str, Any]:
+    try:
+        body: Any = msg.value()
+    except SerializationError:
+        body = repr(msg.body[:200])
+    return {
+        "msg_id": msg.msg_id,
+        "queue": msg.queue_id,
+        "offset": msg.offset,
+        "queue_offset": msg.queue_offset,
+        "tag": msg.tag,
+        "keys": list(msg.keys),
+        "reconsume_times": msg.reconsume_times,
+        "body": body,
+    }
+
+
+@app.command("pull")
+def pull(
+    topic: str,
+    queue: Annotated[int, typer.Option(help="queue id")],
+    from_: Annotated[
+        str, typer.Option("--from", help="offset (ms-seq, exclusive), or a timestamp in ms")
+    ] = "0-0",
+    count: Annotated[int, typer.Option(min=1, help="messages at most")] = 32,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Read messages of one queue from an offset or a timestamp, without touching any group."""
+    mq = MessageQueue(topic, queue)
+    with PullConsumer(url, "rmq-style-cli") as consumer:
+        start: str | Offset = from_
+        if from_.isdigit():
+            start = consumer.offset_before_timestamp(mq, int(from_))
+        result = consumer.pull(mq, start, max_nums=count)
+    rows = [_message_row(m) for m in result.messages]
+    if as_json:
+        _emit_json({"status": str(result.status), "next_offset": result.next_offset, "messages": rows})
+        return
+    console.print(
+        _table(
+            f"{mq} {result.status} (next offset {result.next_offset})",
+            ["offset", "q-offset", "msg id", "tag", "body"],
+            [[r["offset"], r["queue_offset"], r["msg_id"], r["tag"], r["body"]] for r in rows],
+        )
+    )
+
+
+@app.command("progress")
+def progress(
+    group: Annotated[str, typer.Option(help="consumer group")],
+    topic: Annotated[str | None, typer.Option(help="one topic (default: all the group subscribes)")] = None,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Per queue: max offset, group offset, lag, pending, retrying, dead letters, owner."""
+    with Admin(url) as admin:
+        rows = admin.progress(group, topic)
+    data = [
+        {
+            "topic": r.progress.queue.topic,
+            "queue": r.progress.queue.queue_id,
+            "max_offset": r.progress.max_queue_offset,
+            "group_offset": r.progress.group_offset,
+            "consumed": r.progress.consumed_queue_offset,
+            "lag": r.progress.lag,
+            "pending": r.progress.pending,
+            "retrying": r.retrying,
+            "dead_letters": r.dead_letters,
+            "owner": r.owner,
+        }
+        for r in rows
+    ]
+    if as_json:
+        _emit_json(data)
+        return
+    columns = list(data[0]) if data else ["topic"]
+    console.print(_table(f"progress of group {group}", columns, [list(d.values()) for d in data]))
+    lag, pending = sum(r.progress.lag for r in rows), sum(r.progress.pending for r in rows)
+    console.print(f"total lag {lag}, pending {pending}")
+
+
+@app.command("reset-offset")
+def reset_offset(
+    group: Annotated[str, typer.Option(help="consumer group")],
+    topic: Annotated[str, typer.Option(help="topic")],
+    to_timestamp: Annotated[
+        int | None, typer.Option(help="epoch ms: consume from messages stored then")
+    ] = None,
+    to_first: Annotated[bool, typer.Option("--to-first", help="consume everything retained")] = False,
+    to_last: Annotated[bool, typer.Option("--to-last", help="skip everything stored so far")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Move GROUP's position in every queue of TOPIC."""
+    targets = [t for t in (to_timestamp is not None, to_first, to_last) if t]
+    if len(targets) != 1:
+        raise UsageError("give exactly one of --to-timestamp, --to-first, --to-last")
+    target: Any = "first" if to_first else "last" if to_last else to_timestamp
+    with Admin(url) as admin:
+        moved = admin.reset_offset(group, topic, target)
+    for queue, offset in sorted(moved.items()):
+        console.print(f"{queue}: {offset}")
+
+
+def _dead_row(d: DeadLetterRecord) -> dict[str, Any]:
+    return {
+        **_message_row(d.message),
+        "dlq_id": d.dlq_id,
+        "topic": d.message.topic,
+        "origin_offset": d.origin_offset,
+        "reason": d.reason,
+        "dead_at_ms": d.dead_at_ms,
+    }
+
+
+@dlq_app.command("list")
+def dlq_list(
+    group: Annotated[str, typer.Option(help="consumer group")],
+    topic: Annotated[str | None, typer.Option(help="one topic")] = None,
+    limit: Annotated[int, typer.Option(help="per queue")] = 100,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """List dead letters with their reasons."""
+    with Admin(url) as admin:
+        rows = [_dead_row(d) for d in admin.dead_letters(group, topic, limit)]
+    if as_json:
+        _emit_json(rows)
+        return
+    console.print(
+        _table(
+            f"dead letters of group {group}",
+            ["msg id", "topic", "queue", "times", "reason"],
+            [[r["msg_id"], r["topic"], r["queue"], r["reconsume_times"], r["reason"]] for r in rows],
+        )
+    )
+
+
+@dlq_app.command("show")
+def dlq_show(
+    msg_id: str,
+    group: Annotated[str, typer.Option(help="consumer group")],
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Show one dead letter in full (JSON)."""
+    with Admin(url) as admin:
+        found = [_dead_row(d) for d in admin.dead_letters(group, limit=10_000) if d.message.msg_id == msg_id]
+    if not found:
+        raise UsageError(f"no dead letter with msg id {msg_id!r} in group {group!r}")
+    _emit_json(found[0] if len(found) == 1 else found)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    group: Annotated[str, typer.Option(help="consumer group")],
+    topic: Annotated[str | None, typer.Option(help="one topic")] = None,
+    msg_id: Annotated[list[str] | None, typer.Option(help="only these (repeatable); default: all")] = None,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Give dead letters back to GROUP: same msg id, reconsume times 0."""
+    with Admin(url) as admin:
+        records = [
+            d
+            for d in admin.dead_letters(group, topic, limit=10_000)
+            if not msg_id or d.message.msg_id in msg_id
+        ]
+        replayed = 0
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("replaying", total=len(records))
+            for start in range(0, len(records), 100):
+                chunk = records[start : start + 100]
+                replayed += admin.replay_dead_letters(group, chunk)
+                bar.advance(task, len(chunk))
+    console.print(f"replayed {replayed} of {len(records)} dead letters to group {group}")
+
+
 @app.command("worker")
 def worker(
     app_path: Annotated[str, typer.Argument(metavar="MODULE:APP", help="the App, e.g. myproject.tasks:app")],
@@ -151,8 +348,9 @@ def worker(
 
     configure_logging()
     import_app(app_path)  # fail fast, in the parent, on a wrong path
-    supervisor = Supervisor(app_path, processes, only_groups=only, concurrency=concurrency,
-                            shutdown_timeout_s=shutdown_timeout)  # fmt: skip
+    supervisor = Supervisor(
+        app_path, processes, only_groups=only, concurrency=concurrency, shutdown_timeout_s=shutdown_timeout
+    )
     raise typer.Exit(supervisor.run())
 
 

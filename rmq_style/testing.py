@@ -7,16 +7,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
-__all__ = ["RedisServer", "free_port", "redis_server_available"]
+__all__ = ["AppTester", "RedisServer", "free_port", "redis_server_available"]
 
 
 def free_port() -> int:
@@ -150,6 +154,126 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class AppTester:
+    """Runs an App's handlers in a background event loop, for tests (sync or async).
+
+    >>> from rmq_style import App, ReceivedMessage
+    >>> app = App("memory://doc-tester", auto_create_topics=True)
+    >>> seen = []
+    >>> @app.subscribe("orders", group="billing")
+    ... def bill(order: dict, msg: ReceivedMessage) -> None:
+    ...     seen.append((order["id"], msg.reconsume_times))
+    >>> with AppTester(app) as tester:
+    ...     _ = tester.send("orders", {"id": 1})
+    ...     tester.drain()
+    >>> seen
+    [(1, 0)]
+
+    Retries come back after ``retry_delays_ms`` (1 ms: delays are
+    fast-forwarded); ``drain`` returns once every queue of every group is
+    consumed, acknowledged and has no retry waiting.
+    """
+
+    def __init__(
+        self, app: Any, *, retry_delays_ms: tuple[int, ...] = (1,), **consumer_settings: Any
+    ) -> None:
+        from ._membership import MembershipSettings  # noqa: PLC0415 - keeps the module light for RedisServer users
+
+        self.app = app
+        self._settings: dict[str, Any] = {
+            "consume_from": "first",
+            "poll_timeout_ms": 50,
+            "retry_delays_ms": retry_delays_ms,
+            "retry_poll_ms": 20,
+            "membership": MembershipSettings(heartbeat_interval_ms=100, member_expiry_ms=2000),
+            **consumer_settings,
+        }
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="rmq-app-tester", daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._task: concurrent.futures.Future[None] | None = None
+
+    def _call(self, coro: Any, timeout: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def start(self) -> AppTester:
+        self._thread.start()
+        ready = self._call(self._start())
+        self._task = asyncio.run_coroutine_threadsafe(self._wait_ready_or_fail(ready), self._loop)
+        self._task.result(30)
+        return self
+
+    async def _start(self) -> asyncio.Event:
+        from ._async.admin import AsyncAdmin  # noqa: PLC0415
+
+        if self.app.settings.auto_create_topics:
+            async with AsyncAdmin(self.app.url, namespace=self.app.settings.namespace) as admin:
+                existing = {t.topic for t in await admin.list_topics()}
+                for topic in sorted({s.topic for s in self.app.subscriptions} - existing):
+                    await admin.create_topic(topic)
+        self._stop, ready = asyncio.Event(), asyncio.Event()
+        self._running = asyncio.ensure_future(self.app.run(self._stop, ready=ready, **self._settings))
+        return ready
+
+    async def _wait_ready_or_fail(self, ready: asyncio.Event) -> None:
+        waiter = asyncio.ensure_future(ready.wait())
+        await asyncio.wait([waiter, self._running], return_when=asyncio.FIRST_COMPLETED)
+        if self._running.done():
+            waiter.cancel()
+            self._running.result()  # raises the start-up error
+
+    def send(self, topic: str, body: Any, **options: Any) -> Any:
+        """Send one message (keyword options as Message and Producer.send take them)."""
+        from ._message import Message  # noqa: PLC0415
+
+        message_fields = {k: options.pop(k) for k in ("tag", "keys", "properties") if k in options}
+        with self.app.producer() as producer:
+            return producer.send(Message(topic, body, **message_fields), **options)
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Block until every message sent so far is handled, retried to the end, or dead-lettered."""
+        deadline = time.monotonic() + timeout
+        while not self._call(self._drained()):
+            if self._running.done():
+                self._running.result()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"queues not drained after {timeout} s")
+            time.sleep(0.01)  # bounded poll of Redis state
+
+    async def _drained(self) -> bool:
+        from ._async.admin import AsyncAdmin  # noqa: PLC0415
+
+        async with AsyncAdmin(self.app.url, namespace=self.app.settings.namespace) as admin:
+            for group in self.app.groups():
+                for row in await admin.progress(group):
+                    p = row.progress
+                    if p.lag or p.pending or row.retrying or p.group_offset is None:
+                        return False
+        return True
+
+    def dead_letters(self, group: str) -> list[Any]:
+        """The group's dead letters (DeadLetterRecord: .message, .reason ...)."""
+        with self.app.admin() as admin:
+            return list(admin.dead_letters(group))
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._call(asyncio.wait_for(asyncio.shield(self._running), 30))
+            self._stop = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> AppTester:
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

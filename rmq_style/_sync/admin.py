@@ -5,7 +5,18 @@ from __future__ import annotations
 
 from types import TracebackType
 
+from .._group_admin import (
+    DeadLetterRecord,
+    QueueReport,
+    ResetTarget,
+    dead_letters_flow,
+    progress_report_flow,
+    replay_flow,
+    reset_offset_flow,
+)
+from .._message import MessageQueue
 from .._names import Keys, check_topic
+from .._offsets import Offset
 from .._producing import release_due_call
 from .._topics import (
     DEFAULT_QUEUE_COUNT,
@@ -81,6 +92,26 @@ class Admin:
                 raise reply
             moved += int(reply[0])
         return moved
+
+    def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
+        """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""
+        return drive(self._client, progress_report_flow(self.keys, group, topic))
+
+    def reset_offset(self, group: str, topic: str, to: ResetTarget) -> dict[MessageQueue, Offset]:
+        """Move *group* in every queue of *topic* to ``"first"``, ``"last"`` or a timestamp (datetime or ms).
+
+        Entries before the new position count as consumed (their pending deliveries are acknowledged);
+        running push consumers pick the position up on their next read.
+        """
+        return drive(self._client, reset_offset_flow(self.keys, group, topic, to))
+
+    def dead_letters(self, group: str, topic: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
+        """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
+        return drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
+
+    def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
+        """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
+        return drive(self._client, replay_flow(self.keys, group, records))
 
     def close(self) -> None:
         if self._owns_client:

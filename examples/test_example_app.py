@@ -1,0 +1,22 @@
+"""How to test handlers with rmq_style's pytest plugin (no Redis server needed)."""
+
+from __future__ import annotations
+
+from examples.billing_app import app, billed
+from rmq_style.testing import AppTester
+
+
+def test_orders_are_billed_and_bad_ones_dead_lettered(rmq_tester) -> None:  # type: ignore[no-untyped-def]
+    billed.clear()
+    tester: AppTester = rmq_tester(app)
+    tester.send("orders", {"order_id": 1, "amount_cents": 500}, tag="created")
+    tester.send("orders", {"order_id": 2, "amount_cents": -5}, tag="created")
+    tester.send("orders", {"order_id": 3, "amount_cents": 0}, tag="created")
+    tester.send("orders", {"order_id": "not a number"}, tag="created")
+    tester.send("orders", {"order_id": 4, "amount_cents": 1}, tag="refunded")  # not subscribed: skipped
+    tester.drain()
+    assert billed == [1]
+    reasons = sorted(d.reason.split(":")[0] for d in tester.dead_letters("billing"))
+    assert reasons == ["DeadLetter", "SerializationError", "ValueError"]
+    retried = next(d for d in tester.dead_letters("billing") if d.reason.startswith("ValueError"))
+    assert retried.message.reconsume_times == 2  # max_reconsume_times retries, then the DLQ

@@ -1,0 +1,156 @@
+"""Operator views of a consumer group, as flows: progress, offset reset, dead letters and replay."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from ._allocation import STRATEGIES
+from ._calls import Flow, command, run_script, single
+from ._errors import UsageError
+from ._membership import MembershipSettings
+from ._message import MessageQueue, ReceivedMessage, decode_entry
+from ._names import Keys, check_group, check_topic
+from ._offset_store import OffsetStore, QueueProgress, progress_flow
+from ._offsets import Offset, parse_offset
+from ._pulling import RouteCache, position_for_timestamp_flow
+from ._topics import route_flow
+
+__all__ = ["DeadLetterRecord", "QueueReport"]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueReport:
+    """One row of ``rmq-style progress``."""
+
+    progress: QueueProgress
+    retrying: int  # failed messages waiting for their retry, or due and not yet acknowledged
+    dead_letters: int  # messages in the group's dead-letter queue of this queue
+    owner: str | None  # the live member the allocation gives this queue to
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    """A dead letter: the message (offset = its id in the DLQ stream) and why it died."""
+
+    message: ReceivedMessage
+    group: str
+    origin_offset: str  # where it was in the topic's queue
+    reason: str
+    dead_at_ms: int
+
+    @property
+    def dlq_id(self) -> str:
+        return self.message.offset
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def topics_flow(keys: Keys, group: str, topic: str | None) -> Flow[list[str]]:
+    """*topic*, or every topic the group subscribes."""
+    check_group(group)
+    if topic is not None:
+        return [check_topic(topic)]
+    (subs,) = yield [command("HKEYS", keys.subscriptions(group))]
+    return sorted(_text(t) for t in single(subs))
+
+
+def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Flow[list[QueueReport]]:
+    topics = yield from topics_flow(keys, group, topic)
+    expiry = MembershipSettings().member_expiry_ms
+    rows: list[QueueReport] = []
+    for name in topics:
+        route = yield from route_flow(keys, name)
+        (now,) = yield [command("TIME")]
+        now_ms = int(single(now)[0]) * 1000
+        (members,) = yield [command("ZRANGEBYSCORE", keys.members(group, name), now_ms - expiry, "+inf")]
+        live = [_text(m) for m in single(members)]
+        queues = [MessageQueue(name, q) for q in range(route.queue_count)]
+        owners = {q: m for m in live for q in STRATEGIES["averagely"](queues, live, m)}
+        for queue in queues:
+            progress = yield from progress_flow(keys, group, queue)
+            qk = keys.queue(name, queue.queue_id)
+            # retry stream entries are deleted once acknowledged: its length is the due backlog
+            waiting, due, dead = yield [
+                command("ZCARD", qk.retry(group)),
+                command("XLEN", qk.retry_stream(group)),
+                command("XLEN", qk.dlq(group)),
+            ]
+            retrying = int(single(waiting)) + int(single(due))
+            rows.append(QueueReport(progress, retrying, int(single(dead)), owners.get(queue)))
+    return rows
+
+
+ResetTarget = Literal["first", "last"] | datetime | int | float
+
+
+def reset_offset_flow(
+    keys: Keys, group: str, topic: str, to: ResetTarget
+) -> Flow[dict[MessageQueue, Offset]]:
+    """Move the group's position in every queue of *topic*: to the first entry, past the last, or a time."""
+    check_group(group)
+    route = yield from route_flow(keys, check_topic(topic))
+    store, routes = OffsetStore(keys, group), RouteCache(keys)
+    moved: dict[MessageQueue, Offset] = {}
+    for q in range(route.queue_count):
+        queue = MessageQueue(topic, q)
+        stream = keys.queue(topic, q).stream
+        if to == "first":
+            target = Offset(0, 0)
+        elif to == "last":
+            (last,) = yield [command("XREVRANGE", stream, "+", "-", "COUNT", 1)]
+            last = single(last)
+            target = parse_offset(last[0][0]) if last else Offset(0, 0)
+        elif isinstance(to, datetime | int | float) and not isinstance(to, bool):
+            target = yield from position_for_timestamp_flow(keys, routes, queue, to)
+        else:
+            raise UsageError(f"reset to 'first', 'last' or a timestamp, not {to!r}")
+        moved[queue] = yield from store.commit_flow(queue, target)
+    return moved
+
+
+def dead_letters_flow(
+    keys: Keys, group: str, topic: str | None = None, limit: int = 100
+) -> Flow[list[DeadLetterRecord]]:
+    """The group's dead letters (oldest first, at most *limit* per queue)."""
+    topics = yield from topics_flow(keys, group, topic)
+    records: list[DeadLetterRecord] = []
+    for name in topics:
+        route = yield from route_flow(keys, name)
+        replies = yield [
+            command("XRANGE", keys.queue(name, q).dlq(group), "-", "+", "COUNT", limit)
+            for q in range(route.queue_count)
+        ]
+        for q, reply in enumerate(replies):
+            for entry_id, fields in single(reply):
+                records.append(
+                    DeadLetterRecord(
+                        decode_entry(name, q, entry_id, fields),
+                        group,
+                        _text(fields.get(b"offset", b"")),
+                        _text(fields.get(b"reason", b"")),
+                        int(fields.get(b"dead_at") or 0),
+                    )
+                )
+    return records
+
+
+def replay_flow(keys: Keys, group: str, records: Sequence[DeadLetterRecord]) -> Flow[int]:
+    """Hand dead letters back to *group* (its retry stream): same msg id, reconsume times 0."""
+    calls = [
+        run_script(
+            "dlq_replay",
+            (keys.queue(r.message.topic, r.message.queue_id).dlq(group),
+             keys.queue(r.message.topic, r.message.queue_id).retry_stream(group)),
+            (r.dlq_id,),
+        )
+        for r in records
+    ]  # fmt: skip
+    if not calls:
+        return 0
+    replies = yield calls
+    return sum(1 for reply in replies if single(reply) != 0)
