@@ -105,7 +105,9 @@ class Admin:
         """
         return drive(self._client, reset_offset_flow(self.keys, group, topic, to))
 
-    def dead_letters(self, group: str, topic: str | None = None, limit: int = 100) -> list[DeadLetterRecord]:
+    def dead_letters(
+        self, group: str, topic: str | None = None, limit: int = 100
+    ) -> list[DeadLetterRecord]:
         """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
         return drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
 
