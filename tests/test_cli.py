@@ -6,7 +6,11 @@ import json
 
 from typer.testing import CliRunner
 
+from rmq_style import Admin, App, Message, Producer, ReceivedMessage
 from rmq_style.cli import app
+from rmq_style.testing import AppTester
+
+app_cli = app
 
 runner = CliRunner()
 
@@ -44,3 +48,62 @@ def test_examples_produce_runs(fake_url: str) -> None:
     module = runpy.run_path("examples/produce.py")
     module["main"](fake_url)
     module["main"](fake_url)  # a second run finds the topic created
+
+
+def test_pull_progress_reset_and_dead_letter_commands(fake_url: str) -> None:
+    with Admin(fake_url) as admin:
+        admin.create_topic("orders", queues=1)
+    with Producer(fake_url) as producer:
+        sent = producer.send_batch([Message("orders", {"n": n}, tag="created") for n in range(4)])
+    pulled = json.loads(invoke("pull", "orders", "--queue", "0", "--count", "3", "--url", fake_url, "--json"))
+    assert [m["body"]["n"] for m in pulled["messages"]] == [0, 1, 2]
+    assert pulled["status"] == "FOUND" and pulled["next_offset"] == sent[2].offset
+    after = json.loads(invoke("pull", "orders", "--queue", "0", "--from", sent[2].offset, "--url", fake_url,
+                              "--json"))  # fmt: skip
+    assert [m["body"]["n"] for m in after["messages"]] == [3]
+    by_time = json.loads(invoke("pull", "orders", "--queue", "0", "--from", str(sent[3].offset.split("-")[0]),
+                                "--url", fake_url, "--json"))  # fmt: skip
+    assert by_time["messages"][-1]["body"]["n"] == 3
+
+    app = App(fake_url)
+
+    @app.subscribe("orders", group="billing", max_reconsume_times=0)
+    def bill(body: dict[str, int], msg: ReceivedMessage) -> None:
+        if body["n"] == 2:
+            raise ValueError("two is bad")
+
+    with AppTester(app) as tester:
+        tester.drain()
+        progress = json.loads(invoke("progress", "--group", "billing", "--url", fake_url, "--json"))
+        assert [(p["lag"], p["pending"], p["dead_letters"]) for p in progress] == [(0, 0, 1)]
+        assert "total lag 0" in invoke("progress", "--group", "billing", "--url", fake_url)
+        dead = json.loads(invoke("dlq", "list", "--group", "billing", "--url", fake_url, "--json"))
+        assert [(d["body"]["n"], d["reason"].split(":")[0]) for d in dead] == [(2, "ValueError")]
+        shown = json.loads(invoke("dlq", "show", dead[0]["msg_id"], "--group", "billing", "--url", fake_url))
+        assert shown["origin_offset"] == sent[2].offset
+        assert "replayed 1 of 1" in invoke("dlq", "replay", "--group", "billing", "--url", fake_url)
+        tester.drain()
+    assert json.loads(invoke("dlq", "list", "--group", "billing", "--url", fake_url, "--json"))[0][
+        "body"
+    ] == {"n": 2}
+    invoke("reset-offset", "--group", "billing", "--topic", "orders", "--to-first", "--url", fake_url)
+    progress = json.loads(invoke("progress", "--group", "billing", "--url", fake_url, "--json"))
+    assert progress[0]["lag"] == 4
+    bad = runner.invoke(
+        app_cli, ["reset-offset", "--group", "billing", "--topic", "orders", "--url", fake_url]
+    )
+    assert bad.exit_code != 0
+
+
+def test_errors_are_reported_without_traceback(fake_url: str) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "rmq_style.cli", "progress", "--group", "g", "--topic", "nope", "--url", "memory://x"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        "error:" in result.stdout and "does not exist" in result.stdout and "Traceback" not in result.stderr
+    )
