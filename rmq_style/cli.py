@@ -360,9 +360,25 @@ def demo(
     messages: Annotated[int, typer.Option(help="orders to produce")] = 400,
 ) -> None:
     """Run the embedded demo (no Redis server needed)."""
+    import logging  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    import structlog  # noqa: PLC0415
+
     from .demo import run_demo  # noqa: PLC0415 - keeps CLI start-up light
 
-    run_demo(redis_url or "memory://demo", messages, console)
+    if not structlog.is_configured():  # only warnings, on stderr: the table is the show
+        structlog.configure(
+            wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+            logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        )
+    summary = run_demo(redis_url or "memory://demo", messages, console)
+    if (
+        summary["billed"] != messages
+        or len(summary["dead_letters"]) != 1
+        or not summary["shipped_in_order_per_user"]
+    ):
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -38,8 +38,14 @@ def test_topic_lifecycle_and_send(fake_url: str) -> None:
 
 
 def test_demo_runs_on_memory() -> None:
-    out = invoke("demo", "--messages", "50")
-    assert "sent 50 orders" in out and "done in" in out
+    out = invoke("demo", "--messages", "60")
+    assert "billed 60 of 61 orders; 3 succeeded on a retry; 1 dead letter(s)" in out
+    assert "per user in order: True" in out and "analytics pulled 61 messages" in out
+
+
+def test_demo_runs_on_real_redis(real_url: str) -> None:
+    out = invoke("demo", "--messages", "60", "--redis-url", real_url)
+    assert "billed 60 of 61 orders" in out
 
 
 def test_examples_produce_runs(fake_url: str) -> None:
