@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,7 +27,7 @@ import structlog
 
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
-from ._errors import ConfigurationError, TopicNotFoundError
+from ._errors import ConfigurationError, TopicExistsError, TopicNotFoundError
 from ._filter import TagFilter
 from ._handlers import HandlerSpec, inspect_handler
 from ._message import ReceivedMessage
@@ -79,6 +81,7 @@ class App:
             raise ConfigurationError("give App either settings or url/keyword settings, not both")
         self.settings = settings
         self._subscriptions: list[HandlerSubscription] = []
+        self.consumers: dict[str, PushConsumer] = {}  # group -> its consumer, while run() runs
 
     def __repr__(self) -> str:
         return f"<App url={self.settings.url!r} handlers={len(self._subscriptions)}>"
@@ -202,20 +205,29 @@ class App:
         return consumer
 
     async def check(self) -> None:
-        """Fail early: every subscribed topic must exist (unless auto-create is on)."""
+        """Fail early: every subscribed topic must exist (with auto_create_topics, missing ones are created)."""
         if not self._subscriptions:
             raise ConfigurationError("the app has no handlers: decorate functions with @app.subscribe")
-        if self.settings.auto_create_topics:
-            return
         async with AsyncAdmin(self.url, namespace=self.settings.namespace) as admin:
             for topic in sorted({s.topic for s in self._subscriptions}):
                 try:
                     await admin.topic(topic)
                 except TopicNotFoundError:
+                    if self.settings.auto_create_topics:
+                        with contextlib.suppress(TopicExistsError):  # another worker was faster
+                            await admin.create_topic(topic)
+                        continue
                     raise ConfigurationError(
                         f"handlers subscribe topic {topic!r}, which does not exist: create it "
                         f"(`rmq-style topic create {topic}`) or set auto_create_topics"
                     ) from None
+
+    def health(self) -> dict[str, Any]:
+        """Consumer state for a health endpoint: running groups and their counters."""
+        return {
+            "running": bool(self.consumers),
+            "groups": {g: dataclasses.asdict(c.stats) for g, c in sorted(self.consumers.items())},
+        }
 
     async def run(
         self,
@@ -240,12 +252,14 @@ class App:
             for consumer in consumers:
                 await consumer.start()
                 started.append(consumer)
+                self.consumers[consumer.group] = consumer
             log.info("app.running", groups=groups)
             if ready is not None:
                 ready.set()
             await stop.wait()
         finally:
             await asyncio.gather(*(c.stop() for c in started))
+            self.consumers = {}
             log.info("app.stopped", groups=groups)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["AppTester", "RedisServer", "free_port", "redis_server_available"]
+__all__ = ["AppTester", "is_drained", "RedisServer", "free_port", "redis_server_available"]
 
 
 def free_port() -> int:
@@ -161,6 +161,19 @@ class RedisServer:
         self.stop()
 
 
+async def is_drained(app: Any) -> bool:
+    """True when every queue of every group of *app* is consumed, acknowledged and has no retry waiting."""
+    from ._async.admin import AsyncAdmin  # noqa: PLC0415
+
+    async with AsyncAdmin(app.url, namespace=app.settings.namespace) as admin:
+        for group in app.groups():
+            for row in await admin.progress(group):
+                p = row.progress
+                if p.lag or p.pending or row.retrying or p.group_offset is None:
+                    return False
+    return True
+
+
 class AppTester:
     """Runs an App's handlers in a background event loop, for tests (sync or async).
 
@@ -211,13 +224,6 @@ class AppTester:
         return self
 
     async def _start(self) -> asyncio.Event:
-        from ._async.admin import AsyncAdmin  # noqa: PLC0415
-
-        if self.app.settings.auto_create_topics:
-            async with AsyncAdmin(self.app.url, namespace=self.app.settings.namespace) as admin:
-                existing = {t.topic for t in await admin.list_topics()}
-                for topic in sorted({s.topic for s in self.app.subscriptions} - existing):
-                    await admin.create_topic(topic)
         self._stop, ready = asyncio.Event(), asyncio.Event()
         self._running = asyncio.ensure_future(self.app.run(self._stop, ready=ready, **self._settings))
         return ready
@@ -240,23 +246,12 @@ class AppTester:
     def drain(self, timeout: float = 10.0) -> None:
         """Block until every message sent so far is handled, retried to the end, or dead-lettered."""
         deadline = time.monotonic() + timeout
-        while not self._call(self._drained()):
+        while not self._call(is_drained(self.app)):
             if self._running.done():
                 self._running.result()
             if time.monotonic() > deadline:
                 raise AssertionError(f"queues not drained after {timeout} s")
             time.sleep(0.01)  # bounded poll of Redis state
-
-    async def _drained(self) -> bool:
-        from ._async.admin import AsyncAdmin  # noqa: PLC0415
-
-        async with AsyncAdmin(self.app.url, namespace=self.app.settings.namespace) as admin:
-            for group in self.app.groups():
-                for row in await admin.progress(group):
-                    p = row.progress
-                    if p.lag or p.pending or row.retrying or p.group_offset is None:
-                        return False
-        return True
 
     def dead_letters(self, group: str) -> list[Any]:
         """The group's dead letters (DeadLetterRecord: .message, .reason ...)."""
