@@ -40,7 +40,9 @@ async def lifespan(_: FastAPI) -> AsyncIterator[None]:
     async with app.async_producer() as producer:
         web.state.producer = producer
         consumer = asyncio.create_task(app.run(stop, ready=ready))
-        await asyncio.wait([asyncio.ensure_future(ready.wait()), consumer], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [asyncio.ensure_future(ready.wait()), consumer], return_when=asyncio.FIRST_COMPLETED
+        )
         if consumer.done():
             consumer.result()  # start-up failed: raise it
         try:

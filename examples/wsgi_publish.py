@@ -1,6 +1,6 @@
 """Publishing from a WSGI app (Flask, Django ...) with the sync producer: one per process, shared.
 
-    RMQ_URL=redis://localhost:6379/0 python examples/wsgi_publish.py
+RMQ_URL=redis://localhost:6379/0 python examples/wsgi_publish.py
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
     """POST a JSON order; the response carries where it was stored."""
     length = int(environ.get("CONTENT_LENGTH") or 0)
     order = json.loads(environ["wsgi.input"].read(length) or b"{}")
-    result = producer.send(Message("orders", order, tag="created"), sharding_key=str(order.get("user_id", "")))
+    result = producer.send(
+        Message("orders", order, tag="created"), sharding_key=str(order.get("user_id", ""))
+    )
     body = json.dumps({"msg_id": result.msg_id, "queue": result.queue.queue_id}).encode()
     start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]
