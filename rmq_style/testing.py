@@ -20,7 +20,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-__all__ = ["AppTester", "is_drained", "RedisServer", "free_port", "redis_server_available"]
+__all__ = ["AppTester", "RedisServer", "free_port", "is_drained", "redis_server_available"]
 
 
 def free_port() -> int:
