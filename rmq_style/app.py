@@ -205,7 +205,7 @@ class App:
         return consumer
 
     async def check(self) -> None:
-        """Fail early: every subscribed topic must exist (with auto_create_topics, missing ones are created)."""
+        """Fail early: every subscribed topic must exist (auto_create_topics creates the missing ones)."""
         if not self._subscriptions:
             raise ConfigurationError("the app has no handlers: decorate functions with @app.subscribe")
         async with AsyncAdmin(self.url, namespace=self.settings.namespace) as admin:
