@@ -36,7 +36,7 @@ __all__ = [
     "ReceivedMessage",
     "SendResult",
     "decode_entry",
-    "encode_message",
+    "encode_entry",
     "new_msg_id",
     "new_msg_ids",
     "pack_fields",
@@ -159,46 +159,36 @@ class ReceivedMessage:
         return decode_model(self.content_type, self.body, model)
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedMessage:
-    """A message turned into entry fields, ready for a send script."""
-
-    msg_id: str
-    fields: list[bytes]  # r, b, t, k, p, c, d values, in FIELD_ORDER after i and q
-    size: int
+_CONTENT_TYPES = {ct: ct.encode() for ct in ("b", "s", "j", "m")}
 
 
-def encode_message(
-    message: Message,
-    *,
-    codec: Codec,
-    max_size: int,
-    msg_id: str | None = None,
-    born_ms: int | None = None,
-) -> EncodedMessage:
-    """Encode *message*; raise MessageTooLargeError before anything is written if it is too big.
+def encode_entry(message: Message, codec: Codec, max_size: int, msg_id: str, born: bytes) -> list[Any]:
+    """The send script's values for *message*: msg id, then r b t k p c d (FIELD_ORDER after i and q).
 
-    *born_ms* (default: now) is the born timestamp; a batch passes one clock reading for all.
+    *born* is the born timestamp in ms as ASCII digits (a batch passes one clock
+    reading for all). Raise MessageTooLargeError before anything is written if
+    the message is too big.
     """
     content_type, body = encode_body(message.body, codec)
-    props = (
-        json.dumps(dict(message.properties), separators=(",", ":")).encode() if message.properties else b""
-    )
-    keys = " ".join(message.keys).encode()
-    size = len(body) + len(props) + len(keys)
+    properties, keys, tag = message.properties, message.keys, message.tag
+    props = json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
+    joined = " ".join(keys).encode() if keys else b""
+    size = len(body) + len(props) + len(joined)
     if size > max_size:
         raise MessageTooLargeError(
             f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
             "(raise max_message_size, or store the payload elsewhere and send a reference)"
         )
-    if born_ms is None:
-        born_ms = int(time.time() * 1000)
-    tag = message.tag.encode() if message.tag else b""
-    return EncodedMessage(
-        msg_id or new_msg_id(born_ms),
-        [b"0", b"%d" % born_ms, tag, keys, props, content_type.encode(), body],
-        size,
-    )
+    return [
+        msg_id,
+        b"0",
+        born,
+        tag.encode() if tag else b"",
+        joined,
+        props,
+        _CONTENT_TYPES.get(content_type) or content_type.encode(),
+        body,
+    ]
 
 
 def decode_entry(

@@ -11,27 +11,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from itertools import chain
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, command, run_script, single
+from ._calls import Call, Flow, ScriptCall, command, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
 from ._message import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    EncodedMessage,
     Message,
     MessageQueue,
     SendResult,
-    encode_message,
+    encode_entry,
     new_msg_ids,
     pack_fields,
 )
 from ._names import Keys
 from ._routing import RoundRobin, check_queue_id, queue_for_key
+from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
 
 __all__ = ["ProducerSettings", "ShardingKey"]
@@ -55,21 +56,20 @@ class ProducerSettings(BaseModel):
     route_ttl_s: float = Field(30.0, ge=0, description="how long a topic's queue count is cached")
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    index: int
-    topic: str
-    encoded: EncodedMessage
+@dataclass(slots=True)
+class SendPlan:
+    """Messages encoded and validated, ready to be sent (and re-sent with the same ids)."""
+
+    topics: list[str]  # per message
+    entries: list[list[Any]]  # per message: msg id, r b t k p c d (encode_entry)
+    sharding_keys: list[str | bytes | int | None] | None  # per message, when sharding_key is a function
     sharding_key: str | bytes | int | None
     queue_id: int | None
     due: tuple[int, int] | None
 
 
-@dataclass(slots=True)
-class SendPlan:
-    """Messages encoded and validated, ready to be sent (and re-sent with the same ids)."""
-
-    items: list[_Planned]
+# (topic, queue, indices of the plan's messages that go there)
+_Bucket = tuple[str, int, Sequence[int]]
 
 
 class ProducerCore:
@@ -80,6 +80,7 @@ class ProducerCore:
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
         self._round_robin = RoundRobin()
+        self._queue_keys: dict[tuple[str, int], tuple[str, str]] = {}  # (stream, seq) of a queue
 
     def plan(
         self,
@@ -97,17 +98,21 @@ class ProducerCore:
         # one clock reading and one draw of randomness for the whole batch
         born_ms = int(time.time() * 1000)
         msg_ids = new_msg_ids(len(messages), born_ms)
+        born = b"%d" % born_ms
         codec, max_size = self.settings.codec, self.settings.max_message_size
-        items = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, Message):
+        topics: list[str] = []
+        entries: list[list[Any]] = []
+        keys: list[str | bytes | int | None] | None = [] if callable(sharding_key) else None
+        for message, msg_id in zip(messages, msg_ids, strict=True):
+            if type(message) is not Message and not isinstance(message, Message):
                 raise UsageError(f"send takes Message objects, got {type(message).__name__}")
-            encoded = encode_message(
-                message, codec=codec, max_size=max_size, msg_id=msg_ids[index], born_ms=born_ms
-            )
-            key = sharding_key(message) if callable(sharding_key) else sharding_key
-            items.append(_Planned(index, message.topic, encoded, key, queue_id, due))
-        return SendPlan(items)
+            entries.append(encode_entry(message, codec, max_size, msg_id, born))
+            topics.append(message.topic)
+            if keys is not None:
+                keys.append(cast(Callable[[Message], str | bytes | int], sharding_key)(message))
+        if keys is not None:
+            sharding_key = None
+        return SendPlan(topics, entries, keys, cast(str | bytes | int | None, sharding_key), queue_id, due)
 
     def _cached_route(self, topic: str) -> TopicRoute | None:
         hit = self._routes.get(topic)
@@ -140,58 +145,87 @@ class ProducerCore:
             return (yield from route_flow(self.keys, topic))
 
     def send_flow(self, plan: SendPlan) -> Flow[list[SendResult]]:
-        routes = yield from self.routes_flow([item.topic for item in plan.items])
-        buckets: dict[tuple[str, int, tuple[int, int] | None], list[_Planned]] = {}
-        for item in plan.items:
-            count = routes[item.topic].queue_count
-            if item.queue_id is not None:
-                queue = check_queue_id(item.topic, item.queue_id, count)
-            elif item.sharding_key is not None:
-                queue = queue_for_key(item.sharding_key, count)
-            else:
-                queue = self._round_robin.next(item.topic, count)
-            buckets.setdefault((item.topic, queue, item.due), []).append(item)
+        topics, entries, due = plan.topics, plan.entries, plan.due
+        one_topic = topics.count(topics[0]) == len(topics)
+        routes = yield from self.routes_flow(topics[:1] if one_topic else topics)
+        buckets = self._one_topic_buckets(plan, routes) if one_topic else None
+        if buckets is None:
+            buckets = self._buckets(plan, routes)
 
         calls: list[Call] = []
-        owners: list[tuple[str, int, tuple[int, int] | None, list[_Planned]]] = []
-        for (topic, queue, due), items in buckets.items():
-            for start in range(0, len(items), _MAX_PER_CALL):
-                chunk = items[start : start + _MAX_PER_CALL]
-                calls.append(self._call(routes[topic], queue, due, chunk))
-                owners.append((topic, queue, due, chunk))
+        owners: list[_Bucket] = []
+        for topic, queue, indices in buckets:
+            route = routes[topic]
+            for start in range(0, len(indices), _MAX_PER_CALL):
+                chunk = indices[start : start + _MAX_PER_CALL]
+                calls.append(self._call(route, queue, due, [entries[i] for i in chunk]))
+                owners.append((topic, queue, chunk))
         replies = yield calls
 
-        results: list[SendResult | None] = [None] * len(plan.items)
-        for (topic, queue, due, chunk), outcome in zip(owners, replies, strict=True):
+        results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
+        for (topic, queue, chunk), outcome in zip(owners, replies, strict=True):
             if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
                 self.forget_route(topic)
                 raise TopicNotFoundError(topic) from None
             reply = single(outcome)
             mq = MessageQueue(topic, queue)
-            for n, item in enumerate(chunk):
-                if due is None:
-                    results[item.index] = SendResult(
-                        item.encoded.msg_id, mq, reply[2 * n].decode(), int(reply[2 * n + 1])
-                    )
-                else:
-                    results[item.index] = SendResult(item.encoded.msg_id, mq, None, None, int(reply))
-        return [r for r in results if r is not None]
+            if due is None:
+                for i, entry_id, queue_offset in zip(chunk, reply[0::2], reply[1::2], strict=True):
+                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), int(queue_offset))
+            else:
+                deliver_at_ms = int(reply)
+                for i in chunk:
+                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms)
+        return results
+
+    def _one_topic_buckets(self, plan: SendPlan, routes: dict[str, TopicRoute]) -> list[_Bucket] | None:
+        """Buckets without a per-message decision, when every message goes by the same rule."""
+        if plan.sharding_keys is not None:
+            return None
+        topic, n = plan.topics[0], len(plan.topics)
+        count = routes[topic].queue_count
+        if plan.queue_id is not None:
+            return [(topic, check_queue_id(topic, plan.queue_id, count), range(n))]
+        if plan.sharding_key is not None:
+            return [(topic, queue_for_key(plan.sharding_key, count), range(n))]
+        # round-robin: message j takes turn start + j, so queue (start + j) % count
+        start = self._round_robin.take(topic, n)
+        return [(topic, (start + j) % count, range(j, n, count)) for j in range(min(n, count))]
+
+    def _buckets(self, plan: SendPlan, routes: dict[str, TopicRoute]) -> list[_Bucket]:
+        buckets: dict[tuple[str, int], list[int]] = {}
+        keys, queue_id = plan.sharding_keys, plan.queue_id
+        for index, topic in enumerate(plan.topics):
+            count = routes[topic].queue_count
+            key = keys[index] if keys is not None else plan.sharding_key
+            if queue_id is not None:
+                queue = check_queue_id(topic, queue_id, count)
+            elif key is not None:
+                queue = queue_for_key(key, count)
+            else:
+                queue = self._round_robin.next(topic, count)
+            buckets.setdefault((topic, queue), []).append(index)
+        return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
 
     def _call(
-        self, route: TopicRoute, queue: int, due: tuple[int, int] | None, items: list[_Planned]
+        self, route: TopicRoute, queue: int, due: tuple[int, int] | None, rows: list[list[Any]]
     ) -> Call:
-        qk = self.keys.queue(route.topic, queue)
-        args: list[Any]
         if due is None:
-            args = [*route.retention.script_args, len(items)]
-            for item in items:
-                args.append(item.encoded.msg_id)
-                args.extend(item.encoded.fields)
-            return run_script("send", (qk.stream, qk.seq), args)
-        args = [due[0], due[1], len(items)]
-        for item in items:
-            args += [item.encoded.msg_id, pack_fields(item.encoded.fields)]
-        return run_script("schedule", (qk.delay, qk.delayed, qk.seq), args)
+            keys = self._queue_keys.get((route.topic, queue))
+            if keys is None:
+                qk = self.keys.queue(route.topic, queue)
+                keys = self._queue_keys[(route.topic, queue)] = (qk.stream, qk.seq)
+            args = (*route.retention.script_args, len(rows), *chain.from_iterable(rows))
+            return ScriptCall(_send_script(), keys, args)
+        qk = self.keys.queue(route.topic, queue)
+        flat: list[Any] = [due[0], due[1], len(rows)]
+        for row in rows:
+            flat += [row[0], pack_fields(row[1:])]
+        return run_script("schedule", (qk.delay, qk.delayed, qk.seq), flat)
+
+
+def _send_script() -> Script:
+    return script("send")
 
 
 def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 1000) -> Call:

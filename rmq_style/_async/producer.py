@@ -83,7 +83,7 @@ class AsyncProducer:
             deliver_at=deliver_at,
             delay_level=delay_level,
         )
-        if not plan.items:
+        if not plan.entries:
             return []
         return await drive_with_retries(
             self._client,

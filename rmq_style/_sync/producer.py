@@ -84,7 +84,7 @@ class Producer:
             deliver_at=deliver_at,
             delay_level=delay_level,
         )
-        if not plan.items:
+        if not plan.entries:
             return []
         return drive_with_retries(
             self._client,
