@@ -41,6 +41,7 @@ __all__ = [
     "new_msg_ids",
     "pack_fields",
     "unpack_fields",
+    "wire",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
@@ -160,14 +161,27 @@ class ReceivedMessage:
 
 
 _CONTENT_TYPES = {ct: ct.encode() for ct in ("b", "s", "j", "m")}
+_EMPTY_WIRE = b"$0\r\n\r\n"
 
 
-def encode_entry(message: Message, codec: Codec, max_size: int, msg_id: str, born: bytes) -> list[Any]:
-    """The send script's values for *message*: msg id, then r b t k p c d (FIELD_ORDER after i and q).
+def wire(value: bytes) -> bytes:
+    """*value* as a RESP bulk string: what a command argument looks like on the wire.
 
-    *born* is the born timestamp in ms as ASCII digits (a batch passes one clock
-    reading for all). Raise MessageTooLargeError before anything is written if
-    the message is too big.
+    >>> wire(b"j")
+    b'$1\\r\\nj\\r\\n'
+    """
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+def encode_entry(
+    message: Message, codec: Codec, max_size: int, msg_id: str, born: bytes, born_wire: bytes
+) -> tuple[list[Any], bytes]:
+    """The send script's values for *message*, as a list and on the wire (``wire`` of each).
+
+    The values are the msg id, then r b t k p c d (FIELD_ORDER after i and q).
+    *born* is the born timestamp in ms as ASCII digits, *born_wire* its wire form
+    (a batch passes one clock reading for all). Raise MessageTooLargeError before
+    anything is written if the message is too big.
     """
     content_type, body = encode_body(message.body, codec)
     properties, keys, tag = message.properties, message.keys, message.tag
@@ -179,16 +193,21 @@ def encode_entry(message: Message, codec: Codec, max_size: int, msg_id: str, bor
             f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
             "(raise max_message_size, or store the payload elsewhere and send a reference)"
         )
-    return [
-        msg_id,
-        b"0",
-        born,
-        tag.encode() if tag else b"",
-        joined,
-        props,
-        _CONTENT_TYPES.get(content_type) or content_type.encode(),
+    tag_bytes = tag.encode() if tag else b""
+    kind = _CONTENT_TYPES.get(content_type) or content_type.encode()
+    id_bytes = msg_id.encode()
+    packed = b"$%d\r\n%b\r\n$1\r\n0\r\n%b%b%b%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+        len(id_bytes),
+        id_bytes,
+        born_wire,
+        wire(tag_bytes) if tag_bytes else _EMPTY_WIRE,
+        wire(joined) if joined else _EMPTY_WIRE,
+        wire(props) if props else _EMPTY_WIRE,
+        kind,
+        len(body),
         body,
-    ]
+    )
+    return [msg_id, b"0", born, tag_bytes, joined, props, kind, body], packed
 
 
 def decode_entry(

@@ -29,6 +29,7 @@ from ._message import (
     encode_entry,
     new_msg_ids,
     pack_fields,
+    wire,
 )
 from ._names import Keys
 from ._routing import RoundRobin, check_queue_id, queue_for_key
@@ -62,6 +63,7 @@ class SendPlan:
 
     topics: list[str]  # per message
     entries: list[list[Any]]  # per message: msg id, r b t k p c d (encode_entry)
+    wires: list[bytes]  # per message: the same values on the wire
     sharding_keys: list[str | bytes | int | None] | None  # per message, when sharding_key is a function
     sharding_key: str | bytes | int | None
     queue_id: int | None
@@ -99,20 +101,23 @@ class ProducerCore:
         born_ms = int(time.time() * 1000)
         msg_ids = new_msg_ids(len(messages), born_ms)
         born = b"%d" % born_ms
+        born_wire = wire(born)
         codec, max_size = self.settings.codec, self.settings.max_message_size
         topics: list[str] = []
         entries: list[list[Any]] = []
+        wires: list[bytes] = []
         keys: list[str | bytes | int | None] | None = [] if callable(sharding_key) else None
         for message, msg_id in zip(messages, msg_ids, strict=True):
             if type(message) is not Message and not isinstance(message, Message):
                 raise UsageError(f"send takes Message objects, got {type(message).__name__}")
-            entries.append(encode_entry(message, codec, max_size, msg_id, born))
+            values, packed = encode_entry(message, codec, max_size, msg_id, born, born_wire)
+            entries.append(values)
+            wires.append(packed)
             topics.append(message.topic)
             if keys is not None:
                 keys.append(cast(Callable[[Message], str | bytes | int], sharding_key)(message))
-        if keys is not None:
-            sharding_key = None
-        return SendPlan(topics, entries, keys, cast(str | bytes | int | None, sharding_key), queue_id, due)
+        batch_key = None if keys is not None else cast(str | bytes | int | None, sharding_key)
+        return SendPlan(topics, entries, wires, keys, batch_key, queue_id, due)
 
     def _cached_route(self, topic: str) -> TopicRoute | None:
         hit = self._routes.get(topic)
@@ -145,7 +150,7 @@ class ProducerCore:
             return (yield from route_flow(self.keys, topic))
 
     def send_flow(self, plan: SendPlan) -> Flow[list[SendResult]]:
-        topics, entries, due = plan.topics, plan.entries, plan.due
+        topics, entries, wires, due = plan.topics, plan.entries, plan.wires, plan.due
         one_topic = topics.count(topics[0]) == len(topics)
         routes = yield from self.routes_flow(topics[:1] if one_topic else topics)
         buckets = self._one_topic_buckets(plan, routes) if one_topic else None
@@ -158,7 +163,9 @@ class ProducerCore:
             route = routes[topic]
             for start in range(0, len(indices), _MAX_PER_CALL):
                 chunk = indices[start : start + _MAX_PER_CALL]
-                calls.append(self._call(route, queue, due, [entries[i] for i in chunk]))
+                calls.append(
+                    self._call(route, queue, due, [entries[i] for i in chunk], [wires[i] for i in chunk])
+                )
                 owners.append((topic, queue, chunk))
         replies = yield calls
 
@@ -208,15 +215,22 @@ class ProducerCore:
         return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
 
     def _call(
-        self, route: TopicRoute, queue: int, due: tuple[int, int] | None, rows: list[list[Any]]
+        self,
+        route: TopicRoute,
+        queue: int,
+        due: tuple[int, int] | None,
+        rows: list[list[Any]],
+        packed: list[bytes],
     ) -> Call:
         if due is None:
             keys = self._queue_keys.get((route.topic, queue))
             if keys is None:
                 qk = self.keys.queue(route.topic, queue)
                 keys = self._queue_keys[(route.topic, queue)] = (qk.stream, qk.seq)
-            args = (*route.retention.script_args, len(rows), *chain.from_iterable(rows))
-            return ScriptCall(_send_script(), keys, args)
+            mode, value = route.retention.script_args
+            args = (mode, value, len(rows), *chain.from_iterable(rows))
+            head = b"%b%b%b" % (wire(mode.encode()), wire(b"%d" % value), wire(b"%d" % len(rows)))
+            return ScriptCall(_send_script(), keys, args, head + b"".join(packed))
         qk = self.keys.queue(route.topic, queue)
         flat: list[Any] = [due[0], due[1], len(rows)]
         for row in rows:

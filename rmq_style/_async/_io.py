@@ -81,8 +81,15 @@ def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
     for call in calls:
         if type(call) is not ScriptCall:
             return None
-        parts.append(pack_command(call.evalsha_args))
+        packed = call.packed
+        parts.append(pack_command(call.evalsha_args) if packed is None else _evalsha(call, packed))
     return b"".join(parts)
+
+
+def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
+    head: bytes = pack_command(cast(Any, ("EVALSHA", call.script.sha, call.script.numkeys, *call.keys)))
+    count = 3 + len(call.keys) + len(call.args)
+    return b"*%d%b%b" % (count, head[head.index(b"\r\n") :], packed_args)
 
 
 async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> list[Any]:
