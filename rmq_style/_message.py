@@ -58,9 +58,11 @@ def new_msg_id(now_ms: int | None = None) -> str:
 
 def new_msg_ids(count: int, now_ms: int) -> list[str]:
     """*count* msg ids born at *now_ms*, with one call for the randomness of them all."""
-    entropy = os.urandom(10 * count).hex()
     prefix = f"{now_ms:012x}"
-    return [prefix + entropy[20 * n : 20 * n + 20] for n in range(count)]
+    if count == 1:
+        return [prefix + os.urandom(10).hex()]
+    entropy = os.urandom(10 * count).hex()
+    return [prefix + entropy[n : n + 20] for n in range(0, 20 * count, 20)]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -119,6 +121,27 @@ class SendResult:
     offset: str | None
     queue_offset: int | None
     deliver_at_ms: int | None = None
+
+    def __init__(
+        self,
+        msg_id: str,
+        queue: MessageQueue,
+        offset: str | None,
+        queue_offset: int | None,
+        deliver_at_ms: int | None = None,
+    ) -> None:
+        # One per message sent: the slots are set directly, where a frozen dataclass's
+        # own __init__ would call object.__setattr__ for each field.
+        _set_msg_id(self, msg_id)
+        _set_queue(self, queue)
+        _set_offset(self, offset)
+        _set_queue_offset(self, queue_offset)
+        _set_deliver_at_ms(self, deliver_at_ms)
+
+
+_set_msg_id, _set_queue, _set_offset, _set_queue_offset, _set_deliver_at_ms = (
+    vars(SendResult)[name].__set__ for name in ("msg_id", "queue", "offset", "queue_offset", "deliver_at_ms")
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,7 +82,10 @@ class ProducerCore:
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
         self._round_robin = RoundRobin()
-        self._queue_keys: dict[tuple[str, int], tuple[str, str]] = {}  # (stream, seq) of a queue
+        # per queue: the send script's keys (stream, seq) and the MessageQueue of the results
+        self._queues: dict[tuple[str, int], tuple[tuple[str, str], MessageQueue]] = {}
+        # per topic: the route these were made for, the trim arguments and their wire form
+        self._trims: dict[str, tuple[TopicRoute, tuple[str, int], bytes]] = {}
 
     def plan(
         self,
@@ -128,6 +131,17 @@ class ProducerCore:
     def forget_route(self, topic: str) -> None:
         self._routes.pop(topic, None)
 
+    def _fresh_routes(self, topics: Sequence[str]) -> dict[str, TopicRoute] | None:
+        """The routes of *topics* if all are cached and fresh (no Redis call needed), else None."""
+        routes = {}
+        now, ttl = time.monotonic(), self.settings.route_ttl_s
+        for topic in dict.fromkeys(topics):
+            hit = self._routes.get(topic)
+            if hit is None or now - hit[1] > ttl:
+                return None
+            routes[topic] = hit[0]
+        return routes
+
     def routes_flow(self, topics: Sequence[str]) -> Flow[dict[str, TopicRoute]]:
         routes: dict[str, TopicRoute] = {}
         for topic in dict.fromkeys(topics):
@@ -152,30 +166,38 @@ class ProducerCore:
     def send_flow(self, plan: SendPlan) -> Flow[list[SendResult]]:
         topics, entries, wires, due = plan.topics, plan.entries, plan.wires, plan.due
         one_topic = topics.count(topics[0]) == len(topics)
-        routes = yield from self.routes_flow(topics[:1] if one_topic else topics)
+        wanted = topics[:1] if one_topic else topics
+        routes = self._fresh_routes(wanted)
+        if routes is None:
+            routes = yield from self.routes_flow(wanted)
         buckets = self._one_topic_buckets(plan, routes) if one_topic else None
         if buckets is None:
             buckets = self._buckets(plan, routes)
 
         calls: list[Call] = []
-        owners: list[_Bucket] = []
+        owners: list[tuple[str, MessageQueue, Sequence[int]]] = []
         for topic, queue, indices in buckets:
             route = routes[topic]
+            where = self._queues.get((topic, queue))
+            if where is None:
+                qk = self.keys.queue(topic, queue)
+                where = self._queues[(topic, queue)] = ((qk.stream, qk.seq), MessageQueue(topic, queue))
             for start in range(0, len(indices), _MAX_PER_CALL):
                 chunk = indices[start : start + _MAX_PER_CALL]
-                calls.append(
-                    self._call(route, queue, due, [entries[i] for i in chunk], [wires[i] for i in chunk])
-                )
-                owners.append((topic, queue, chunk))
+                rows = [entries[i] for i in chunk]
+                if due is None:
+                    calls.append(self._send_call(route, where[0], rows, [wires[i] for i in chunk]))
+                else:
+                    calls.append(self._schedule_call(route, queue, due, rows))
+                owners.append((topic, where[1], chunk))
         replies = yield calls
 
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
-        for (topic, queue, chunk), outcome in zip(owners, replies, strict=True):
+        for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
             if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
                 self.forget_route(topic)
                 raise TopicNotFoundError(topic) from None
             reply = single(outcome)
-            mq = MessageQueue(topic, queue)
             if due is None:
                 for i, entry_id, queue_offset in zip(chunk, reply[0::2], reply[1::2], strict=True):
                     results[i] = SendResult(entries[i][0], mq, entry_id.decode(), int(queue_offset))
@@ -214,23 +236,23 @@ class ProducerCore:
             buckets.setdefault((topic, queue), []).append(index)
         return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
 
-    def _call(
-        self,
-        route: TopicRoute,
-        queue: int,
-        due: tuple[int, int] | None,
-        rows: list[list[Any]],
-        packed: list[bytes],
+    def _send_call(
+        self, route: TopicRoute, keys: tuple[str, str], rows: list[list[Any]], packed: list[bytes]
     ) -> Call:
-        if due is None:
-            keys = self._queue_keys.get((route.topic, queue))
-            if keys is None:
-                qk = self.keys.queue(route.topic, queue)
-                keys = self._queue_keys[(route.topic, queue)] = (qk.stream, qk.seq)
+        trim = self._trims.get(route.topic)
+        if trim is None or trim[0] is not route:
             mode, value = route.retention.script_args
-            args = (mode, value, len(rows), *chain.from_iterable(rows))
-            head = b"%b%b%b" % (wire(mode.encode()), wire(b"%d" % value), wire(b"%d" % len(rows)))
-            return ScriptCall(_send_script(), keys, args, head + b"".join(packed))
+            trim = self._trims[route.topic] = (
+                route,
+                (mode, value),
+                wire(mode.encode()) + wire(b"%d" % value),
+            )
+        args = (*trim[1], len(rows), *chain.from_iterable(rows))
+        return ScriptCall(_send_script(), keys, args, b"".join([trim[2], wire(b"%d" % len(rows)), *packed]))
+
+    def _schedule_call(
+        self, route: TopicRoute, queue: int, due: tuple[int, int], rows: list[list[Any]]
+    ) -> Call:
         qk = self.keys.queue(route.topic, queue)
         flat: list[Any] = [due[0], due[1], len(rows)]
         for row in rows:

@@ -87,10 +87,18 @@ def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
     return b"".join(parts)
 
 
+# wire form of EVALSHA sha numkeys keys..., without the array header, by (sha, keys)
+_HEADS: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+
 def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
-    head: bytes = pack_command(cast(Any, ("EVALSHA", call.script.sha, call.script.numkeys, *call.keys)))
-    count = 3 + len(call.keys) + len(call.args)
-    return b"*%d%b%b" % (count, head[head.index(b"\r\n") :], packed_args)
+    head = _HEADS.get((call.script.sha, call.keys))
+    if head is None:
+        if len(_HEADS) >= 4096:
+            _HEADS.clear()
+        full = pack_command(cast(Any, ("EVALSHA", call.script.sha, call.script.numkeys, *call.keys)))
+        head = _HEADS[(call.script.sha, call.keys)] = full[full.index(b"\r\n") :]
+    return b"*%d%b%b" % (3 + len(call.keys) + len(call.args), head, packed_args)
 
 
 def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
