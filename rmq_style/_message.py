@@ -31,12 +31,12 @@ from ._names import check_topic
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "EntryEncoder",
     "Message",
     "MessageQueue",
     "ReceivedMessage",
     "SendResult",
     "decode_entry",
-    "encode_entry",
     "new_msg_id",
     "new_msg_ids",
     "pack_fields",
@@ -196,41 +196,59 @@ def wire(value: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(value), value)
 
 
-def encode_entry(
-    message: Message, codec: Codec, max_size: int, msg_id: str, born: bytes, born_wire: bytes
-) -> tuple[list[Any], bytes]:
-    """The send script's values for *message*, as a list and on the wire (``wire`` of each).
+class EntryEncoder:
+    """Encodes the messages of one batch for the send script (one clock reading for all).
 
-    The values are the msg id, then r b t k p c d (FIELD_ORDER after i and q).
-    *born* is the born timestamp in ms as ASCII digits, *born_wire* its wire form
-    (a batch passes one clock reading for all). Raise MessageTooLargeError before
-    anything is written if the message is too big.
+    ``encode`` gives a message's values, the msg id then r b t k p c d
+    (FIELD_ORDER after i and q), as a list and on the wire (``wire`` of each).
     """
-    content_type, body = encode_body(message.body, codec)
-    properties, keys, tag = message.properties, message.keys, message.tag
-    props = json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
-    joined = " ".join(keys).encode() if keys else b""
-    size = len(body) + len(props) + len(joined)
-    if size > max_size:
-        raise MessageTooLargeError(
-            f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
-            "(raise max_message_size, or store the payload elsewhere and send a reference)"
+
+    __slots__ = ("born", "codec", "max_size", "plain_middle")
+
+    def __init__(self, codec: Codec, max_size: int, born_ms: int) -> None:
+        self.codec, self.max_size = codec, max_size
+        self.born = b"%d" % born_ms
+        # r b t k p of a message without tag, keys and properties, on the wire
+        self.plain_middle = b"$1\r\n0\r\n%b%b%b%b" % (wire(self.born), _EMPTY_WIRE, _EMPTY_WIRE, _EMPTY_WIRE)
+
+    def encode(self, message: Message, msg_id: str) -> tuple[list[Any], bytes]:
+        """Raise MessageTooLargeError (or SerializationError) before anything is written."""
+        content_type, body = encode_body(message.body, self.codec)
+        properties, keys, tag = message.properties, message.keys, message.tag
+        kind = _CONTENT_TYPES.get(content_type) or content_type.encode()
+        id_bytes = msg_id.encode()
+        if not properties and not keys and not tag:  # the common case: one format, no extra values
+            if len(body) > self.max_size:
+                raise _too_large(message, len(body), self.max_size)
+            packed = b"$%d\r\n%b\r\n%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+                len(id_bytes), id_bytes, self.plain_middle, kind, len(body), body
+            )  # fmt: skip
+            return [msg_id, b"0", self.born, b"", b"", b"", kind, body], packed
+        props = json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
+        joined = " ".join(keys).encode() if keys else b""
+        size = len(body) + len(props) + len(joined)
+        if size > self.max_size:
+            raise _too_large(message, size, self.max_size)
+        tag_bytes = tag.encode() if tag else b""
+        packed = b"$%d\r\n%b\r\n$1\r\n0\r\n%b%b%b%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(id_bytes),
+            id_bytes,
+            wire(self.born),
+            wire(tag_bytes) if tag_bytes else _EMPTY_WIRE,
+            wire(joined) if joined else _EMPTY_WIRE,
+            wire(props) if props else _EMPTY_WIRE,
+            kind,
+            len(body),
+            body,
         )
-    tag_bytes = tag.encode() if tag else b""
-    kind = _CONTENT_TYPES.get(content_type) or content_type.encode()
-    id_bytes = msg_id.encode()
-    packed = b"$%d\r\n%b\r\n$1\r\n0\r\n%b%b%b%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
-        len(id_bytes),
-        id_bytes,
-        born_wire,
-        wire(tag_bytes) if tag_bytes else _EMPTY_WIRE,
-        wire(joined) if joined else _EMPTY_WIRE,
-        wire(props) if props else _EMPTY_WIRE,
-        kind,
-        len(body),
-        body,
+        return [msg_id, b"0", self.born, tag_bytes, joined, props, kind, body], packed
+
+
+def _too_large(message: Message, size: int, max_size: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
+        "(raise max_message_size, or store the payload elsewhere and send a reference)"
     )
-    return [msg_id, b"0", born, tag_bytes, joined, props, kind, body], packed
 
 
 def decode_entry(

@@ -23,10 +23,10 @@ from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
 from ._message import (
     DEFAULT_MAX_MESSAGE_SIZE,
+    EntryEncoder,
     Message,
     MessageQueue,
     SendResult,
-    encode_entry,
     new_msg_ids,
     pack_fields,
     wire,
@@ -62,7 +62,7 @@ class SendPlan:
     """Messages encoded and validated, ready to be sent (and re-sent with the same ids)."""
 
     topics: list[str]  # per message
-    entries: list[list[Any]]  # per message: msg id, r b t k p c d (encode_entry)
+    entries: list[list[Any]]  # per message: msg id, r b t k p c d (EntryEncoder)
     wires: list[bytes]  # per message: the same values on the wire
     sharding_keys: list[str | bytes | int | None] | None  # per message, when sharding_key is a function
     sharding_key: str | bytes | int | None
@@ -103,9 +103,7 @@ class ProducerCore:
         # one clock reading and one draw of randomness for the whole batch
         born_ms = int(time.time() * 1000)
         msg_ids = new_msg_ids(len(messages), born_ms)
-        born = b"%d" % born_ms
-        born_wire = wire(born)
-        codec, max_size = self.settings.codec, self.settings.max_message_size
+        encode = EntryEncoder(self.settings.codec, self.settings.max_message_size, born_ms).encode
         topics: list[str] = []
         entries: list[list[Any]] = []
         wires: list[bytes] = []
@@ -113,7 +111,7 @@ class ProducerCore:
         for message, msg_id in zip(messages, msg_ids, strict=True):
             if type(message) is not Message and not isinstance(message, Message):
                 raise UsageError(f"send takes Message objects, got {type(message).__name__}")
-            values, packed = encode_entry(message, codec, max_size, msg_id, born, born_wire)
+            values, packed = encode(message, msg_id)
             entries.append(values)
             wires.append(packed)
             topics.append(message.topic)
