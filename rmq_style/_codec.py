@@ -63,7 +63,7 @@ def encode_body(body: object, codec: Codec = "json") -> tuple[str, bytes]:
         return RAW, cast(bytes, body)
     if (exact is dict or exact is list) and codec == "json":  # the common case, first
         try:
-            return JSON, _json_bytes(cast(dict[Any, Any], body))
+            return JSON, _json_bytes(cast("dict[Any, Any]", body))
         except (TypeError, ValueError, OverflowError) as exc:
             raise _unencodable(body, codec, exc) from exc
     if isinstance(body, bytes | bytearray | memoryview):

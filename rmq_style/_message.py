@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -58,11 +58,38 @@ def new_msg_id(now_ms: int | None = None) -> str:
 
 def new_msg_ids(count: int, now_ms: int) -> list[str]:
     """*count* msg ids born at *now_ms*, with one call for the randomness of them all."""
-    prefix = f"{now_ms:012x}"
+    return _msg_ids(f"{now_ms:012x}", count)
+
+
+def _msg_ids(prefix: str, count: int) -> list[str]:
     if count == 1:
-        return [prefix + os.urandom(10).hex()]
+        return [prefix + _random_part()]
     entropy = os.urandom(10 * count).hex()
     return [prefix + entropy[n : n + 20] for n in range(0, 20 * count, 20)]
+
+
+# Random parts of single msg ids, drawn 256 at a time (one os.urandom call, not one per send).
+_entropy: Iterator[str] = iter(())
+
+
+def _random_part() -> str:
+    """80 random bits as 20 hex chars; next() on a list iterator is atomic, so threads never share one."""
+    global _entropy
+    part = next(_entropy, None)
+    if part is None:
+        hexed = os.urandom(2560).hex()
+        fresh = iter([hexed[n : n + 20] for n in range(0, 5120, 20)])
+        part = next(fresh)
+        _entropy = fresh
+    return part
+
+
+def _forget_entropy() -> None:
+    global _entropy
+    _entropy = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_entropy)  # a forked child must not reuse the parent's draws
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -203,13 +230,18 @@ class EntryEncoder:
     (FIELD_ORDER after i and q), as a list and on the wire (``wire`` of each).
     """
 
-    __slots__ = ("born", "codec", "max_size", "plain_middle")
+    __slots__ = ("born", "born_ms", "codec", "id_prefix", "max_size", "plain_middle")
 
     def __init__(self, codec: Codec, max_size: int, born_ms: int) -> None:
-        self.codec, self.max_size = codec, max_size
+        self.codec, self.max_size, self.born_ms = codec, max_size, born_ms
         self.born = b"%d" % born_ms
+        self.id_prefix = f"{born_ms:012x}"
         # r b t k p of a message without tag, keys and properties, on the wire
         self.plain_middle = b"$1\r\n0\r\n%b%b%b%b" % (wire(self.born), _EMPTY_WIRE, _EMPTY_WIRE, _EMPTY_WIRE)
+
+    def msg_ids(self, count: int) -> list[str]:
+        """*count* new msg ids born at this encoder's time (see new_msg_id)."""
+        return _msg_ids(self.id_prefix, count)
 
     def encode(self, message: Message, msg_id: str) -> tuple[list[Any], bytes]:
         """Raise MessageTooLargeError (or SerializationError) before anything is written."""

@@ -27,7 +27,6 @@ from ._message import (
     Message,
     MessageQueue,
     SendResult,
-    new_msg_ids,
     pack_fields,
     wire,
 )
@@ -82,6 +81,7 @@ class ProducerCore:
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
         self._round_robin = RoundRobin()
+        self._encoder = EntryEncoder(settings.codec, settings.max_message_size, 0)  # of the latest ms
         # per queue: the send script's keys (stream, seq) and the MessageQueue of the results
         self._queues: dict[tuple[str, int], tuple[tuple[str, str], MessageQueue]] = {}
         # per topic: the route these were made for, the trim arguments and their wire form
@@ -102,8 +102,11 @@ class ProducerCore:
         due = due_spec(delay, deliver_at, delay_level)
         # one clock reading and one draw of randomness for the whole batch
         born_ms = int(time.time() * 1000)
-        msg_ids = new_msg_ids(len(messages), born_ms)
-        encode = EntryEncoder(self.settings.codec, self.settings.max_message_size, born_ms).encode
+        encoder = self._encoder
+        if encoder.born_ms != born_ms:
+            encoder = self._encoder = EntryEncoder(encoder.codec, encoder.max_size, born_ms)
+        msg_ids = encoder.msg_ids(len(messages))
+        encode = encoder.encode
         topics: list[str] = []
         entries: list[list[Any]] = []
         wires: list[bytes] = []
@@ -116,8 +119,8 @@ class ProducerCore:
             wires.append(packed)
             topics.append(message.topic)
             if keys is not None:
-                keys.append(cast(Callable[[Message], str | bytes | int], sharding_key)(message))
-        batch_key = None if keys is not None else cast(str | bytes | int | None, sharding_key)
+                keys.append(cast("Callable[[Message], str | bytes | int]", sharding_key)(message))
+        batch_key = None if keys is not None else cast("str | bytes | int | None", sharding_key)
         return SendPlan(topics, entries, wires, keys, batch_key, queue_id, due)
 
     def _cached_route(self, topic: str) -> TopicRoute | None:
@@ -163,6 +166,23 @@ class ProducerCore:
 
     def send_flow(self, plan: SendPlan) -> Flow[list[SendResult]]:
         topics, entries, wires, due = plan.topics, plan.entries, plan.wires, plan.due
+        if len(entries) == 1:  # a single send, the most frequent call: no buckets
+            topic = topics[0]
+            hit = self._routes.get(topic)
+            if hit is not None and time.monotonic() - hit[1] <= self.settings.route_ttl_s:
+                route = hit[0]
+            else:
+                route = (yield from self.routes_flow(topics))[topic]
+            key = plan.sharding_key if plan.sharding_keys is None else plan.sharding_keys[0]
+            queue = self._queue_for(topic, route.queue_count, key, plan.queue_id)
+            keys, mq = self._where(topic, queue)
+            if due is None:
+                (outcome,) = yield [self._send_call(route, keys, entries, wires)]
+                reply = self._reply(topic, outcome)
+                return [SendResult(entries[0][0], mq, reply[0].decode(), int(reply[1]))]
+            (outcome,) = yield [self._schedule_call(route, queue, due, entries)]
+            return [SendResult(entries[0][0], mq, None, None, int(self._reply(topic, outcome)))]
+
         one_topic = topics.count(topics[0]) == len(topics)
         wanted = topics[:1] if one_topic else topics
         routes = self._fresh_routes(wanted)
@@ -176,26 +196,20 @@ class ProducerCore:
         owners: list[tuple[str, MessageQueue, Sequence[int]]] = []
         for topic, queue, indices in buckets:
             route = routes[topic]
-            where = self._queues.get((topic, queue))
-            if where is None:
-                qk = self.keys.queue(topic, queue)
-                where = self._queues[(topic, queue)] = ((qk.stream, qk.seq), MessageQueue(topic, queue))
+            keys, mq = self._where(topic, queue)
             for start in range(0, len(indices), _MAX_PER_CALL):
                 chunk = indices[start : start + _MAX_PER_CALL]
                 rows = [entries[i] for i in chunk]
                 if due is None:
-                    calls.append(self._send_call(route, where[0], rows, [wires[i] for i in chunk]))
+                    calls.append(self._send_call(route, keys, rows, [wires[i] for i in chunk]))
                 else:
                     calls.append(self._schedule_call(route, queue, due, rows))
-                owners.append((topic, where[1], chunk))
+                owners.append((topic, mq, chunk))
         replies = yield calls
 
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
         for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
-            if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
-                self.forget_route(topic)
-                raise TopicNotFoundError(topic) from None
-            reply = single(outcome)
+            reply = self._reply(topic, outcome)
             if due is None:
                 for i, entry_id, queue_offset in zip(chunk, reply[0::2], reply[1::2], strict=True):
                     results[i] = SendResult(entries[i][0], mq, entry_id.decode(), int(queue_offset))
@@ -204,6 +218,27 @@ class ProducerCore:
                 for i in chunk:
                     results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms)
         return results
+
+    def _reply(self, topic: str, outcome: Any) -> Any:
+        if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
+            self.forget_route(topic)
+            raise TopicNotFoundError(topic) from None
+        return single(outcome)
+
+    def _where(self, topic: str, queue: int) -> tuple[tuple[str, str], MessageQueue]:
+        """The send script's keys (stream, seq) of a queue and its MessageQueue, made once."""
+        where = self._queues.get((topic, queue))
+        if where is None:
+            qk = self.keys.queue(topic, queue)
+            where = self._queues[(topic, queue)] = ((qk.stream, qk.seq), MessageQueue(topic, queue))
+        return where
+
+    def _queue_for(self, topic: str, count: int, key: str | bytes | int | None, queue_id: int | None) -> int:
+        if queue_id is not None:
+            return check_queue_id(topic, queue_id, count)
+        if key is not None:
+            return queue_for_key(key, count)
+        return self._round_robin.next(topic, count)
 
     def _one_topic_buckets(self, plan: SendPlan, routes: dict[str, TopicRoute]) -> list[_Bucket] | None:
         """Buckets without a per-message decision, when every message goes by the same rule."""
@@ -223,14 +258,8 @@ class ProducerCore:
         buckets: dict[tuple[str, int], list[int]] = {}
         keys, queue_id = plan.sharding_keys, plan.queue_id
         for index, topic in enumerate(plan.topics):
-            count = routes[topic].queue_count
             key = keys[index] if keys is not None else plan.sharding_key
-            if queue_id is not None:
-                queue = check_queue_id(topic, queue_id, count)
-            elif key is not None:
-                queue = queue_for_key(key, count)
-            else:
-                queue = self._round_robin.next(topic, count)
+            queue = self._queue_for(topic, routes[topic].queue_count, key, queue_id)
             buckets.setdefault((topic, queue), []).append(index)
         return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
 

@@ -50,6 +50,11 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
     are loaded and the refused calls run again: NOSCRIPT means nothing ran.
     """
     replies = await _round_trip(client, calls)
+    for reply in replies:
+        if isinstance(reply, NoScriptError):
+            break
+    else:
+        return replies  # the usual case, checked without building a list
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
         await _load_scripts(client, [calls[i] for i in refused])
@@ -110,7 +115,7 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
     conn = await cast(Any, pool).get_connection()
     try:
         return cast(
-            list[Any],
+            "list[Any]",
             await conn.retry.call_with_retry(
                 lambda: _exchange(conn, packed, count), lambda _error: conn.disconnect()
             ),

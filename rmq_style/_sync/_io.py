@@ -51,6 +51,11 @@ def execute(client: Client, calls: Sequence[Call]) -> list[Any]:
     are loaded and the refused calls run again: NOSCRIPT means nothing ran.
     """
     replies = _round_trip(client, calls)
+    for reply in replies:
+        if isinstance(reply, NoScriptError):
+            break
+    else:
+        return replies  # the usual case, checked without building a list
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
         _load_scripts(client, [calls[i] for i in refused])
@@ -111,7 +116,7 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
     conn = cast(Any, pool).get_connection()
     try:
         return cast(
-            list[Any],
+            "list[Any]",
             conn.retry.call_with_retry(
                 lambda: _exchange(conn, packed, count), lambda _error: conn.disconnect()
             ),
