@@ -33,16 +33,29 @@ _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _JSON_ENCODE = _JSON_ENCODER.encode
 
 
+def _c_encoder(markers: dict[int, Any] | None) -> Any:
+    return c_make_encoder(
+        markers, _JSON_ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+
+# Without a circular-reference memo: stateless, so one instance serves every call and thread.
+_UNCHECKED = _c_encoder(None) if c_make_encoder is not None else None
+
+
 def _json_bytes(value: dict[Any, Any] | list[Any]) -> bytes:
     """_JSON_ENCODE(value).encode() for a dict or list, without JSONEncoder's per-call Python layer.
 
-    The C encoder gets a fresh circular-reference memo each call, as iterencode gives it.
+    The encoder runs without the circular-reference memo; a circular (or very deep)
+    value exhausts the recursion limit instead, and is then encoded again with the
+    memo, as JSONEncoder does, to fail the same way (ValueError: Circular reference).
     """
-    if c_make_encoder is None:  # pragma: no cover - CPython always has the C accelerator
+    if _UNCHECKED is None:  # pragma: no cover - CPython always has the C accelerator
         return _JSON_ENCODE(value).encode()
-    chunks = c_make_encoder(
-        {}, _JSON_ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
-    )(value, 0)
+    try:
+        chunks = _UNCHECKED(value, 0)
+    except RecursionError:
+        chunks = _c_encoder({})(value, 0)
     return "".join(chunks).encode()
 
 

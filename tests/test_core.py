@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -64,6 +65,20 @@ def test_codec_round_trips_and_refuses() -> None:
         decode_value("j", b"{nope")
     with pytest.raises(SerializationError, match="unknown codec"):
         encode_body({}, "pickle")  # type: ignore[arg-type]
+
+
+def test_json_bodies_encode_as_json_dumps_does() -> None:
+    value: dict[str, Any] = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": -0.0}, "d": (1,)}
+    assert encode_body(value) == ("j", json.dumps(value, separators=(",", ":")).encode())
+    assert encode_body([1e-7]) == ("j", b"[1e-07]")
+    circular: dict[str, Any] = {}
+    circular["self"] = [circular]
+    with pytest.raises(SerializationError, match="Circular reference detected"):
+        encode_body(circular)
+    with pytest.raises(SerializationError, match="Out of range float"):
+        encode_body({"x": float("nan")})
+    with pytest.raises(SerializationError, match="Object of type set is not JSON serializable"):
+        encode_body([{1}])
 
 
 def test_retry_schedule_follows_rocketmq_levels() -> None:
