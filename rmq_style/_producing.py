@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -178,8 +178,8 @@ class ProducerCore:
             keys, mq = self._where(topic, queue)
             if due is None:
                 (outcome,) = yield [self._send_call(route, keys, entries, wires)]
-                reply = self._reply(topic, outcome)
-                return [SendResult(entries[0][0], mq, reply[0].decode(), int(reply[1]))]
+                reply = self._reply(topic, outcome)  # [first queue offset, entry id]
+                return [SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]))]
             (outcome,) = yield [self._schedule_call(route, queue, due, entries)]
             return [SendResult(entries[0][0], mq, None, None, int(self._reply(topic, outcome)))]
 
@@ -210,9 +210,11 @@ class ProducerCore:
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
         for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
             reply = self._reply(topic, outcome)
-            if due is None:
-                for i, entry_id, queue_offset in zip(chunk, reply[0::2], reply[1::2], strict=True):
-                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), int(queue_offset))
+            if due is None:  # [first queue offset, entry id 1, ..., entry id n]
+                queue_offset = int(reply[0])
+                for i, entry_id in zip(chunk, islice(reply, 1, None), strict=True):
+                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), queue_offset)
+                    queue_offset += 1
             else:
                 deliver_at_ms = int(reply)
                 for i in chunk:

@@ -162,7 +162,7 @@ def test_send_calls_carry_their_arguments_prepacked_exactly(
         assert _pack_scripts([call]) == pack_command(call.evalsha_args)
         n = int(call.args[2])
         assert call.args[:2] == retention.script_args and len(call.args) == 3 + 8 * n
-        replies.append([x for k in range(n) for x in (f"{k}-{call.keys[0]}".encode(), k)])
+        replies.append([0, *(f"{k}-{call.keys[0]}".encode() for k in range(n))])
     try:
         flow.send(replies)
     except StopIteration as stop:
