@@ -8,7 +8,7 @@ and finally returns its result; ``drive`` in each front runs it.
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ._scripts import Script, script
@@ -28,6 +28,9 @@ class ScriptCall:
     script: Script
     keys: tuple[str, ...]
     args: tuple[Any, ...]
+    # *args* already in the wire format (RESP bulk strings, no array header), when the
+    # caller can make it cheaper than a generic packer: the fronts may send this instead
+    packed: bytes | None = field(default=None, compare=False, repr=False)
 
     @property
     def evalsha_args(self) -> tuple[Any, ...]:

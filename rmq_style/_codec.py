@@ -14,7 +14,8 @@ decode it: ``b`` raw bytes, ``s`` UTF-8 text, ``j`` JSON, ``m`` msgpack.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
@@ -28,7 +29,34 @@ M = TypeVar("M")
 RAW, TEXT, JSON, MSGPACK = "b", "s", "j", "m"
 _STRUCTURED = {"json": JSON, "msgpack": MSGPACK}
 # one encoder, built once: json.dumps with non-default options builds a new one per call
-_JSON_ENCODE = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_JSON_ENCODE = _JSON_ENCODER.encode
+
+
+def _c_encoder(markers: dict[int, Any] | None) -> Any:
+    return c_make_encoder(
+        markers, _JSON_ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+
+
+# Without a circular-reference memo: stateless, so one instance serves every call and thread.
+_UNCHECKED = _c_encoder(None) if c_make_encoder is not None else None
+
+
+def _json_bytes(value: dict[Any, Any] | list[Any]) -> bytes:
+    """_JSON_ENCODE(value).encode() for a dict or list, without JSONEncoder's per-call Python layer.
+
+    The encoder runs without the circular-reference memo; a circular (or very deep)
+    value exhausts the recursion limit instead, and is then encoded again with the
+    memo, as JSONEncoder does, to fail the same way (ValueError: Circular reference).
+    """
+    if _UNCHECKED is None:  # pragma: no cover - CPython always has the C accelerator
+        return _JSON_ENCODE(value).encode()
+    try:
+        chunks = _UNCHECKED(value, 0)
+    except RecursionError:
+        chunks = _c_encoder({})(value, 0)
+    return "".join(chunks).encode()
 
 
 def _msgpack() -> Any:
@@ -43,6 +71,14 @@ def _msgpack() -> Any:
 
 def encode_body(body: object, codec: Codec = "json") -> tuple[str, bytes]:
     """Return (content type, bytes) for a message body."""
+    exact = type(body)
+    if exact is bytes:
+        return RAW, cast(bytes, body)
+    if (exact is dict or exact is list) and codec == "json":  # the common case, first
+        try:
+            return JSON, _json_bytes(cast("dict[Any, Any]", body))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise _unencodable(body, codec, exc) from exc
     if isinstance(body, bytes | bytearray | memoryview):
         return RAW, bytes(body)
     if isinstance(body, str):
@@ -58,10 +94,14 @@ def encode_body(body: object, codec: Codec = "json") -> tuple[str, bytes]:
         value = body.model_dump(mode="json") if isinstance(body, BaseModel) else body
         return MSGPACK, bytes(_msgpack().packb(value))
     except (TypeError, ValueError, OverflowError) as exc:
-        raise SerializationError(
-            f"cannot encode a body of type {type(body).__name__} as {codec}: {exc}; "
-            "send bytes, str, a pydantic model or JSON-able data"
-        ) from exc
+        raise _unencodable(body, codec, exc) from exc
+
+
+def _unencodable(body: object, codec: str, exc: Exception) -> SerializationError:
+    return SerializationError(
+        f"cannot encode a body of type {type(body).__name__} as {codec}: {exc}; "
+        "send bytes, str, a pydantic model or JSON-able data"
+    )
 
 
 def decode_value(content_type: str, data: bytes) -> Any:

@@ -62,10 +62,9 @@ def due_spec(
     Exactly one of *delay*, *deliver_at*, *delay_level* may be given. A relative
     delay is added to the Redis server clock by the script.
     """
-    given = [x for x in (delay, deliver_at, delay_level) if x is not None]
-    if not given:
+    if delay is None and deliver_at is None and delay_level is None:
         return None
-    if len(given) > 1:
+    if (delay is not None) + (deliver_at is not None) + (delay_level is not None) > 1:
         raise UsageError("give at most one of delay, deliver_at and delay_level")
     if delay is not None:
         ms = int(delay.total_seconds() * 1000)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -31,16 +31,17 @@ from ._names import check_topic
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "EntryEncoder",
     "Message",
     "MessageQueue",
     "ReceivedMessage",
     "SendResult",
     "decode_entry",
-    "encode_message",
     "new_msg_id",
     "new_msg_ids",
     "pack_fields",
     "unpack_fields",
+    "wire",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
@@ -57,9 +58,38 @@ def new_msg_id(now_ms: int | None = None) -> str:
 
 def new_msg_ids(count: int, now_ms: int) -> list[str]:
     """*count* msg ids born at *now_ms*, with one call for the randomness of them all."""
+    return _msg_ids(f"{now_ms:012x}", count)
+
+
+def _msg_ids(prefix: str, count: int) -> list[str]:
+    if count == 1:
+        return [prefix + _random_part()]
     entropy = os.urandom(10 * count).hex()
-    prefix = f"{now_ms:012x}"
-    return [prefix + entropy[20 * n : 20 * n + 20] for n in range(count)]
+    return [prefix + entropy[n : n + 20] for n in range(0, 20 * count, 20)]
+
+
+# Random parts of single msg ids, drawn 256 at a time (one os.urandom call, not one per send).
+_entropy: Iterator[str] = iter(())
+
+
+def _random_part() -> str:
+    """80 random bits as 20 hex chars; next() on a list iterator is atomic, so threads never share one."""
+    global _entropy
+    part = next(_entropy, None)
+    if part is None:
+        hexed = os.urandom(2560).hex()
+        fresh = iter([hexed[n : n + 20] for n in range(0, 5120, 20)])
+        part = next(fresh)
+        _entropy = fresh
+    return part
+
+
+def _forget_entropy() -> None:
+    global _entropy
+    _entropy = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_entropy)  # a forked child must not reuse the parent's draws
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -118,6 +148,27 @@ class SendResult:
     offset: str | None
     queue_offset: int | None
     deliver_at_ms: int | None = None
+
+    def __init__(
+        self,
+        msg_id: str,
+        queue: MessageQueue,
+        offset: str | None,
+        queue_offset: int | None,
+        deliver_at_ms: int | None = None,
+    ) -> None:
+        # One per message sent: the slots are set directly, where a frozen dataclass's
+        # own __init__ would call object.__setattr__ for each field.
+        _set_msg_id(self, msg_id)
+        _set_queue(self, queue)
+        _set_offset(self, offset)
+        _set_queue_offset(self, queue_offset)
+        _set_deliver_at_ms(self, deliver_at_ms)
+
+
+_set_msg_id, _set_queue, _set_offset, _set_queue_offset, _set_deliver_at_ms = (
+    vars(SendResult)[name].__set__ for name in ("msg_id", "queue", "offset", "queue_offset", "deliver_at_ms")
+)
 
 
 class ReceivedMessage:
@@ -241,45 +292,76 @@ class ReceivedMessage:
 _SHOWN = ("msg_id", "topic", "queue_id", "offset", "queue_offset", "tag", "keys", "content_type")
 
 
-@dataclass(frozen=True, slots=True)
-class EncodedMessage:
-    """A message turned into entry fields, ready for a send script."""
-
-    msg_id: str
-    fields: list[bytes]  # r, b, t, k, p, c, d values, in FIELD_ORDER after i and q
-    size: int
+_CONTENT_TYPES = {ct: ct.encode() for ct in ("b", "s", "j", "m")}
+_EMPTY_WIRE = b"$0\r\n\r\n"
 
 
-def encode_message(
-    message: Message,
-    *,
-    codec: Codec,
-    max_size: int,
-    msg_id: str | None = None,
-    born_ms: int | None = None,
-) -> EncodedMessage:
-    """Encode *message*; raise MessageTooLargeError before anything is written if it is too big.
+def wire(value: bytes) -> bytes:
+    """*value* as a RESP bulk string: what a command argument looks like on the wire.
 
-    *born_ms* (default: now) is the born timestamp; a batch passes one clock reading for all.
+    >>> wire(b"j")
+    b'$1\\r\\nj\\r\\n'
     """
-    content_type, body = encode_body(message.body, codec)
-    props = (
-        json.dumps(dict(message.properties), separators=(",", ":")).encode() if message.properties else b""
-    )
-    keys = " ".join(message.keys).encode()
-    size = len(body) + len(props) + len(keys)
-    if size > max_size:
-        raise MessageTooLargeError(
-            f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
-            "(raise max_message_size, or store the payload elsewhere and send a reference)"
+    return b"$%d\r\n%b\r\n" % (len(value), value)
+
+
+class EntryEncoder:
+    """Encodes the messages of one batch for the send script (one clock reading for all).
+
+    ``encode`` gives a message's values, the msg id then r b t k p c d
+    (FIELD_ORDER after i and q), as a list and on the wire (``wire`` of each).
+    """
+
+    __slots__ = ("born", "born_ms", "codec", "id_prefix", "max_size", "plain_middle")
+
+    def __init__(self, codec: Codec, max_size: int, born_ms: int) -> None:
+        self.codec, self.max_size, self.born_ms = codec, max_size, born_ms
+        self.born = b"%d" % born_ms
+        self.id_prefix = f"{born_ms:012x}"
+        # r b t k p of a message without tag, keys and properties, on the wire
+        self.plain_middle = b"$1\r\n0\r\n%b%b%b%b" % (wire(self.born), _EMPTY_WIRE, _EMPTY_WIRE, _EMPTY_WIRE)
+
+    def msg_ids(self, count: int) -> list[str]:
+        """*count* new msg ids born at this encoder's time (see new_msg_id)."""
+        return _msg_ids(self.id_prefix, count)
+
+    def encode(self, message: Message, msg_id: str) -> tuple[list[Any], bytes]:
+        """Raise MessageTooLargeError (or SerializationError) before anything is written."""
+        content_type, body = encode_body(message.body, self.codec)
+        properties, keys, tag = message.properties, message.keys, message.tag
+        kind = _CONTENT_TYPES.get(content_type) or content_type.encode()
+        id_bytes = msg_id.encode()
+        if not properties and not keys and not tag:  # the common case: one format, no extra values
+            if len(body) > self.max_size:
+                raise _too_large(message, len(body), self.max_size)
+            packed = b"$%d\r\n%b\r\n%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+                len(id_bytes), id_bytes, self.plain_middle, kind, len(body), body
+            )  # fmt: skip
+            return [msg_id, b"0", self.born, b"", b"", b"", kind, body], packed
+        props = json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
+        joined = " ".join(keys).encode() if keys else b""
+        size = len(body) + len(props) + len(joined)
+        if size > self.max_size:
+            raise _too_large(message, size, self.max_size)
+        tag_bytes = tag.encode() if tag else b""
+        packed = b"$%d\r\n%b\r\n$1\r\n0\r\n%b%b%b%b$1\r\n%b\r\n$%d\r\n%b\r\n" % (
+            len(id_bytes),
+            id_bytes,
+            wire(self.born),
+            wire(tag_bytes) if tag_bytes else _EMPTY_WIRE,
+            wire(joined) if joined else _EMPTY_WIRE,
+            wire(props) if props else _EMPTY_WIRE,
+            kind,
+            len(body),
+            body,
         )
-    if born_ms is None:
-        born_ms = int(time.time() * 1000)
-    tag = message.tag.encode() if message.tag else b""
-    return EncodedMessage(
-        msg_id or new_msg_id(born_ms),
-        [b"0", b"%d" % born_ms, tag, keys, props, content_type.encode(), body],
-        size,
+        return [msg_id, b"0", self.born, tag_bytes, joined, props, kind, body], packed
+
+
+def _too_large(message: Message, size: int, max_size: int) -> MessageTooLargeError:
+    return MessageTooLargeError(
+        f"message to {message.topic!r} is {size} bytes, over the limit of {max_size} bytes "
+        "(raise max_message_size, or store the payload elsewhere and send a reference)"
     )
 
 

@@ -22,13 +22,22 @@ MAX_NAME_LENGTH = 128
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 
 
+_VALID: set[str] = set()  # names already checked (bounded: cleared when large)
+
+
 def _check(kind: str, name: object) -> str:
+    if type(name) is str and name in _VALID:
+        return name
     if not isinstance(name, str) or _NAME.fullmatch(name) is None:
         shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else repr(name[:40] + "...")
         raise InvalidNameError(
             f"invalid {kind} name {shown}: use 1 to {MAX_NAME_LENGTH} characters "
             "from letters, digits, '_', '.' and '-'"
         )
+    if type(name) is str:
+        if len(_VALID) >= 4096:
+            _VALID.clear()
+        _VALID.add(name)
     return name
 
 

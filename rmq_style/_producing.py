@@ -11,27 +11,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from itertools import chain, islice
+from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, command, run_script, single
+from ._calls import Call, Flow, ScriptCall, command, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
 from ._message import (
     DEFAULT_MAX_MESSAGE_SIZE,
-    EncodedMessage,
+    EntryEncoder,
     Message,
     MessageQueue,
     SendResult,
-    encode_message,
-    new_msg_ids,
     pack_fields,
+    wire,
 )
 from ._names import Keys
 from ._routing import RoundRobin, check_queue_id, queue_for_key
+from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
 
 __all__ = ["ProducerSettings", "ShardingKey"]
@@ -55,21 +56,21 @@ class ProducerSettings(BaseModel):
     route_ttl_s: float = Field(30.0, ge=0, description="how long a topic's queue count is cached")
 
 
-@dataclass(frozen=True, slots=True)
-class _Planned:
-    index: int
-    topic: str
-    encoded: EncodedMessage
+@dataclass(slots=True)
+class SendPlan:
+    """Messages encoded and validated, ready to be sent (and re-sent with the same ids)."""
+
+    topics: list[str]  # per message
+    entries: list[list[Any]]  # per message: msg id, r b t k p c d (EntryEncoder)
+    wires: list[bytes]  # per message: the same values on the wire
+    sharding_keys: list[str | bytes | int | None] | None  # per message, when sharding_key is a function
     sharding_key: str | bytes | int | None
     queue_id: int | None
     due: tuple[int, int] | None
 
 
-@dataclass(slots=True)
-class SendPlan:
-    """Messages encoded and validated, ready to be sent (and re-sent with the same ids)."""
-
-    items: list[_Planned]
+# (topic, queue, indices of the plan's messages that go there)
+_Bucket = tuple[str, int, Sequence[int]]
 
 
 class ProducerCore:
@@ -80,6 +81,11 @@ class ProducerCore:
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
         self._round_robin = RoundRobin()
+        self._encoder = EntryEncoder(settings.codec, settings.max_message_size, 0)  # of the latest ms
+        # per queue: the send script's keys (stream, seq) and the MessageQueue of the results
+        self._queues: dict[tuple[str, int], tuple[tuple[str, str], MessageQueue]] = {}
+        # per topic: the route these were made for, the trim arguments and their wire form
+        self._trims: dict[str, tuple[TopicRoute, tuple[str, int], bytes]] = {}
 
     def plan(
         self,
@@ -96,18 +102,26 @@ class ProducerCore:
         due = due_spec(delay, deliver_at, delay_level)
         # one clock reading and one draw of randomness for the whole batch
         born_ms = int(time.time() * 1000)
-        msg_ids = new_msg_ids(len(messages), born_ms)
-        codec, max_size = self.settings.codec, self.settings.max_message_size
-        items = []
-        for index, message in enumerate(messages):
-            if not isinstance(message, Message):
+        encoder = self._encoder
+        if encoder.born_ms != born_ms:
+            encoder = self._encoder = EntryEncoder(encoder.codec, encoder.max_size, born_ms)
+        msg_ids = encoder.msg_ids(len(messages))
+        encode = encoder.encode
+        topics: list[str] = []
+        entries: list[list[Any]] = []
+        wires: list[bytes] = []
+        keys: list[str | bytes | int | None] | None = [] if callable(sharding_key) else None
+        for message, msg_id in zip(messages, msg_ids, strict=True):
+            if type(message) is not Message and not isinstance(message, Message):
                 raise UsageError(f"send takes Message objects, got {type(message).__name__}")
-            encoded = encode_message(
-                message, codec=codec, max_size=max_size, msg_id=msg_ids[index], born_ms=born_ms
-            )
-            key = sharding_key(message) if callable(sharding_key) else sharding_key
-            items.append(_Planned(index, message.topic, encoded, key, queue_id, due))
-        return SendPlan(items)
+            values, packed = encode(message, msg_id)
+            entries.append(values)
+            wires.append(packed)
+            topics.append(message.topic)
+            if keys is not None:
+                keys.append(cast("Callable[[Message], str | bytes | int]", sharding_key)(message))
+        batch_key = None if keys is not None else cast("str | bytes | int | None", sharding_key)
+        return SendPlan(topics, entries, wires, keys, batch_key, queue_id, due)
 
     def _cached_route(self, topic: str) -> TopicRoute | None:
         hit = self._routes.get(topic)
@@ -117,6 +131,17 @@ class ProducerCore:
 
     def forget_route(self, topic: str) -> None:
         self._routes.pop(topic, None)
+
+    def _fresh_routes(self, topics: Sequence[str]) -> dict[str, TopicRoute] | None:
+        """The routes of *topics* if all are cached and fresh (no Redis call needed), else None."""
+        routes = {}
+        now, ttl = time.monotonic(), self.settings.route_ttl_s
+        for topic in dict.fromkeys(topics):
+            hit = self._routes.get(topic)
+            if hit is None or now - hit[1] > ttl:
+                return None
+            routes[topic] = hit[0]
+        return routes
 
     def routes_flow(self, topics: Sequence[str]) -> Flow[dict[str, TopicRoute]]:
         routes: dict[str, TopicRoute] = {}
@@ -140,58 +165,132 @@ class ProducerCore:
             return (yield from route_flow(self.keys, topic))
 
     def send_flow(self, plan: SendPlan) -> Flow[list[SendResult]]:
-        routes = yield from self.routes_flow([item.topic for item in plan.items])
-        buckets: dict[tuple[str, int, tuple[int, int] | None], list[_Planned]] = {}
-        for item in plan.items:
-            count = routes[item.topic].queue_count
-            if item.queue_id is not None:
-                queue = check_queue_id(item.topic, item.queue_id, count)
-            elif item.sharding_key is not None:
-                queue = queue_for_key(item.sharding_key, count)
+        topics, entries, wires, due = plan.topics, plan.entries, plan.wires, plan.due
+        if len(entries) == 1:  # a single send, the most frequent call: no buckets
+            topic = topics[0]
+            hit = self._routes.get(topic)
+            if hit is not None and time.monotonic() - hit[1] <= self.settings.route_ttl_s:
+                route = hit[0]
             else:
-                queue = self._round_robin.next(item.topic, count)
-            buckets.setdefault((item.topic, queue, item.due), []).append(item)
+                route = (yield from self.routes_flow(topics))[topic]
+            key = plan.sharding_key if plan.sharding_keys is None else plan.sharding_keys[0]
+            queue = self._queue_for(topic, route.queue_count, key, plan.queue_id)
+            keys, mq = self._where(topic, queue)
+            if due is None:
+                (outcome,) = yield [self._send_call(route, keys, entries, wires)]
+                reply = self._reply(topic, outcome)  # [first queue offset, entry id]
+                return [SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]))]
+            (outcome,) = yield [self._schedule_call(route, queue, due, entries)]
+            return [SendResult(entries[0][0], mq, None, None, int(self._reply(topic, outcome)))]
+
+        one_topic = topics.count(topics[0]) == len(topics)
+        wanted = topics[:1] if one_topic else topics
+        routes = self._fresh_routes(wanted)
+        if routes is None:
+            routes = yield from self.routes_flow(wanted)
+        buckets = self._one_topic_buckets(plan, routes) if one_topic else None
+        if buckets is None:
+            buckets = self._buckets(plan, routes)
 
         calls: list[Call] = []
-        owners: list[tuple[str, int, tuple[int, int] | None, list[_Planned]]] = []
-        for (topic, queue, due), items in buckets.items():
-            for start in range(0, len(items), _MAX_PER_CALL):
-                chunk = items[start : start + _MAX_PER_CALL]
-                calls.append(self._call(routes[topic], queue, due, chunk))
-                owners.append((topic, queue, due, chunk))
+        owners: list[tuple[str, MessageQueue, Sequence[int]]] = []
+        for topic, queue, indices in buckets:
+            route = routes[topic]
+            keys, mq = self._where(topic, queue)
+            for start in range(0, len(indices), _MAX_PER_CALL):
+                chunk = indices[start : start + _MAX_PER_CALL]
+                rows = [entries[i] for i in chunk]
+                if due is None:
+                    calls.append(self._send_call(route, keys, rows, [wires[i] for i in chunk]))
+                else:
+                    calls.append(self._schedule_call(route, queue, due, rows))
+                owners.append((topic, mq, chunk))
         replies = yield calls
 
-        results: list[SendResult | None] = [None] * len(plan.items)
-        for (topic, queue, due, chunk), outcome in zip(owners, replies, strict=True):
-            if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
-                self.forget_route(topic)
-                raise TopicNotFoundError(topic) from None
-            reply = single(outcome)
-            mq = MessageQueue(topic, queue)
-            for n, item in enumerate(chunk):
-                if due is None:
-                    results[item.index] = SendResult(
-                        item.encoded.msg_id, mq, reply[2 * n].decode(), int(reply[2 * n + 1])
-                    )
-                else:
-                    results[item.index] = SendResult(item.encoded.msg_id, mq, None, None, int(reply))
-        return [r for r in results if r is not None]
+        results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
+        for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
+            reply = self._reply(topic, outcome)
+            if due is None:  # [first queue offset, entry id 1, ..., entry id n]
+                queue_offset = int(reply[0])
+                for i, entry_id in zip(chunk, islice(reply, 1, None), strict=True):
+                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), queue_offset)
+                    queue_offset += 1
+            else:
+                deliver_at_ms = int(reply)
+                for i in chunk:
+                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms)
+        return results
 
-    def _call(
-        self, route: TopicRoute, queue: int, due: tuple[int, int] | None, items: list[_Planned]
+    def _reply(self, topic: str, outcome: Any) -> Any:
+        if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
+            self.forget_route(topic)
+            raise TopicNotFoundError(topic) from None
+        return single(outcome)
+
+    def _where(self, topic: str, queue: int) -> tuple[tuple[str, str], MessageQueue]:
+        """The send script's keys (stream, seq) of a queue and its MessageQueue, made once."""
+        where = self._queues.get((topic, queue))
+        if where is None:
+            qk = self.keys.queue(topic, queue)
+            where = self._queues[(topic, queue)] = ((qk.stream, qk.seq), MessageQueue(topic, queue))
+        return where
+
+    def _queue_for(self, topic: str, count: int, key: str | bytes | int | None, queue_id: int | None) -> int:
+        if queue_id is not None:
+            return check_queue_id(topic, queue_id, count)
+        if key is not None:
+            return queue_for_key(key, count)
+        return self._round_robin.next(topic, count)
+
+    def _one_topic_buckets(self, plan: SendPlan, routes: dict[str, TopicRoute]) -> list[_Bucket] | None:
+        """Buckets without a per-message decision, when every message goes by the same rule."""
+        if plan.sharding_keys is not None:
+            return None
+        topic, n = plan.topics[0], len(plan.topics)
+        count = routes[topic].queue_count
+        if plan.queue_id is not None:
+            return [(topic, check_queue_id(topic, plan.queue_id, count), range(n))]
+        if plan.sharding_key is not None:
+            return [(topic, queue_for_key(plan.sharding_key, count), range(n))]
+        # round-robin: message j takes turn start + j, so queue (start + j) % count
+        start = self._round_robin.take(topic, n)
+        return [(topic, (start + j) % count, range(j, n, count)) for j in range(min(n, count))]
+
+    def _buckets(self, plan: SendPlan, routes: dict[str, TopicRoute]) -> list[_Bucket]:
+        buckets: dict[tuple[str, int], list[int]] = {}
+        keys, queue_id = plan.sharding_keys, plan.queue_id
+        for index, topic in enumerate(plan.topics):
+            key = keys[index] if keys is not None else plan.sharding_key
+            queue = self._queue_for(topic, routes[topic].queue_count, key, queue_id)
+            buckets.setdefault((topic, queue), []).append(index)
+        return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
+
+    def _send_call(
+        self, route: TopicRoute, keys: tuple[str, str], rows: list[list[Any]], packed: list[bytes]
+    ) -> Call:
+        trim = self._trims.get(route.topic)
+        if trim is None or trim[0] is not route:
+            mode, value = route.retention.script_args
+            trim = self._trims[route.topic] = (
+                route,
+                (mode, value),
+                wire(mode.encode()) + wire(b"%d" % value),
+            )
+        args = (*trim[1], len(rows), *chain.from_iterable(rows))
+        return ScriptCall(_send_script(), keys, args, b"".join([trim[2], wire(b"%d" % len(rows)), *packed]))
+
+    def _schedule_call(
+        self, route: TopicRoute, queue: int, due: tuple[int, int], rows: list[list[Any]]
     ) -> Call:
         qk = self.keys.queue(route.topic, queue)
-        args: list[Any]
-        if due is None:
-            args = [*route.retention.script_args, len(items)]
-            for item in items:
-                args.append(item.encoded.msg_id)
-                args.extend(item.encoded.fields)
-            return run_script("send", (qk.stream, qk.seq), args)
-        args = [due[0], due[1], len(items)]
-        for item in items:
-            args += [item.encoded.msg_id, pack_fields(item.encoded.fields)]
-        return run_script("schedule", (qk.delay, qk.delayed, qk.seq), args)
+        flat: list[Any] = [due[0], due[1], len(rows)]
+        for row in rows:
+            flat += [row[0], pack_fields(row[1:])]
+        return run_script("schedule", (qk.delay, qk.delayed, qk.seq), flat)
+
+
+def _send_script() -> Script:
+    return script("send")
 
 
 def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 1000) -> Call:

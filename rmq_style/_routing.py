@@ -12,7 +12,7 @@ True
 
 from __future__ import annotations
 
-import itertools
+import threading
 import zlib
 
 from ._errors import QueueNotFoundError
@@ -37,10 +37,15 @@ class RoundRobin:
     """Per-topic round-robin queue choice (RocketMQ's default selector)."""
 
     def __init__(self) -> None:
-        self._counters: dict[str, itertools.count[int]] = {}
+        self._counters: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def next(self, topic: str, queue_count: int) -> int:
-        counter = self._counters.get(topic)
-        if counter is None:
-            counter = self._counters[topic] = itertools.count()
-        return next(counter) % queue_count
+        return self.take(topic, 1) % queue_count
+
+    def take(self, topic: str, n: int) -> int:
+        """Reserve the next *n* turns of *topic*: turn ``start + j`` goes to queue ``(start + j) % count``."""
+        with self._lock:
+            start = self._counters.get(topic, 0)
+            self._counters[topic] = start + n
+        return start

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 import pytest
+from hiredis import pack_command
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
@@ -12,15 +15,21 @@ from pydantic import BaseModel
 from rmq_style import (
     ConfigurationError,
     InvalidOffsetError,
+    Message,
     ReceivedMessage,
+    Retention,
     RetrySchedule,
     SerializationError,
 )
+from rmq_style._calls import ScriptCall
 from rmq_style._codec import decode_model, decode_value, encode_body
 from rmq_style._delay import DELAY_LEVELS_MS, delay_level_ms
 from rmq_style._handlers import inspect_handler
 from rmq_style._message import pack_fields, unpack_fields
 from rmq_style._offsets import MAX_SEQ, Offset, parse_offset
+from rmq_style._producing import ProducerCore, ProducerSettings
+from rmq_style._sync._io import _pack_scripts
+from rmq_style._topics import TopicRoute
 
 
 class Order(BaseModel):
@@ -56,6 +65,20 @@ def test_codec_round_trips_and_refuses() -> None:
         decode_value("j", b"{nope")
     with pytest.raises(SerializationError, match="unknown codec"):
         encode_body({}, "pickle")  # type: ignore[arg-type]
+
+
+def test_json_bodies_encode_as_json_dumps_does() -> None:
+    value: dict[str, Any] = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": -0.0}, "d": (1,)}
+    assert encode_body(value) == ("j", json.dumps(value, separators=(",", ":")).encode())
+    assert encode_body([1e-7]) == ("j", b"[1e-07]")
+    circular: dict[str, Any] = {}
+    circular["self"] = [circular]
+    with pytest.raises(SerializationError, match="Circular reference detected"):
+        encode_body(circular)
+    with pytest.raises(SerializationError, match="Out of range float"):
+        encode_body({"x": float("nan")})
+    with pytest.raises(SerializationError, match="Object of type set is not JSON serializable"):
+        encode_body([{1}])
 
 
 def test_retry_schedule_follows_rocketmq_levels() -> None:
@@ -94,3 +117,59 @@ def test_handler_signatures_it_cannot_serve(source: str, message: str) -> None:
     exec(source, namespace)
     with pytest.raises(ConfigurationError, match=message):
         inspect_handler(namespace["h"])
+
+
+_body = st.one_of(
+    st.binary(max_size=40),
+    st.text(max_size=20),
+    st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5), max_size=3),
+    st.lists(st.integers(), max_size=3),
+)
+_word = st.text(st.characters(blacklist_characters=" |", blacklist_categories=["Cs"]), min_size=1, max_size=6)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            _body,
+            st.none() | _word,
+            st.lists(_word, max_size=2),
+            st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 5),
+    st.booleans(),
+)
+def test_send_calls_carry_their_arguments_prepacked_exactly(
+    specs: list[tuple[Any, str | None, list[str], dict[str, str]]], queues: int, maxlen: bool
+) -> None:
+    """The wire form the producer builds is what a generic packer makes of the same arguments,
+    and round-robin by slices gives message j the queue (start + j) % queues, results in order."""
+    core = ProducerCore(ProducerSettings())
+    retention = Retention.max_entries(100) if maxlen else Retention()
+    core._routes["t"] = (TopicRoute("t", queues, retention), time.monotonic())
+    before = core._round_robin.take("t", 3)
+    messages = [Message("t", body, tag=tag, keys=keys, properties=props) for body, tag, keys, props in specs]
+    plan = core.plan(messages)
+    flow = core.send_flow(plan)
+    calls = next(flow)
+    assert isinstance(calls, list)
+    replies = []
+    for call in calls:
+        assert isinstance(call, ScriptCall)
+        assert _pack_scripts([call]) == pack_command(call.evalsha_args)
+        n = int(call.args[2])
+        assert call.args[:2] == retention.script_args and len(call.args) == 3 + 8 * n
+        replies.append([0, *(f"{k}-{call.keys[0]}".encode() for k in range(n))])
+    try:
+        flow.send(replies)
+    except StopIteration as stop:
+        results = stop.value
+    start = before + 3
+    assert [r.msg_id for r in results] == [entry[0] for entry in plan.entries]
+    assert [r.queue.queue_id for r in results] == [(start + j) % queues for j in range(len(messages))]
+    for j, result in enumerate(results):
+        assert result.offset == f"{j // queues}-rmq:{{t:{result.queue.queue_id}}}:s"
+        assert result.queue_offset == j // queues

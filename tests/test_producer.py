@@ -240,3 +240,18 @@ def test_topic_deleted_under_a_cached_route_is_reported(front: Any, url: str) ->
         with pytest.raises(TopicNotFoundError):
             producer.send(Message("orders", b"x"))
     assert all_keys(url) == set()
+
+
+def test_a_refused_call_in_a_batch_leaves_the_connection_usable(front: Any, url: str) -> None:
+    setup_topic(front, url)
+    setup_topic(front, url, topic="gone", queues=2)
+    with front.Producer(url) as producer:
+        producer.send(Message("gone", b"x"))  # caches the route of "gone"
+        with front.Admin(url) as admin:
+            admin.delete_topic("gone")
+        batch = [Message("orders", b"a"), Message("gone", b"b"), Message("orders", b"c")]
+        with pytest.raises(TopicNotFoundError):
+            producer.send_batch(batch, sharding_key="k")
+        # every reply of the refused round trip was read: the next ones line up
+        results = producer.send_batch([Message("orders", n) for n in range(3)], sharding_key="k")
+    assert [r.queue_offset for r in results] == [2, 3, 4]  # after the two written in the refused batch

@@ -7,11 +7,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import redis.asyncio as redis_asyncio
+from hiredis import pack_command
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, Flow, Pause
+from .._calls import Call, Command, Flow, Pause, ScriptCall
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
@@ -49,6 +50,11 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
     are loaded and the refused calls run again: NOSCRIPT means nothing ran.
     """
     replies = await _round_trip(client, calls)
+    for reply in replies:
+        if isinstance(reply, NoScriptError):
+            break
+    else:
+        return replies  # the usual case, checked without building a list
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
         await _load_scripts(client, [calls[i] for i in refused])
@@ -59,6 +65,10 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
 
 
 async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
+    if type(client) is redis_asyncio.Redis and client.connection is None:
+        packed = _pack_scripts(calls)
+        if packed is not None:
+            return await _direct_round_trip(client, packed, len(calls))
     if len(calls) == 1:
         try:
             return [await cast(Any, client).execute_command(*_args(calls[0]))]
@@ -68,6 +78,64 @@ async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
     for call in calls:
         cast(Any, pipe).execute_command(*_args(call))
     return list(await pipe.execute(raise_on_error=False))
+
+
+def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
+    """The calls in the wire format, if all are script calls (whose replies need no redis-py callback)."""
+    parts = []
+    for call in calls:
+        if type(call) is not ScriptCall:
+            return None
+        packed = call.packed
+        parts.append(pack_command(call.evalsha_args) if packed is None else _evalsha(call, packed))
+    return b"".join(parts)
+
+
+# wire form of EVALSHA sha numkeys keys..., without the array header, by (sha, keys)
+_HEADS: dict[tuple[str, tuple[str, ...]], bytes] = {}
+
+
+def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
+    head = _HEADS.get((call.script.sha, call.keys))
+    if head is None:
+        if len(_HEADS) >= 4096:
+            _HEADS.clear()
+        full = pack_command(cast(Any, ("EVALSHA", call.script.sha, call.script.numkeys, *call.keys)))
+        head = _HEADS[(call.script.sha, call.keys)] = full[full.index(b"\r\n") :]
+    return b"*%d%b%b" % (3 + len(call.keys) + len(call.args), head, packed_args)
+
+
+async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> list[Any]:
+    """Send packed commands on a pooled connection and read *count* replies (redis-py's pipeline, leaner).
+
+    Connection errors are retried by the client's retry policy, as redis-py does;
+    any other exception leaves the connection in an unknown state: it is dropped.
+    """
+    pool = client.connection_pool
+    conn = await cast(Any, pool).get_connection()
+    try:
+        return cast(
+            "list[Any]",
+            await conn.retry.call_with_retry(
+                lambda: _exchange(conn, packed, count), lambda _error: conn.disconnect()
+            ),
+        )
+    except BaseException:
+        await conn.disconnect()
+        raise
+    finally:
+        await pool.release(conn)
+
+
+async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
+    await conn.send_packed_command([packed])
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 async def drive(client: AsyncClient, flow: Flow[T]) -> T:

@@ -52,13 +52,19 @@ class Producer:
         delay_level: int | None = None,
     ) -> SendResult:
         """Send one message; its queue is round-robin, by *sharding_key*, or *queue_id*."""
-        results = self.send_batch(
+        plan = self._core.plan(
             [message],
             sharding_key=sharding_key,
             queue_id=queue_id,
             delay=delay,
             deliver_at=deliver_at,
             delay_level=delay_level,
+        )
+        results = drive_with_retries(
+            self._client,
+            lambda: self._core.send_flow(plan),
+            self.settings.retries,
+            self.settings.retry_backoff_ms,
         )
         return results[0]
 
@@ -84,7 +90,7 @@ class Producer:
             deliver_at=deliver_at,
             delay_level=delay_level,
         )
-        if not plan.items:
+        if not plan.entries:
             return []
         return drive_with_retries(
             self._client,

@@ -10,12 +10,12 @@
     ARGV[4 + 8k .. 11 + 8k] message k: msg id, r, b, t, k, p, c, d
 
   Output:
-    {id_1, queue_offset_1, ..., id_n, queue_offset_n}
+    {queue_offset_1, id_1, ..., id_n}: the queue offsets are consecutive, the
+    first one comes first, then the entry ids in message order
     error 'NOTOPIC' when the queue does not exist (nothing written)
 ]]
 --@include clock
 --@include trim
---@include append
 
 if redis.call('EXISTS', KEYS[2]) == 0 then
   return redis.error_reply('NOTOPIC queue does not exist')
@@ -23,14 +23,28 @@ end
 -- one INCRBY reserves the queue offsets of the whole batch (consecutive, in order)
 local n = tonumber(ARGV[3])
 local first = redis.call('INCRBY', KEYS[2], n) - n
-local mode, value = ARGV[1], ARGV[2]
-local out = {}
-for k = 0, n - 1 do
-  local base = 4 + 8 * k
-  local seq = first + k
-  out[2 * k + 1] = rmq_xadd(KEYS[1], mode, value, ARGV[base], seq, ARGV[base + 1], ARGV[base + 2],
-    ARGV[base + 3], ARGV[base + 4], ARGV[base + 5], ARGV[base + 6], ARGV[base + 7])
-  out[2 * k + 2] = seq
-  rmq_trim(KEYS[1], mode, value, seq + 1)
+local stream, mode, value = KEYS[1], ARGV[1], ARGV[2]
+local out = {first}
+-- The entry fields of docs/storage.md, always in this order. The XADD is written
+-- out here (not rmq_xadd of append.lua): this loop is the hot path of every producer.
+if mode == 'maxlen' then
+  for k = 0, n - 1 do
+    local a = 8 * k
+    out[k + 2] = redis.call('XADD', stream, 'MAXLEN', '~', value, '*', 'i', ARGV[a + 4], 'q', first + k,
+      'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
+      'c', ARGV[a + 10], 'd', ARGV[a + 11])
+  end
+else
+  for k = 0, n - 1 do
+    local a = 8 * k
+    out[k + 2] = redis.call('XADD', stream, '*', 'i', ARGV[a + 4], 'q', first + k,
+      'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
+      'c', ARGV[a + 10], 'd', ARGV[a + 11])
+  end
+end
+-- the minid pass runs when the queue offset crosses a multiple of 128 (rmq_trim)
+local crossed = (first + n) - (first + n) % 128
+if crossed > first then
+  rmq_trim(stream, mode, value, crossed)
 end
 return out
