@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as redis_asyncio
 from hiredis import pack_command
@@ -16,7 +17,7 @@ from .._calls import Call, Command, Flow, Pause, ScriptCall
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
-__all__ = ["AsyncClient", "drive", "drive_with_retries", "execute", "open_client"]
+__all__ = ["AsyncClient", "ClientHolder", "drive", "drive_with_retries", "execute", "open_client"]
 
 T = TypeVar("T")
 AsyncClient = redis_asyncio.Redis
@@ -168,3 +169,23 @@ async def drive_with_retries(
                 ) from exc
             await asyncio.sleep(backoff_ms * (2**attempt) / 1000)
             attempt += 1
+
+
+class ClientHolder:
+    """Base of the fronts: holds a client (its own, from a URL, or the caller's) and closes what it owns."""
+
+    def __init__(self, url: str | AsyncClient) -> None:
+        self._owns_client = isinstance(url, str)
+        self._client = open_client(url) if isinstance(url, str) else url
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -29,12 +27,12 @@ from .._topics import (
     list_flow,
     route_flow,
 )
-from ._io import AsyncClient, drive, execute, open_client
+from ._io import AsyncClient, ClientHolder, drive, execute
 
 __all__ = ["AsyncAdmin"]
 
 
-class AsyncAdmin:
+class AsyncAdmin(ClientHolder):
     """Topic administration.
 
     >>> import asyncio
@@ -49,8 +47,7 @@ class AsyncAdmin:
 
     def __init__(self, url: str | AsyncClient, *, namespace: str = "rmq") -> None:
         self.keys = Keys(namespace)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.keys.prefix!r}>"
@@ -113,15 +110,3 @@ class AsyncAdmin:
     async def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
         return await drive(self._client, replay_flow(self.keys, group, records))
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncAdmin:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._pulling import offset_for_timestamp_flow
-from ._io import AsyncClient, drive, open_client
+from ._io import AsyncClient, ClientHolder, drive
 
 __all__ = ["AsyncLitePullConsumer"]
 
 
-class AsyncLitePullConsumer:
+class AsyncLitePullConsumer(ClientHolder):
     """RocketMQ's lite pull consumer (Kafka-like): subscribe or assign, then poll.
 
     Heartbeats, rebalancing and auto-commit happen inside ``poll`` when due, so
@@ -47,8 +46,7 @@ class AsyncLitePullConsumer:
     ) -> None:
         self.settings = check_settings(settings or LitePullSettings(**options))
         self._core = LitePullCore(group, self.settings)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} group={self._core.group!r} member={self._core.member!r}>"
@@ -120,13 +118,4 @@ class AsyncLitePullConsumer:
         try:
             await drive(self._client, self._core.close_flow())
         finally:
-            if self._owns_client:
-                await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncLitePullConsumer:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
+            await super().close()

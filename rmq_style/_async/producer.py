@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from ._io import AsyncClient, drive_with_retries, open_client
+from ._io import AsyncClient, ClientHolder, drive_with_retries
 
 __all__ = ["AsyncProducer"]
 
 
-class AsyncProducer:
+class AsyncProducer(ClientHolder):
     """Sends messages; one instance is safe to share.
 
     >>> import asyncio
@@ -33,8 +32,7 @@ class AsyncProducer:
         self, url: str | AsyncClient, settings: ProducerSettings | None = None, **options: Any
     ) -> None:
         self.settings = settings or ProducerSettings(**options)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
         self._core = ProducerCore(self.settings)
 
     def __repr__(self) -> str:
@@ -97,15 +95,3 @@ class AsyncProducer:
             self.settings.retries,
             self.settings.retry_backoff_ms,
         )
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncProducer:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from types import TracebackType
 
 from .._message import MessageQueue
 from .._names import Keys, check_group
@@ -20,12 +19,12 @@ from .._pulling import (
     position_for_timestamp_flow,
     pull_flow,
 )
-from ._io import AsyncClient, drive, open_client
+from ._io import AsyncClient, ClientHolder, drive
 
 __all__ = ["AsyncPullConsumer"]
 
 
-class AsyncPullConsumer:
+class AsyncPullConsumer(ClientHolder):
     """RocketMQ's pull consumer: the application chooses queues and offsets.
 
     ``pull`` returns the entries strictly after *offset* ("0-0": from the
@@ -67,8 +66,7 @@ class AsyncPullConsumer:
         self._routes = RouteCache(self.keys, route_ttl_s)
         self._queues = QueueCache(check_bounds_ttl_ms(bounds_ttl_ms) / 1000)
         self._store = OffsetStore(self.keys, group, message_model, instance_name or default_instance_name())
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} group={self.group!r} model={self._store.model}>"
@@ -127,15 +125,3 @@ class AsyncPullConsumer:
         """Max queue offset, group position, lag (exact, never negative) and pending count."""
         await drive(self._client, self._routes.queue_flow(queue))
         return await drive(self._client, progress_flow(self.keys, self.group, queue))
-
-    async def close(self) -> None:
-        if self._owns_client:
-            await self._client.aclose()
-
-    async def __aenter__(self) -> AsyncPullConsumer:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()

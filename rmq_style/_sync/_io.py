@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar, cast
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
 
 import redis as redis_asyncio
 from hiredis import pack_command
@@ -17,7 +18,7 @@ from .._calls import Call, Command, Flow, Pause, ScriptCall
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
-__all__ = ["Client", "drive", "drive_with_retries", "execute", "open_client"]
+__all__ = ["Client", "ClientHolder", "drive", "drive_with_retries", "execute", "open_client"]
 
 T = TypeVar("T")
 Client = redis_asyncio.Redis
@@ -169,3 +170,23 @@ def drive_with_retries(
                 ) from exc
             time.sleep(backoff_ms * (2**attempt) / 1000)
             attempt += 1
+
+
+class ClientHolder:
+    """Base of the fronts: holds a client (its own, from a URL, or the caller's) and closes what it owns."""
+
+    def __init__(self, url: str | Client) -> None:
+        self._owns_client = isinstance(url, str)
+        self._client = open_client(url) if isinstance(url, str) else url
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from types import TracebackType
-
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -30,12 +28,12 @@ from .._topics import (
     list_flow,
     route_flow,
 )
-from ._io import Client, drive, execute, open_client
+from ._io import Client, ClientHolder, drive, execute
 
 __all__ = ["Admin"]
 
 
-class Admin:
+class Admin(ClientHolder):
     """Topic administration.
 
     >>> import time
@@ -50,8 +48,7 @@ class Admin:
 
     def __init__(self, url: str | Client, *, namespace: str = "rmq") -> None:
         self.keys = Keys(namespace)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.keys.prefix!r}>"
@@ -114,15 +111,3 @@ class Admin:
     def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
         return drive(self._client, replay_flow(self.keys, group, records))
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> Admin:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

@@ -5,19 +5,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from types import TracebackType
 from typing import Any
 
 from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._pulling import offset_for_timestamp_flow
-from ._io import Client, drive, open_client
+from ._io import Client, ClientHolder, drive
 
 __all__ = ["LitePullConsumer"]
 
 
-class LitePullConsumer:
+class LitePullConsumer(ClientHolder):
     """RocketMQ's lite pull consumer (Kafka-like): subscribe or assign, then poll.
 
     Heartbeats, rebalancing and auto-commit happen inside ``poll`` when due, so
@@ -48,8 +47,7 @@ class LitePullConsumer:
     ) -> None:
         self.settings = check_settings(settings or LitePullSettings(**options))
         self._core = LitePullCore(group, self.settings)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} group={self._core.group!r} member={self._core.member!r}>"
@@ -121,13 +119,4 @@ class LitePullConsumer:
         try:
             drive(self._client, self._core.close_flow())
         finally:
-            if self._owns_client:
-                self._client.close()
-
-    def __enter__(self) -> LitePullConsumer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
+            super().close()

@@ -5,17 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from ._io import Client, drive_with_retries, open_client
+from ._io import Client, ClientHolder, drive_with_retries
 
 __all__ = ["Producer"]
 
 
-class Producer:
+class Producer(ClientHolder):
     """Sends messages; one instance is safe to share.
 
     >>> import time
@@ -34,8 +33,7 @@ class Producer:
         self, url: str | Client, settings: ProducerSettings | None = None, **options: Any
     ) -> None:
         self.settings = settings or ProducerSettings(**options)
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
         self._core = ProducerCore(self.settings)
 
     def __repr__(self) -> str:
@@ -98,15 +96,3 @@ class Producer:
             self.settings.retries,
             self.settings.retry_backoff_ms,
         )
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> Producer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()

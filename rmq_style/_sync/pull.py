@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from types import TracebackType
 
 from .._message import MessageQueue
 from .._names import Keys, check_group
@@ -21,12 +20,12 @@ from .._pulling import (
     position_for_timestamp_flow,
     pull_flow,
 )
-from ._io import Client, drive, open_client
+from ._io import Client, ClientHolder, drive
 
 __all__ = ["PullConsumer"]
 
 
-class PullConsumer:
+class PullConsumer(ClientHolder):
     """RocketMQ's pull consumer: the application chooses queues and offsets.
 
     ``pull`` returns the entries strictly after *offset* ("0-0": from the
@@ -68,8 +67,7 @@ class PullConsumer:
         self._routes = RouteCache(self.keys, route_ttl_s)
         self._queues = QueueCache(check_bounds_ttl_ms(bounds_ttl_ms) / 1000)
         self._store = OffsetStore(self.keys, group, message_model, instance_name or default_instance_name())
-        self._owns_client = isinstance(url, str)
-        self._client = open_client(url) if isinstance(url, str) else url
+        super().__init__(url)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} group={self.group!r} model={self._store.model}>"
@@ -128,15 +126,3 @@ class PullConsumer:
         """Max queue offset, group position, lag (exact, never negative) and pending count."""
         drive(self._client, self._routes.queue_flow(queue))
         return drive(self._client, progress_flow(self.keys, self.group, queue))
-
-    def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
-
-    def __enter__(self) -> PullConsumer:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
