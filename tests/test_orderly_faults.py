@@ -18,6 +18,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ KEYS = 200
 # the 20,000 (about 13 s here); RMQ_ORDERLY_MESSAGES changes it
 MESSAGES = int(os.environ.get("RMQ_ORDERLY_MESSAGES", "20000"))
 HANDLER_MS = 2
+TAKEOVER_BOUND_S = 0.8 + 1.0 + 0.1 + 1.0  # member expiry + lease + heartbeat + slack
 
 
 def start_worker(url: str) -> tuple[subprocess.Popen[str], str]:
@@ -100,6 +102,10 @@ def test_kill_pause_and_stop_owners_while_keyed_messages_flow(private_redis: Red
         victim[0].send_signal(signal.SIGKILL)
         victim[0].wait()
         workers.remove(victim)
+        # its queues are taken over within member expiry (0.8 s) + lease (1 s) + a heartbeat, plus slack
+        killed_at = time.monotonic()
+        asyncio.run(until(lambda: all(o and o != victim[1] for o in lock_owners(control)), 5, "takeover"))
+        assert time.monotonic() - killed_at < TAKEOVER_BOUND_S
         workers.append(start_worker(url))
         send_range(2 * MESSAGES // 3, MESSAGES)
         # SIGTERM one more: a graceful stop hands its queues over
