@@ -110,6 +110,10 @@ class QueueKeys:
         """Orderly lease lock of (group, queue)."""
         return f"{self.tag}:lock:{group}"
 
+    def held(self, group: str) -> str:
+        """Hash of the orderly message holding (group, queue): owner, offset, attempts, since, reason."""
+        return f"{self.tag}:held:{group}"
+
     def broadcast(self, group: str) -> str:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"

@@ -7,7 +7,9 @@ Tasks of one consumer (all stop with ``stop()``):
 - fetch: one XREADGROUP over the streams of every owned queue with room left
   (flow control), handing entries to the handler pool;
 - settle: acks coalesced per stream, retries and dead letters (one script each);
-- retries: moves the group's due retries into its retry streams.
+- retries: moves the group's due retries into its retry streams;
+- orderly (rmq_style._orderly_queue): a task per owned orderly queue, and the
+  renewal of their lease locks.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ._filter import TagFilter
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
 from ._message import MessageQueue, decode_entry
 from ._names import Keys, check_group, check_topic
+from ._orderly_queue import OrderlyRunner
 from ._push_calls import create_groups_calls, fetch_command, release_retries_call
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
 from ._push_pool import HandlerPool, Work
@@ -56,6 +59,8 @@ class PushStats:
     retried: int = 0  # retry scheduled
     dead_lettered: int = 0  # written to the dead-letter queue
     filtered: int = 0  # acked without a listener call (tag did not match)
+    suspended: int = 0  # orderly: a failure held the queue, the message is tried again
+    fenced: int = 0  # orderly: a write refused because the lease was lost
 
 
 class _Backoff:
@@ -117,8 +122,11 @@ class PushConsumer:
         self.member = new_member_id()
         self.keys = Keys(self.settings.namespace)
         self.stats = PushStats()
-        self._policy = RetryPolicy(self.settings.retry_schedule, self.settings.max_reconsume_times)
+        self._policy = RetryPolicy(self.settings.retry_schedule, self.settings.concurrent_max_reconsume_times)
         self._subs: dict[str, Subscription] = {}
+        self._orderly_topics: set[str] = set()
+        self._orderly: OrderlyRunner | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self._queues: dict[MessageQueue, QueueState] = {}
         self._streams: dict[bytes, StreamState] = {}
         self._total = 0
@@ -137,7 +145,7 @@ class PushConsumer:
         self._log = log.bind(group=self.group, member=self.member)
 
     def __repr__(self) -> str:
-        owned = sorted(str(q.mq) for q in self._queues.values() if q.owned)
+        owned = [str(mq) for mq in self.queues]
         return (
             f"<PushConsumer group={self.group!r} member={self.member!r} queues={owned} "
             f"in_flight={self._total} {self.stats}>"
@@ -152,12 +160,16 @@ class PushConsumer:
         listener: Callable[..., Any],
         *,
         model: Any = None,
+        orderly: bool = False,
     ) -> None:
         """Consume *topic* messages whose tag matches *expression* (``*`` or ``TagA || TagB``).
 
         The listener takes the ReceivedMessage (a list of them when
         consume_message_batch_max_size > 1); with *model*, it takes the body
         validated into *model* first, then the message. It may be async or sync.
+        With *orderly*, the messages of each queue are handled one at a time in
+        offset order by the holder of the queue's lease (docs/push.md); one
+        consumer may mix orderly and concurrent topics.
         """
         if self._started:
             raise UsageError("subscribe before start()")
@@ -170,6 +182,8 @@ class PushConsumer:
             getattr(listener, "__call__", None)  # noqa: B004 - an async callable object
         )
         self._subs[topic] = Subscription(topic, TagFilter.parse(expression), listener, is_async, model)
+        if orderly:
+            self._orderly_topics.add(topic)
 
     async def start(self) -> None:
         """Join the group, take this member's queues and start consuming; returns once running."""
@@ -190,6 +204,18 @@ class PushConsumer:
             )
             check_subscribe_replies(replies, self.group, sub.topic, sub.filter)
         capacity = self.settings.pull_threshold_for_all
+        if self._orderly_topics:
+            self._orderly = OrderlyRunner(
+                group=self.group,
+                member=self.member,
+                keys=self.keys,
+                settings=self.settings,
+                stats=self.stats,
+                client=self._client,
+                wait_client=open_client(self.url),
+                start_position=self._start_position,
+            )
+            self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.renew_loop))
         self._pool = HandlerPool(
             self.settings.concurrency, capacity, self.settings.consume_timeout_ms / 1000, self._on_done
         )
@@ -212,8 +238,14 @@ class PushConsumer:
         fetch, membership, settle, retries = self._tasks
         await asyncio.gather(fetch, membership, retries, return_exceptions=True)
         cut = 0
+        if self._orderly is not None:
+            cut += await self._orderly.stop(self.settings.shutdown_timeout_ms / 1000)
+            if self._renew_task is not None:
+                self._renew_task.cancel()
+                await asyncio.gather(self._renew_task, return_exceptions=True)
+            await self._orderly.wait_client.aclose()
         if self._pool is not None:
-            cut = await self._pool.close(self.settings.shutdown_timeout_ms / 1000)
+            cut += await self._pool.close(self.settings.shutdown_timeout_ms / 1000)
         self._drained.set()
         self._settle_wakeup.set()
         # Redis away at shutdown: give up after a while; what is not settled stays pending
@@ -264,8 +296,9 @@ class PushConsumer:
 
     @property
     def queues(self) -> list[MessageQueue]:
-        """The queues this member consumes now."""
-        return sorted(q.mq for q in self._queues.values() if q.owned)
+        """The queues this member consumes now (orderly ones: while it holds their lease)."""
+        orderly = self._orderly.owned if self._orderly is not None else []
+        return sorted([q.mq for q in self._queues.values() if q.owned] + orderly)
 
     @property
     def in_flight(self) -> int:
@@ -316,6 +349,9 @@ class PushConsumer:
             members = frozenset(m.decode() for m in single(reply))
             sub.members = members
             mine = set(my_queues(sub.topic, sub.queue_count, reply, self.member, ms.allocation))
+            if self._orderly is not None and sub.topic in self._orderly_topics:
+                self._orderly.assign(sub, mine)
+                continue
             for mq, state in self._queues.items():
                 if mq.topic == sub.topic and state.owned and mq not in mine:
                     state.owned = False

@@ -51,10 +51,16 @@ MAX_REASON_LENGTH = 1000
 
 
 class ConsumeResult(enum.Enum):
-    """What a concurrent listener may return (returning None means SUCCESS)."""
+    """What a listener may return (returning None means SUCCESS).
+
+    RECONSUME_LATER and SUSPEND_CURRENT_QUEUE_A_MOMENT both mean "failed":
+    a concurrent listener's message is retried later, an orderly listener's
+    queue is suspended and the same message tried again.
+    """
 
     SUCCESS = "success"
     RECONSUME_LATER = "reconsume_later"
+    SUSPEND_CURRENT_QUEUE_A_MOMENT = "suspend"
     DEAD_LETTER = "dead_letter"
 
 

@@ -33,7 +33,15 @@ class PushSettings(BaseModel):
     pull_threshold_for_all: int = Field(10_000, ge=1, description="in-flight messages per consumer")
     poll_timeout_ms: int = Field(1000, ge=1, description="long-poll BLOCK of one fetch")
     consume_timeout_ms: int = Field(15 * 60_000, ge=1, description="a handler running longer fails")
-    max_reconsume_times: int = Field(16, ge=0, description="retries before the dead-letter queue")
+    max_reconsume_times: int = Field(
+        16, ge=-1, description="retries before the dead-letter queue; -1: 16 (concurrent), forever (orderly)"
+    )
+    suspend_current_queue_time_ms: int = Field(
+        1000, ge=0, description="orderly: wait before a failed message is tried again"
+    )
+    orderly_lease_ms: int = Field(
+        10_000, ge=30, description="orderly: lease of a queue lock, renewed every third"
+    )
     retry_delays_ms: tuple[int, ...] = Field(RetrySchedule().delays_ms, min_length=1)
     retry_poll_ms: int = Field(1000, ge=1, description="longest wait between checks for due retries")
     consume_from: ConsumeFrom = "last"
@@ -55,6 +63,11 @@ class PushSettings(BaseModel):
         if self.consume_timestamp is not None and self.consume_timestamp.tzinfo is None:
             raise ConfigurationError("consume_timestamp must be timezone-aware")
         return self
+
+    @property
+    def concurrent_max_reconsume_times(self) -> int:
+        """RocketMQ: -1 means 16 for concurrent listeners."""
+        return 16 if self.max_reconsume_times < 0 else self.max_reconsume_times
 
     @property
     def retry_schedule(self) -> RetrySchedule:

@@ -31,6 +31,11 @@ SCRIPTS: dict[str, int] = {
     "release_retries": 3,
     "create_group": 2,
     "dlq_replay": 2,
+    "lock_renew": 1,
+    "lock_release": 1,
+    "orderly_read": 3,
+    "orderly_settle": 3,
+    "orderly_dead_letter": 4,
 }
 
 

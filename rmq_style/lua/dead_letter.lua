@@ -19,16 +19,6 @@
 ]]
 --@include clock
 --@include append
+--@include dead_letter_entry
 
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-  return 0
-end
-local f = rmq_unpack(ARGV[5])
-local id = redis.call('XADD', KEYS[2], '*',
-  'i', ARGV[4], 'q', f[1], 'r', f[2], 'b', f[3], 't', f[4], 'k', f[5], 'p', f[6], 'c', f[7], 'd', f[8],
-  'topic', ARGV[6], 'queue', ARGV[7], 'offset', f[9], 'group', ARGV[1], 'reason', ARGV[8],
-  'dead_at', rmq_now_ms())
-if ARGV[3] == '1' then
-  redis.call('XDEL', KEYS[1], ARGV[2])
-end
-return id
+return rmq_dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8])

@@ -1,0 +1,504 @@
+"""Orderly consumption, the runtime: one task per owned queue, holding the queue's lease lock.
+
+A queue task (OrderlyQueue) lives while its queue is allocated to this member:
+
+1. acquire: ``SET lock member/token NX PX lease``, tried again every
+   heartbeat interval while someone else holds it (an owner finishing its
+   running message, or a dead one whose lease runs out);
+2. consume: ``orderly_read`` acknowledges what was handled and returns the
+   next entries in offset order (the group's pending ones first: a takeover
+   re-handles the previous owner's unacknowledged entries), each handled one
+   at a time; a failure holds the queue (``orderly_settle`` records it) and
+   the same message is tried again after the suspend time, until it succeeds
+   or goes to the dead-letter queue (``orderly_dead_letter``);
+3. release: when the queue is no longer allocated (or on stop), after the
+   running message finished: acknowledge, compare-and-delete the lock.
+
+Every write checks the lease in the same script (fenced); a refused write
+(FencedError) makes the task drop the queue at once. The runner renews every
+lease every third of it in one round trip; an owner whose renewal failed or
+is overdue starts no handler any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, cast
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ._async._io import AsyncClient, execute
+from ._calls import Call
+from ._errors import FencedError
+from ._message import MessageQueue, ReceivedMessage, decode_entry
+from ._names import Keys
+from ._orderly_core import (
+    OrderlyRead,
+    Proceed,
+    Suspend,
+    acquire_call,
+    dead_letter_call,
+    decide_orderly,
+    is_fenced,
+    lease_deadline,
+    lock_value,
+    parse_read,
+    read_call,
+    release_call,
+    renew_call,
+    settle_call,
+)
+from ._push_calls import create_groups_calls, packed_record
+from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
+from ._push_settings import PushSettings
+from ._push_state import Subscription
+
+__all__ = ["OrderlyQueue", "OrderlyRunner"]
+
+log = structlog.get_logger("rmq_style.orderly")
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_tokens = itertools.count(1)
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class _Lost(Exception):
+    """The lease is gone (fenced, renewal refused or overdue): stop handling this queue."""
+
+
+class OrderlyQueue:
+    """One owned orderly queue: its lease and its consuming task."""
+
+    def __init__(self, runner: OrderlyRunner, mq: MessageQueue, sub: Subscription) -> None:
+        self.runner = runner
+        self.mq = mq
+        self.sub = sub
+        self.keys = runner.keys.queue(mq.topic, mq.queue_id)
+        self.value = lock_value(runner.member, next(_tokens))
+        self.locked = False  # we hold (or held, until a renewal says otherwise) the lease
+        self.lost = False
+        self.valid_until = 0.0
+        self.release = asyncio.Event()  # no longer allocated, or stopping: hand the queue back
+        self.acks: list[bytes] = []  # handled, acknowledged with the next write
+        self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
+        self.last_id: bytes | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.log = runner.log.bind(topic=mq.topic, queue=mq.queue_id)
+
+    def __repr__(self) -> str:
+        return f"<OrderlyQueue {self.mq} locked={self.locked} lost={self.lost} held={self.held}>"
+
+    @property
+    def lease_valid(self) -> bool:
+        return self.locked and not self.lost and time.monotonic() < self.valid_until
+
+    async def run(self) -> None:
+        try:
+            if await self._acquire():
+                await self._consume()
+        except _Lost:
+            pass
+        finally:
+            await self._finish()
+
+    # -- lease ------------------------------------------------------------------------------------
+
+    async def _acquire(self) -> bool:
+        r = self.runner
+        s = r.settings
+        where, at = r.start_position()
+        group_calls = create_groups_calls(self.keys, r.group, where, at)[:1]
+        retry_s = min(s.membership.heartbeat_interval_ms, max(s.orderly_lease_ms // 3, 1)) / 1000
+        waited = False
+        while not self.release.is_set():
+            sent = time.monotonic()
+            try:
+                reply, created = await execute(
+                    r.client, [acquire_call(self.keys, r.group, self.value, s.orderly_lease_ms), *group_calls]
+                )
+            except _TRANSIENT as exc:
+                self.log.warning("consumer.redis_unavailable", task="lock", error=str(exc))
+                await _wait(self.release, retry_s)
+                continue
+            if isinstance(created, Exception) and not str(created).startswith("BUSYGROUP"):
+                raise created
+            if reply is not None and not isinstance(reply, Exception):
+                self.locked = True
+                self.valid_until = lease_deadline(sent, s.orderly_lease_ms)
+                self.log.info("queue.locked", waited=waited)
+                return True
+            waited = True
+            await _wait(self.release, retry_s)
+        return False
+
+    def _check(self) -> None:
+        """Before each handler call: stop if the lease is gone or overdue, or the queue must go."""
+        if not self.lease_valid:
+            self.lost = True
+            raise _Lost
+        if self.release.is_set():
+            raise _Lost
+
+    async def _write(self, call: Call) -> Any:
+        """One fenced script, retried while Redis is away; FENCED ends the ownership."""
+        r = self.runner
+        backoff = r.settings.reconnect_backoff_ms / 1000
+        while True:
+            try:
+                (reply,) = await execute(r.client, [call])
+            except _TRANSIENT as exc:
+                self.log.warning("consumer.redis_unavailable", task="orderly", error=str(exc))
+                if not self.lease_valid:
+                    self.lost = True
+                    raise _Lost from exc
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, r.settings.reconnect_backoff_max_ms / 1000)
+                continue
+            if is_fenced(reply):
+                self.lost = True
+                r.stats.fenced += 1
+                self.log.error("queue.fenced", error=str(FencedError(str(reply))), unacked=len(self.acks))
+                self.acks.clear()
+                raise _Lost
+            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+                await self._recreate_group(str(reply))
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+    async def _recreate_group(self, error: str) -> None:
+        r = self.runner
+        where, at = ("after", self.last_id.decode()) if self.last_id else r.start_position()
+        self.log.warning("group.recreated", where=where, at=at, error=error)
+        for reply in await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]):
+            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+                raise reply
+
+    async def _finish(self) -> None:
+        """Acknowledge what was handled and give the lock back (unless it is not ours any more).
+
+        An owner that lost its lease still sends its acknowledgements: Redis
+        refuses them if another owner took over (FencedError, counted).
+        """
+        r = self.runner
+        if self.locked:
+            calls: list[Call] = []
+            if self.acks:
+                calls.append(settle_call(self.keys, r.group, self.value, self.acks))
+            if not self.lost:
+                calls.append(release_call(self.keys, r.group, self.value))
+            if calls:
+                try:
+                    replies = await execute(r.client, calls)
+                    if any(is_fenced(x) for x in replies):
+                        r.stats.fenced += 1
+                        self.log.error("queue.fenced", unacked=len(self.acks))
+                except _TRANSIENT as exc:
+                    self.log.warning("queue.release_failed", error=str(exc))  # the lease runs out
+            self.acks.clear()
+        self.locked = False
+        if r.queues.get(self.mq) is self:
+            del r.queues[self.mq]
+        self.log.info("queue.released", lost=self.lost)
+
+    # -- consuming --------------------------------------------------------------------------------
+
+    async def _read(self) -> OrderlyRead:
+        r = self.runner
+        acks, self.acks = self.acks, []
+        reply = await self._write(
+            read_call(self.keys, r.group, r.member, self.value, r.settings.pull_batch_size, acks)
+        )
+        read = parse_read(reply)
+        if read.held_offset is not None:
+            self.held = (read.held_offset, read.held_attempts)
+        elif self.held is not None and not self.held[1]:
+            self.held = None
+        if read.entries and not read.pending:
+            self.last_id = read.entries[-1][0]
+        return read
+
+    async def _wait_new(self, after: bytes | None) -> None:
+        """Block (bounded) until the stream has an entry after *after*: XREAD changes nothing."""
+        r = self.runner
+        try:
+            await cast(Any, r.wait_client).xread(
+                {self.keys.stream: after or b"0-0"}, count=1, block=r.settings.poll_timeout_ms
+            )
+        except _TRANSIENT as exc:
+            self.log.warning("consumer.redis_unavailable", task="orderly_wait", error=str(exc))
+            await asyncio.sleep(r.settings.reconnect_backoff_ms / 1000)
+
+    async def _consume(self) -> None:
+        r = self.runner
+        batch_size = r.settings.consume_message_batch_max_size
+        tags = self.sub.filter.tags
+        while not self.release.is_set():
+            if self.lost or not self.lease_valid:
+                self.lost = True
+                return
+            read = await self._read()
+            if not read.entries:
+                if not read.pending:
+                    await self._wait_new(read.last)
+                continue
+            # a message, or why it is skipped: "" (tag did not match) or the decoding error
+            ready: list[tuple[bytes, dict[bytes, bytes], ReceivedMessage | str]] = []
+            for entry_id, fields in read.entries:
+                try:
+                    msg = decode_entry(self.mq.topic, self.mq.queue_id, entry_id, fields)
+                except (ValueError, TypeError) as exc:
+                    ready.append((entry_id, fields, f"undecodable entry: {describe_error(exc)}"))
+                    continue
+                ready.append((entry_id, fields, "" if tags is not None and msg.tag not in tags else msg))
+            start = 0
+            while start < len(ready):
+                # consecutive messages form one batch; skipped entries are settled in place
+                entry_id, fields, item = ready[start]
+                if isinstance(item, str):
+                    await self._skip(entry_id, fields, item)
+                    start += 1
+                    continue
+                end = start + 1
+                while end < len(ready) and end - start < batch_size and not isinstance(ready[end][2], str):
+                    end += 1
+                await self._handle(ready[start:end])
+                start = end
+                if self.release.is_set():
+                    return
+
+    async def _skip(self, entry_id: bytes, fields: dict[bytes, bytes], reason: str) -> None:
+        if not reason:  # a tag that did not match
+            self.runner.stats.filtered += 1
+            self.acks.append(entry_id)
+            return
+        await self._dead_letter(entry_id, fields, reason, 0)
+
+    async def _handle(self, batch: list[tuple[bytes, dict[bytes, bytes], ReceivedMessage | str]]) -> None:
+        """Handle consecutive entries until they succeed or are dead-lettered, holding the queue meanwhile."""
+        r = self.runner
+        s = r.settings
+        first = batch[0][0]
+        failed = self.held[1] if self.held is not None and self.held[0] == first else 0
+        while True:
+            self._check()
+            messages = [_with_attempts(m, f, failed) for _, f, m in batch if not isinstance(m, str)]
+            outcome = await r.call(self.sub, messages)
+            decision = decide_orderly(outcome, failed, s.max_reconsume_times)
+            if isinstance(decision, Proceed):
+                r.stats.consumed += len(batch)
+                self.acks.extend(entry_id for entry_id, _, _ in batch)
+                if failed:  # the queue flows again: clear the held record now
+                    self.held = None
+                    await self._write(settle_call(self.keys, r.group, self.value, self._take_acks()))
+                return
+            r.stats.failed += 1
+            first_msg = messages[0]
+            if isinstance(decision, DeadLetterIt):
+                self.log.warning(
+                    "message.failed",
+                    msg_id=first_msg.msg_id,
+                    offset=first_msg.offset,
+                    reconsume_times=failed,
+                    reason=decision.reason,
+                    next="dead_letter",
+                )
+                for entry_id, fields, _ in batch:
+                    await self._dead_letter(entry_id, fields, decision.reason, failed)
+                self.held = None
+                return
+            assert isinstance(decision, Suspend)
+            failed = decision.attempts
+            r.stats.suspended += 1
+            self.log.warning(
+                "message.failed",
+                msg_id=first_msg.msg_id,
+                offset=first_msg.offset,
+                reconsume_times=failed - 1,
+                reason=decision.reason,
+                next="suspend",
+            )
+            self.held = (first, failed)
+            await self._write(
+                settle_call(
+                    self.keys,
+                    r.group,
+                    self.value,
+                    self._take_acks(),
+                    blocked=first,
+                    attempts=failed,
+                    owner=r.member,
+                    reason=decision.reason,
+                )
+            )
+            if await _wait(self.release, s.suspend_current_queue_time_ms / 1000):
+                raise _Lost  # handed back while suspended: the next owner goes on counting
+
+    def _take_acks(self) -> list[bytes]:
+        acks, self.acks = self.acks, []
+        return acks
+
+    async def _dead_letter(
+        self, entry_id: bytes, fields: dict[bytes, bytes], reason: str, failed: int
+    ) -> None:
+        r = self.runner
+        msg_id = fields.get(b"i", b"")
+        record = packed_record(fields, entry_id, failed)
+        reply = await self._write(
+            dead_letter_call(
+                self.keys, r.group, self.value, entry_id, msg_id, record, reason, self._take_acks()
+            )
+        )
+        if reply not in (0, b"0"):
+            r.stats.dead_lettered += 1
+            self.log.warning(
+                "message.dead_lettered", msg_id=msg_id.decode(), offset=entry_id.decode(), reason=reason
+            )
+
+
+def _with_attempts(msg: ReceivedMessage, fields: dict[bytes, bytes], failed: int) -> ReceivedMessage:
+    """The message as the listener sees it: reconsume_times = failed attempts so far."""
+    if not failed:
+        return msg
+    shown = dict(fields)
+    shown[b"r"] = str(failed).encode()
+    return ReceivedMessage(msg.topic, msg.queue_id, msg.offset, shown)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for *event* at most *seconds*; True if it is set."""
+    if event.is_set():
+        return True
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+class OrderlyRunner:
+    """The orderly queues of one PushConsumer: their tasks, the lease renewals, the listener calls."""
+
+    def __init__(
+        self,
+        *,
+        group: str,
+        member: str,
+        keys: Keys,
+        settings: PushSettings,
+        stats: Any,
+        client: AsyncClient,
+        wait_client: AsyncClient,
+        start_position: Callable[[], tuple[str, str]],
+    ) -> None:
+        self.group = group
+        self.member = member
+        self.keys = keys
+        self.settings = settings
+        self.stats = stats
+        self.client = client
+        self.wait_client = wait_client
+        self.start_position = start_position
+        self.queues: dict[MessageQueue, OrderlyQueue] = {}
+        self.log = log.bind(group=group, member=member)
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._executor: ThreadPoolExecutor | None = None
+        self._stop = asyncio.Event()
+
+    @property
+    def owned(self) -> list[MessageQueue]:
+        return sorted(mq for mq, q in self.queues.items() if q.locked and not q.release.is_set())
+
+    def assign(self, sub: Subscription, mine: set[MessageQueue]) -> None:
+        """The queues of *sub*'s topic allocated to this member now: start new ones, hand back the others."""
+        if self._stop.is_set():
+            return
+        for mq, q in list(self.queues.items()):
+            if mq.topic == sub.topic and mq not in mine and not q.release.is_set():
+                q.release.set()
+        for mq in sorted(mine):
+            if mq in self.queues:
+                continue  # running, or still finishing a hand-back: a new task once it is gone
+            q = OrderlyQueue(self, mq, sub)
+            self.queues[mq] = q
+            q.task = asyncio.create_task(q.run())
+
+    async def renew_loop(self) -> None:
+        """Renew every held lease every third of it, in one round trip."""
+        s = self.settings
+        period = s.orderly_lease_ms / 3000
+        while not await _wait(self._stop, period):
+            held = [q for q in self.queues.values() if q.locked and not q.lost]
+            if not held:
+                continue
+            sent = time.monotonic()
+            try:
+                replies = await execute(
+                    self.client, [renew_call(q.keys, self.group, q.value, s.orderly_lease_ms) for q in held]
+                )
+            except _TRANSIENT as exc:
+                self.log.warning("consumer.redis_unavailable", task="renew", error=str(exc))
+                continue
+            for q, reply in zip(held, replies, strict=True):
+                if reply == 1:
+                    q.valid_until = lease_deadline(sent, s.orderly_lease_ms)
+                elif not isinstance(reply, Exception) and q.locked:
+                    q.lost = True
+                    q.log.warning("queue.lease_lost")
+
+    async def call(self, sub: Subscription, messages: list[ReceivedMessage]) -> object:
+        """Run the listener once; its return value, or the exception it raised."""
+        args: list[Any]
+        try:
+            if sub.model is not None:
+                bodies = [m.decode(sub.model) for m in messages]
+                args = (
+                    [bodies, messages]
+                    if self.settings.consume_message_batch_max_size > 1
+                    else [bodies[0], messages[0]]
+                )
+            else:
+                args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
+        except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
+            return exc
+        timeout = self.settings.consume_timeout_ms / 1000
+        async with self._slots:
+            try:
+                async with asyncio.timeout(timeout):
+                    if sub.is_async:
+                        return cast(object, await sub.listener(*args))
+                    loop = asyncio.get_running_loop()
+                    if self._executor is None:
+                        self._executor = ThreadPoolExecutor(self.settings.concurrency, "rmq-orderly")
+                    return cast(
+                        object, await loop.run_in_executor(self._executor, lambda: sub.listener(*args))
+                    )
+            except TimeoutError:
+                return ConsumeTimeout(f"listener ran longer than consume_timeout ({timeout:g} s)")
+            except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
+                return exc
+
+    async def stop(self, deadline_s: float) -> int:
+        """Hand every queue back once its running message finished; return how many were cut off."""
+        self._stop.set()
+        for q in self.queues.values():
+            q.release.set()
+        tasks = [q.task for q in self.queues.values() if q.task is not None]
+        cut = 0
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(deadline_s, 0.1))
+            cut = len(pending)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        return cut
