@@ -15,6 +15,7 @@ from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
+from ._orderly_core import HeldQueue, held_flow
 from ._pulling import RouteCache, position_for_timestamp_flow
 from ._topics import route_flow
 
@@ -28,7 +29,8 @@ class QueueReport:
     progress: QueueProgress
     retrying: int  # failed messages waiting for their retry, or due and not yet acknowledged
     dead_letters: int  # messages in the group's dead-letter queue of this queue
-    owner: str | None  # the live member the allocation gives this queue to
+    owner: str | None  # orderly: the lease holder; concurrent: the live member the allocation gives it to
+    held: HeldQueue | None = None  # orderly: the failing message that holds the queue
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +83,11 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
                 command("XLEN", qk.dlq(group)),
             ]
             retrying = int(single(waiting)) + int(single(due))
-            rows.append(QueueReport(progress, retrying, int(single(dead)), owners.get(queue)))
+            held = yield from held_flow(keys, group, queue)
+            (lock,) = yield [command("GET", qk.lock(group))]
+            lock_value = single(lock)
+            owner = _text(lock_value).rpartition("/")[0] if lock_value else owners.get(queue)
+            rows.append(QueueReport(progress, retrying, int(single(dead)), owner, held))
     return rows
 
 

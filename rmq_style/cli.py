@@ -228,6 +228,7 @@ def progress(
             "retrying": r.retrying,
             "dead_letters": r.dead_letters,
             "owner": r.owner,
+            "held": None if r.held is None else f"{r.held.offset} x{r.held.attempts}: {r.held.reason}",
         }
         for r in rows
     ]

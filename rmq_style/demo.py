@@ -53,7 +53,7 @@ def build_app(url: str, stats: _Stats) -> App:
             raise ConnectionError("payment gateway timeout")  # transient: the retry succeeds
         stats.billed.add(order.order_id)
 
-    @app.subscribe(TOPIC, group="shipping", tags="created", orderly=False)
+    @app.subscribe(TOPIC, group="shipping", tags="created", orderly=True)
     async def ship(order: Order) -> None:
         stats.shipped[order.user_id].append(order.step)
 

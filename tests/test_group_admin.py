@@ -92,3 +92,28 @@ def test_reset_offset_to_first_last_and_timestamp(url: str) -> None:
         assert admin.progress("billing", "orders")[0].progress.lag == 2
         with pytest.raises(Exception, match="'first', 'last' or a timestamp"):
             admin.reset_offset("billing", "orders", "middle")  # type: ignore[arg-type]
+
+
+def test_progress_shows_the_orderly_owner_and_a_held_queue(url: str) -> None:
+    with Admin(url) as admin, Producer(url) as producer:
+        admin.create_topic("orders", queues=2)
+        sent = producer.send_batch([Message("orders", {"n": n}) for n in range(4)], queue_id=1)
+    app = App(url)
+
+    @app.subscribe("orders", group="shipping", orderly=True, max_reconsume_times=-1)
+    def ship(body: dict[str, Any]) -> None:
+        if body["n"] == 2:
+            raise RuntimeError("carrier down")
+
+    with AppTester(app, suspend_current_queue_time_ms=20) as tester, Admin(url) as admin:
+        deadline = time.monotonic() + 10
+        rows = admin.progress("shipping")
+        while not (rows[1].held and rows[1].held.attempts >= 2):
+            assert time.monotonic() < deadline, rows
+            rows = admin.progress("shipping")
+        member = tester.app.consumers["shipping"].member
+        assert rows[1].owner == member and rows[0].owner == member
+        held = rows[1].held
+        assert held.reason.startswith("RuntimeError: carrier down")
+        assert held.offset == sent[2].offset  # the blocked message, and nothing after it was handled
+        assert rows[1].progress.pending >= 1 and rows[0].held is None
