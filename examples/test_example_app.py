@@ -16,6 +16,7 @@ def test_orders_are_billed_and_bad_ones_dead_lettered(rmq_tester) -> None:  # ty
     tester.send("orders", {"order_id": 4, "amount_cents": 1}, tag="refunded")  # not subscribed: skipped
     tester.drain()
     assert billed == [1]
+    tester.assert_dead_lettered("billing", count=3)
     reasons = sorted(d.reason.split(":")[0] for d in tester.dead_letters("billing"))
     assert reasons == ["DeadLetter", "SerializationError", "ValueError"]
     retried = next(d for d in tester.dead_letters("billing") if d.reason.startswith("ValueError"))

@@ -258,6 +258,15 @@ class AppTester:
         with self.app.admin() as admin:
             return list(admin.dead_letters(group))
 
+    def assert_dead_lettered(self, group: str, *, count: int, reason: str = "") -> list[Any]:
+        """Assert the group's DLQ holds exactly *count* letters, each reason containing *reason*."""
+        letters = self.dead_letters(group)
+        described = [f"{d.message.msg_id}: {d.reason}" for d in letters]
+        assert len(letters) == count, f"expected {count} dead letters in {group!r}, found {described}"
+        wrong = [d for d in described if reason not in d]
+        assert not wrong, f"dead letters without {reason!r} in their reason: {wrong}"
+        return letters
+
     def stop(self) -> None:
         if self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)

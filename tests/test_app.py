@@ -130,3 +130,22 @@ def test_batch_handler_receives_lists(fake_url: str) -> None:
         tester.drain()
     assert sorted(n for b in batches for n in b) == list(range(120))
     assert max(len(b) for b in batches) > 1
+
+
+def test_tester_dead_letter_assertion_fails_with_the_reasons(fake_url: str) -> None:
+    app = App(fake_url, auto_create_topics=True)
+
+    @app.subscribe("orders", group="g", max_reconsume_times=0)
+    def handle(msg: ReceivedMessage) -> None:
+        raise RuntimeError("boom")
+
+    with AppTester(app) as tester:
+        tester.send("orders", b"x")
+        tester.drain()
+        assert len(tester.assert_dead_lettered("g", count=1, reason="RuntimeError: boom")) == 1
+        with pytest.raises(
+            AssertionError, match=r"expected 2 dead letters in 'g', found .*RuntimeError: boom"
+        ):
+            tester.assert_dead_lettered("g", count=2)
+        with pytest.raises(AssertionError, match="without 'ValueError'"):
+            tester.assert_dead_lettered("g", count=1, reason="ValueError")

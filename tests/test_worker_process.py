@@ -70,3 +70,27 @@ def test_wrong_app_path_fails_fast(worker_log: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "has no attribute 'nothing'" in result.stdout
+
+
+def test_worker_runs_a_real_app_and_drains_on_sigterm(real_url: str) -> None:
+    from rmq_style import Admin, Message, Producer
+
+    with Admin(real_url) as admin:
+        admin.create_topic("orders", queues=4)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RMQ_URL": real_url}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "rmq_style.cli", "worker", "examples.billing_app:app", "--processes", "2"],
+        cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    with Producer(real_url) as producer:
+        producer.send_batch(
+            [Message("orders", {"order_id": n, "amount_cents": 100 + n}, tag="created") for n in range(200)]
+        )
+    with Admin(real_url) as admin:
+        wait_for(lambda: sum(r.progress.consumed_queue_offset for r in admin.progress("billing")) == 200
+                 and sum(r.progress.pending for r in admin.progress("billing")) == 0)  # fmt: skip
+        wait_for(lambda: len({r.owner for r in admin.progress("billing")}) == 2)  # both workers own queues
+    supervisor.send_signal(signal.SIGTERM)
+    assert supervisor.wait(timeout=60) == 0
+    logs = supervisor.stderr.read() if supervisor.stderr else ""
+    assert logs.count('"event": "worker_stopped"') == 2
