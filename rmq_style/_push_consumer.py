@@ -32,12 +32,12 @@ from ._calls import single
 from ._errors import SerializationError, UsageError
 from ._filter import TagFilter
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
-from ._message import MessageQueue, decode_entry
+from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._orderly_queue import OrderlyRunner
 from ._push_calls import create_groups_calls, fetch_command, release_retries_call
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
-from ._push_pool import HandlerPool, Work
+from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
 from ._push_settle import plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
@@ -592,6 +592,7 @@ class PushConsumer:
             one_by_one = batch_size == 1 and sub.model is None
             listener, is_async = sub.listener, sub.is_async
             ready: list[Delivery] = []
+            calls: list[Call] = []
             count = size = 0
             for entry_id, fields in entries:
                 if scans is not None:
@@ -602,20 +603,21 @@ class PushConsumer:
                     self._register_lost(stream, entry_id)
                     continue
                 body_size = len(fields.get(b"d") or b"")
-                d = Delivery(stream, entry_id, fields, body_size)
                 in_flight.add(entry_id)
                 count += 1
                 size += body_size
                 try:
-                    msg = d.message = decode_entry(topic, queue_id, entry_id, fields)
+                    msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
+                    d = Delivery(stream, entry_id, fields, body_size, msg)
                 except (ValueError, TypeError) as exc:
+                    d = Delivery(stream, entry_id, fields, body_size)
                     self._settle(d, DeadLetterIt(f"undecodable entry: {describe_error(exc)}"))
                     continue
                 if tags is not None and msg.tag not in tags:
                     self.stats.filtered += 1
                     self._settle(d, _ACK)
                 elif one_by_one:
-                    pool.submit(Work(listener, is_async, (msg,), d))
+                    calls.append((listener, is_async, (msg,), d))
                 else:
                     ready.append(d)
             queue.count += count
@@ -623,6 +625,8 @@ class PushConsumer:
             self._total += count
             if scans is None:
                 stream.last_id = entries[-1][0]
+            if calls:
+                pool.submit_many(calls)  # one hand-off per stream read, not one per message
             for start in range(0, len(ready), batch_size):
                 self._submit(sub, ready[start : start + batch_size])
         for st in scans or ():
@@ -667,8 +671,7 @@ class PushConsumer:
 
     # -- outcomes -------------------------------------------------------------------------------
 
-    def _on_done(self, work: Work, outcome: object) -> None:
-        token = work.token
+    def _on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
         if type(token) is Delivery:
             if outcome is None and token.decision is None:  # the common case, kept short
                 self.stats.consumed += 1
@@ -678,10 +681,7 @@ class PushConsumer:
                 self._settle_buffer.append(token)
                 self._settle_wakeup.set()
                 return
-            deliveries: list[Delivery] = [token]
-        else:
-            deliveries = token
-        for d in deliveries:
+        for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:
                 continue
             if outcome is None:
@@ -746,7 +746,9 @@ class PushConsumer:
                 await backoff.wait(self._drained if self._drained.is_set() else self._stop)
                 continue
             backoff.reset()
-            done, failed = round_.read(replies)
+            acked, done, failed = round_.read_grouped(replies)
+            for deliveries in acked:
+                self._release_acked(deliveries)
             for settled in done:
                 self._account(settled.delivery, settled.outcome)
             for d, error in failed:
@@ -767,6 +769,20 @@ class PushConsumer:
         elif outcome == "group_lost":
             self._event(d).warning("message.group_lost")
         self._release(d)
+
+    def _release_acked(self, deliveries: list[Delivery]) -> None:
+        """_release of deliveries of one stream acknowledged together (the common case, in bulk)."""
+        stream = deliveries[0].stream
+        discard = stream.in_flight.discard
+        size = 0
+        for d in deliveries:
+            discard(d.entry_id)
+            size += d.size
+        queue = stream.queue
+        queue.count -= len(deliveries)
+        queue.size -= size
+        self._total -= len(deliveries)
+        self._capacity.set()
 
     def _release(self, d: Delivery) -> None:
         stream = d.stream

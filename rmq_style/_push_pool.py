@@ -1,10 +1,13 @@
 """The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
 
-``concurrency`` long-lived worker tasks take work from one bounded channel.
-Async listeners are awaited in the worker; sync listeners run in a thread
-pool of the same size. A watchdog fails a handler that runs longer than the
-consume timeout (an async one is cancelled; a sync thread cannot be
-interrupted, so it finishes in the background and its result is ignored).
+``concurrency`` long-lived worker tasks take calls from one shared deque
+(``submit_many`` queues a fetched batch at once and wakes only as many idle
+workers as there are new calls; a worker drains the deque without suspending
+while listeners complete without suspending). Async listeners are awaited in
+the worker; sync listeners run in a thread pool of the same size. A watchdog
+fails a handler that runs longer than the consume timeout (an async one is
+cancelled; a sync thread cannot be interrupted, so it finishes in the
+background and its result is ignored).
 """
 
 from __future__ import annotations
@@ -12,18 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from ._push_core import ConsumeTimeout
 
-__all__ = ["HandlerPool", "Work"]
+__all__ = ["Call", "HandlerPool", "Work"]
 
 log = structlog.get_logger("rmq_style.push")
+
+# One listener call as queued: (listener, is_async, args, token); the token is handed back to on_done.
+Call = tuple[Callable[..., Any], bool, Sequence[Any], Any]
 
 
 @dataclass(slots=True, eq=False)
@@ -34,7 +41,6 @@ class Work:
     is_async: bool
     args: Sequence[Any]
     token: Any  # handed back to on_done
-    timed_out: bool = field(default=False)
 
 
 class HandlerPool:
@@ -43,50 +49,77 @@ class HandlerPool:
         concurrency: int,
         capacity: int,
         consume_timeout_s: float,
-        on_done: Callable[[Work, object], None],
+        on_done: Callable[[Any, object], None],
     ) -> None:
+        """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception."""
         self.concurrency = concurrency
-        self._channel: asyncio.Queue[Work] = asyncio.Queue(maxsize=capacity)
+        self.capacity = capacity  # the caller's flow control keeps the queue under this
+        self._pending: deque[Call] = deque()
+        self._idle: list[asyncio.Future[None]] = []  # one per worker waiting for calls
         self._timeout = consume_timeout_s
         self._on_done = on_done
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._running: list[tuple[float, Work] | None] = [None] * concurrency
+        # per worker slot: the call running (None: idle), since when, and whether the watchdog cut it
+        self._current: list[Call | None] = [None] * concurrency
+        self._started_at: list[float] = [0.0] * concurrency
+        self._timed_out: list[bool] = [False] * concurrency
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
 
     def __repr__(self) -> str:
-        busy = sum(1 for r in self._running if r is not None)
-        return f"<HandlerPool running={busy}/{self.concurrency} queued={self._channel.qsize()}>"
+        return f"<HandlerPool running={self.running}/{self.concurrency} queued={len(self._pending)}>"
 
     @property
     def running(self) -> int:
-        return sum(1 for r in self._running if r is not None)
+        return sum(1 for c in self._current if c is not None)
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.concurrency)]
         self._watchdog = asyncio.create_task(self._watch())
 
     def submit(self, work: Work) -> None:
-        """Queue a call; the caller's flow control keeps the channel from filling up."""
-        self._channel.put_nowait(work)
+        """Queue a call."""
+        self._pending.append((work.listener, work.is_async, work.args, work.token))
+        self._wake(1)
+
+    def submit_many(self, calls: Sequence[Call]) -> None:
+        """Queue calls (a fetched batch), waking at most one idle worker per call."""
+        self._pending.extend(calls)
+        self._wake(len(calls))
+
+    def _wake(self, count: int) -> None:
+        idle = self._idle
+        while count and idle:
+            waiter = idle.pop()
+            if not waiter.done():  # done: its worker was cancelled
+                waiter.set_result(None)
+                count -= 1
 
     async def _worker(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
-        channel = self._channel
+        pending, idle = self._pending, self._idle
+        current, started_at, timed_out = self._current, self._started_at, self._timed_out
+        on_done = self._on_done
         while not self._closing:
-            work = await channel.get()
-            if self._closing:
-                return  # not started: stays pending in Redis and is handed back
-            self._running[slot] = (loop.time(), work)
+            if not pending:
+                waiter = loop.create_future()
+                idle.append(waiter)
+                await waiter
+                continue
+            call = pending.popleft()
+            listener, is_async, args, token = call
+            started_at[slot] = loop.time()
+            timed_out[slot] = False
+            current[slot] = call
             outcome: object
             try:
-                if work.is_async:
-                    outcome = await work.listener(*work.args)
+                if is_async:
+                    outcome = await listener(*args)
                 else:
-                    outcome = await loop.run_in_executor(self._threads(), _call_in_context(work))
+                    outcome = await loop.run_in_executor(self._threads(), _call_in_context(listener, args))
             except asyncio.CancelledError:
-                if not work.timed_out:
+                if not timed_out[slot]:
                     raise
                 task = asyncio.current_task()
                 if task is not None:
@@ -95,8 +128,8 @@ class HandlerPool:
             except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
                 outcome = exc
             finally:
-                self._running[slot] = None
-            self._on_done(work, outcome)
+                current[slot] = None
+            on_done(token, outcome)
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -109,10 +142,14 @@ class HandlerPool:
         while True:
             await asyncio.sleep(period)
             now = loop.time()
-            for slot, running in enumerate(self._running):
-                if running is not None and now - running[0] > self._timeout and not running[1].timed_out:
-                    running[1].timed_out = True
-                    log.warning("handler.timeout", timeout_s=self._timeout, sync=not running[1].is_async)
+            for slot, call in enumerate(self._current):
+                if (
+                    call is not None
+                    and now - self._started_at[slot] > self._timeout
+                    and not self._timed_out[slot]
+                ):
+                    self._timed_out[slot] = True
+                    log.warning("handler.timeout", timeout_s=self._timeout, sync=not call[1])
                     self._workers[slot].cancel()
 
     async def close(self, deadline_s: float) -> int:
@@ -121,8 +158,8 @@ class HandlerPool:
         if self._watchdog is not None:
             self._watchdog.cancel()
         for slot, worker in enumerate(self._workers):
-            if self._running[slot] is None:
-                worker.cancel()  # idle: waiting on the channel
+            if self._current[slot] is None:
+                worker.cancel()  # idle: waiting for calls
         busy = [w for w in self._workers if not w.done()]
         cut = 0
         if busy:
@@ -138,6 +175,6 @@ class HandlerPool:
         return cut
 
 
-def _call_in_context(work: Work) -> Callable[[], Any]:
+def _call_in_context(listener: Callable[..., Any], args: Sequence[Any]) -> Callable[[], Any]:
     ctx = contextvars.copy_context()
-    return functools.partial(ctx.run, work.listener, *work.args)
+    return functools.partial(ctx.run, listener, *args)

@@ -35,6 +35,16 @@ class SettleRound:
 
     def read(self, replies: Sequence[Any]) -> tuple[list[Settled], list[tuple[Delivery, Exception]]]:
         """What happened to each delivery; deliveries whose call failed come back with the error."""
+        acked, done, failed = self.read_grouped(replies)
+        for deliveries in acked:
+            done.extend(Settled(d, "acked") for d in deliveries)
+        return done, failed
+
+    def read_grouped(
+        self, replies: Sequence[Any]
+    ) -> tuple[list[list[Delivery]], list[Settled], list[tuple[Delivery, Exception]]]:
+        """As ``read``, but the acked deliveries come as one list per stream (the common case, in bulk)."""
+        acked: list[list[Delivery]] = []
         done: list[Settled] = []
         failed: list[tuple[Delivery, Exception]] = []
         index = 0
@@ -46,14 +56,14 @@ class SettleRound:
             elif isinstance(reply, Exception):
                 failed.extend((d, reply) for d in deliveries)
             elif isinstance(deliveries[0].decision, Ack):
-                done.extend(Settled(d, "acked") for d in deliveries)
+                acked.append(deliveries)
             elif reply in (0, b"0"):
                 done.append(Settled(deliveries[0], "already_settled"))
             elif isinstance(deliveries[0].decision, RetryLater):
                 done.append(Settled(deliveries[0], "retried", reply))
             else:
                 done.append(Settled(deliveries[0], "dead_lettered", reply))
-        return done, failed
+        return acked, done, failed
 
 
 def plan_round(group: str, deliveries: Sequence[Delivery]) -> SettleRound:
