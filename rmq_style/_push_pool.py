@@ -1,9 +1,10 @@
 """The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
 
 ``concurrency`` long-lived worker tasks take calls from one shared deque
-(``submit_many`` queues a fetched batch at once and wakes only as many idle
-workers as there are new calls; a worker drains the deque without suspending
-while listeners complete without suspending). Async listeners are awaited in
+(``submit_many`` queues a fetched batch at once). One idle worker is woken
+at a time: a worker that takes a call wakes the next one if calls are left,
+so a batch of listeners that complete without suspending costs one or two
+task switches, and listeners that do suspend still spread over the workers. Async listeners are awaited in
 the worker; sync listeners run in a thread pool of the same size. A watchdog
 fails a handler that runs longer than the consume timeout (an async one is
 cancelled; a sync thread cannot be interrupted, so it finishes in the
@@ -56,6 +57,7 @@ class HandlerPool:
         self.capacity = capacity  # the caller's flow control keeps the queue under this
         self._pending: deque[Call] = deque()
         self._idle: list[asyncio.Future[None]] = []  # one per worker waiting for calls
+        self._waking = 0  # workers woken that have not looked at the deque yet
         self._timeout = consume_timeout_s
         self._on_done = on_done
         self._executor: ThreadPoolExecutor | None = None
@@ -81,20 +83,24 @@ class HandlerPool:
     def submit(self, work: Work) -> None:
         """Queue a call."""
         self._pending.append((work.listener, work.is_async, work.args, work.token))
-        self._wake(1)
+        self._wake_one()
 
     def submit_many(self, calls: Sequence[Call]) -> None:
-        """Queue calls (a fetched batch), waking at most one idle worker per call."""
+        """Queue calls (a fetched batch)."""
         self._pending.extend(calls)
-        self._wake(len(calls))
+        self._wake_one()
 
-    def _wake(self, count: int) -> None:
+    def _wake_one(self) -> None:
+        """Wake an idle worker, unless one is already on its way (it wakes the next one in turn)."""
+        if self._waking:
+            return
         idle = self._idle
-        while count and idle:
+        while idle:
             waiter = idle.pop()
             if not waiter.done():  # done: its worker was cancelled
                 waiter.set_result(None)
-                count -= 1
+                self._waking += 1
+                return
 
     async def _worker(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
@@ -105,9 +111,15 @@ class HandlerPool:
             if not pending:
                 waiter = loop.create_future()
                 idle.append(waiter)
-                await waiter
+                try:
+                    await waiter
+                finally:
+                    if waiter.done() and not waiter.cancelled():
+                        self._waking -= 1
                 continue
             call = pending.popleft()
+            if pending and idle:
+                self._wake_one()  # the rest of the calls may need another worker
             listener, is_async, args, token = call
             started_at[slot] = loop.time()
             timed_out[slot] = False
