@@ -672,15 +672,14 @@ class PushConsumer:
     # -- outcomes -------------------------------------------------------------------------------
 
     def _on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
-        if type(token) is Delivery:
-            if outcome is None and token.decision is None:  # the common case, kept short
-                self.stats.consumed += 1
-                if self.settings.trace_messages:
-                    self._event(token).debug("message.consumed")
-                token.decision = _ACK
-                self._settle_buffer.append(token)
-                self._settle_wakeup.set()
-                return
+        if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
+            self.stats.consumed += 1
+            if self.settings.trace_messages:
+                self._event(token).debug("message.consumed")
+            token.decision = _ACK
+            self._settle_buffer.append(token)
+            self._settle_wakeup.set()
+            return
         for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:
                 continue

@@ -81,11 +81,18 @@ async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
     return list(await pipe.execute(raise_on_error=False))
 
 
+# commands whose replies redis-py hands back as read (no response callback): they may go packed
+_PLAIN_COMMANDS = frozenset({"XACK", "XDEL"})
+
+
 def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
-    """The calls in the wire format, if all are script calls (whose replies need no redis-py callback)."""
+    """The calls in the wire format, if all are script calls or plain commands (no redis-py callback)."""
     parts = []
     for call in calls:
         if type(call) is not ScriptCall:
+            if type(call) is Command and call.args[0] in _PLAIN_COMMANDS:
+                parts.append(pack_command(call.args))  # acks: one C call for many ids
+                continue
             return None
         packed = call.packed
         parts.append(pack_command(call.evalsha_args) if packed is None else _evalsha(call, packed))
