@@ -62,9 +62,8 @@ class HandlerPool:
         self._on_done = on_done
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
-        # per worker slot: the call running (None: idle), since when, and whether the watchdog cut it
+        # per worker slot: the call running (None: idle), and whether the watchdog cut it
         self._current: list[Call | None] = [None] * concurrency
-        self._started_at: list[float] = [0.0] * concurrency
         self._timed_out: list[bool] = [False] * concurrency
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
@@ -105,7 +104,7 @@ class HandlerPool:
     async def _worker(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
         pending, idle = self._pending, self._idle
-        current, started_at, timed_out = self._current, self._started_at, self._timed_out
+        current, timed_out = self._current, self._timed_out
         on_done = self._on_done
         while not self._closing:
             if not pending:
@@ -121,7 +120,6 @@ class HandlerPool:
             if pending and idle:
                 self._wake_one()  # the rest of the calls may need another worker
             listener, is_async, args, token = call
-            started_at[slot] = loop.time()
             timed_out[slot] = False
             current[slot] = call
             outcome: object
@@ -149,17 +147,24 @@ class HandlerPool:
         return self._executor
 
     async def _watch(self) -> None:
+        """Cut calls running longer than the timeout.
+
+        Workers do not read the clock per call: a call is timed from the first look
+        of the watchdog that finds it running, so it is cut between timeout and
+        timeout + 2 periods (a period is half of what one clock reading per call would need).
+        """
         loop = asyncio.get_running_loop()
-        period = min(max(self._timeout / 4, 0.01), 1.0)
+        period = min(max(self._timeout / 8, 0.005), 0.5)
+        seen: list[tuple[Call | None, float]] = [(None, 0.0)] * self.concurrency
         while True:
             await asyncio.sleep(period)
             now = loop.time()
             for slot, call in enumerate(self._current):
-                if (
-                    call is not None
-                    and now - self._started_at[slot] > self._timeout
-                    and not self._timed_out[slot]
-                ):
+                if call is None:
+                    seen[slot] = (None, 0.0)
+                elif seen[slot][0] is not call:
+                    seen[slot] = (call, now)  # it started after the last look: never cut early
+                elif now - seen[slot][1] > self._timeout and not self._timed_out[slot]:
                     self._timed_out[slot] = True
                     log.warning("handler.timeout", timeout_s=self._timeout, sync=not call[1])
                     self._workers[slot].cancel()
