@@ -117,7 +117,7 @@ class HandlerPool:
                         self._waking -= 1
                 continue
             call = pending.popleft()
-            if pending and idle:
+            if pending and idle and not self._waking:
                 self._wake_one()  # the rest of the calls may need another worker
             listener, is_async, args, token = call
             timed_out[slot] = False
