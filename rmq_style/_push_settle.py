@@ -74,7 +74,11 @@ def plan_round(group: str, deliveries: Sequence[Delivery]) -> SettleRound:
         decision = d.decision
         stream = d.stream
         if isinstance(decision, Ack):
-            acks.setdefault(stream.key, []).append(d)
+            same_stream = acks.get(stream.key)
+            if same_stream is None:
+                acks[stream.key] = [d]
+            else:
+                same_stream.append(d)
             continue
         msg_id = d.fields.get(b"i", b"")
         if isinstance(decision, RetryLater):
