@@ -34,6 +34,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._aio import wait_event
 from ._async._io import AsyncClient, execute
 from ._calls import Call
 from ._errors import FencedError
@@ -125,7 +126,7 @@ class OrderlyQueue:
                 )
             except _TRANSIENT as exc:
                 self.log.warning("consumer.redis_unavailable", task="lock", error=str(exc))
-                await _wait(self.release, retry_s)
+                await wait_event(self.release, retry_s)
                 continue
             if isinstance(created, Exception) and not str(created).startswith("BUSYGROUP"):
                 raise created
@@ -135,7 +136,7 @@ class OrderlyQueue:
                 self.log.info("queue.locked", waited=waited)
                 return True
             waited = True
-            await _wait(self.release, retry_s)
+            await wait_event(self.release, retry_s)
         return False
 
     def _check(self) -> None:
@@ -339,7 +340,7 @@ class OrderlyQueue:
                     reason=decision.reason,
                 )
             )
-            if await _wait(self.release, s.suspend_current_queue_time_ms / 1000):
+            if await wait_event(self.release, s.suspend_current_queue_time_ms / 1000):
                 raise _Lost  # handed back while suspended: the next owner goes on counting
 
     def _take_acks(self) -> list[bytes]:
@@ -371,17 +372,6 @@ def _with_attempts(msg: ReceivedMessage, fields: dict[bytes, bytes], failed: int
     shown = dict(fields)
     shown[b"r"] = str(failed).encode()
     return ReceivedMessage(msg.topic, msg.queue_id, msg.offset, shown)
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for *event* at most *seconds*; True if it is set."""
-    if event.is_set():
-        return True
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
 
 
 class OrderlyRunner:
@@ -435,7 +425,7 @@ class OrderlyRunner:
         """Renew every held lease every third of it, in one round trip."""
         s = self.settings
         period = s.orderly_lease_ms / 3000
-        while not await _wait(self._stop, period):
+        while not await wait_event(self._stop, period):
             held = [q for q in self.queues.values() if q.locked and not q.lost]
             if not held:
                 continue

@@ -27,6 +27,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from ._aio import wait_event
 from ._async._io import AsyncClient, execute, open_client
 from ._calls import single
 from ._errors import SerializationError, UsageError
@@ -72,18 +73,7 @@ class _Backoff:
 
     async def wait(self, stop: asyncio.Event) -> None:
         delay, self.next = self.next, min(self.next * 2, self.max)
-        await _wait(stop, delay / 1000)
-
-
-async def _wait(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for *event* at most *seconds*; True if it is set."""
-    if event.is_set():
-        return True
-    try:
-        await asyncio.wait_for(event.wait(), seconds)
-    except TimeoutError:
-        return False
-    return True
+        await wait_event(stop, delay / 1000)
 
 
 class PushConsumer:
@@ -327,7 +317,7 @@ class PushConsumer:
     async def _membership_loop(self) -> None:
         backoff = _Backoff(self.settings.reconnect_backoff_ms, self.settings.reconnect_backoff_max_ms)
         interval = self.settings.membership.heartbeat_interval_ms / 1000
-        while not await _wait(self._stop, interval):
+        while not await wait_event(self._stop, interval):
             try:
                 await self._rebalance()
                 await self._adopt()
@@ -504,7 +494,7 @@ class PushConsumer:
                     streams = self._readable()
                     if not streams:
                         self._capacity.clear()
-                        await _wait(self._capacity, s.poll_timeout_ms / 1000)
+                        await wait_event(self._capacity, s.poll_timeout_ms / 1000)
                         continue
                     scans = [st for st in streams if st.scan_from is not None]
                 else:
@@ -733,7 +723,7 @@ class PushConsumer:
                 if self._drained.is_set():
                     return
                 self._settle_wakeup.clear()
-                await _wait(self._settle_wakeup, 0.5)
+                await wait_event(self._settle_wakeup, 0.5)
                 continue
             batch, self._settle_buffer = self._settle_buffer, []
             round_ = plan_round(self.group, batch)
