@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rmq_style import AsyncAdmin, AsyncProducer, Keys, Message, PushSettings
@@ -55,3 +59,22 @@ async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn_worker(module: str, *args: str) -> tuple[subprocess.Popen[str], list[str]]:
+    """Start ``python -m module *args``; return it once it printed its ready line (split in words)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    words = proc.stdout.readline().split()
+    assert words[:1] == ["ready"], words
+    return proc, words

@@ -17,9 +17,7 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import redis
@@ -27,11 +25,10 @@ import redis
 from rmq_style import Message
 from rmq_style._names import Keys
 from rmq_style.testing import RedisServer
-from tests.pushkit import create_topic, dead_letters, until
+from tests.pushkit import create_topic, dead_letters, spawn_worker, until
 from tests.test_orderly import check_order
 
 pytestmark = pytest.mark.real_only
-ROOT = Path(__file__).resolve().parent.parent
 QUEUES = 8
 KEYS = 200
 # the 20,000 (about 13 s here); RMQ_ORDERLY_MESSAGES changes it
@@ -41,18 +38,8 @@ TAKEOVER_BOUND_S = 0.8 + 1.0 + 0.1 + 1.0  # member expiry + lease + heartbeat + 
 
 
 def start_worker(url: str) -> tuple[subprocess.Popen[str], str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.orderly_worker", url, "billing", str(HANDLER_MS)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    word, member = proc.stdout.readline().split()
-    assert word == "ready"
+    proc, words = spawn_worker("tests.orderly_worker", url, "billing", str(HANDLER_MS))
+    _, member = words
     return proc, member
 
 

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,24 +14,14 @@ from structlog.testing import capture_logs
 from rmq_style import Message, PushConsumer, ReceivedMessage
 from rmq_style._names import Keys
 from rmq_style.testing import RedisServer
-from tests.pushkit import create_topic, dead_letters, fast_settings, send, until
+from tests.pushkit import create_topic, dead_letters, fast_settings, send, spawn_worker, until
 
 pytestmark = pytest.mark.real_only
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_worker(url: str, handler_ms: int) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.push_worker", url, "billing", str(handler_ms)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
+    proc, words = spawn_worker("tests.push_worker", url, "billing", str(handler_ms))
+    assert words == ["ready"]
     return proc
 
 
