@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from rmq_style import Admin, Message, Producer, PushConsumer, ReceivedMessage  # noqa: E402
 from rmq_style._names import Keys  # noqa: E402
-from rmq_style.testing import RedisServer  # noqa: E402
+from rmq_style.testing import private_redis_url  # noqa: E402
 
 QUEUES = 8
 BACKLOG = 60_000
@@ -249,11 +249,8 @@ def main() -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # warnings and up
-    if args.redis_url:
-        run(args.redis_url)
-        return
-    with RedisServer() as server:
-        run(server.url)
+    with private_redis_url(args.redis_url) as url:
+        run(url)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ import pstats
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from rmq_style import Admin, Message, Producer
 from rmq_style._connection import parse_url
-from rmq_style.testing import RedisServer
+from rmq_style.testing import private_redis_url
 
 TOPIC = "bench-produce"
 QUEUES = 8
@@ -51,17 +50,6 @@ BODY: dict[str, Any] = {
     "note": "leave at the door, ring twice",
     "created_at": "2024-05-01T12:34:56Z",
 }
-
-
-@contextmanager
-def redis_url(given: str | None) -> Iterator[str]:
-    if given:
-        if given.rstrip("/").endswith(("127.0.0.1:6379", "localhost:6379", "127.0.0.1:6379/0")):
-            raise SystemExit("refusing the shared Redis on port 6379: pass a private server")
-        yield given
-        return
-    with RedisServer() as server:
-        yield server.url
 
 
 def timed(fn: Callable[[int], None], n: int) -> float:
@@ -173,7 +161,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the messages per round")
     parser.add_argument("--profile", choices=sorted(CASES), help="profile the producer, no measurement")
     args = parser.parse_args()
-    with redis_url(args.redis_url) as url:
+    with private_redis_url(args.redis_url) as url:
         work = Workload(url)
         try:
             work.warm_up()

@@ -32,7 +32,7 @@ from rmq_style import (
     PullConsumer,
 )
 from rmq_style._connection import parse_url
-from rmq_style.testing import RedisServer
+from rmq_style.testing import private_redis_url
 
 BATCH = 32
 TOPIC = "bench-pull"
@@ -147,11 +147,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if args.redis_url:
-        results = bench(args.redis_url, args.messages, args.rounds)
-    else:
-        with RedisServer() as server:
-            results = bench(server.url, args.messages, args.rounds)
+    with private_redis_url(args.redis_url) as url:
+        results = bench(url, args.messages, args.rounds)
     for row in results:
         print(json.dumps(row))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import shutil
 import signal
 import socket
@@ -16,11 +17,20 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
-__all__ = ["AppTester", "RedisServer", "free_port", "is_drained", "redis_server_available"]
+__all__ = [
+    "AppTester",
+    "RedisServer",
+    "free_port",
+    "is_drained",
+    "private_redis_url",
+    "redis_server_available",
+]
 
 
 def free_port() -> int:
@@ -31,6 +41,24 @@ def free_port() -> int:
 
 def redis_server_available() -> bool:
     return shutil.which("redis-server") is not None
+
+
+@contextlib.contextmanager
+def private_redis_url(given: str | None = None) -> Iterator[str]:
+    """*given* (a server the caller may flush), or a private redis-server for the duration.
+
+    Refuses the machine's shared Redis on port 6379: benchmarks flush what they use.
+    """
+    if given:
+        parts = urlsplit(given)
+        if parts.hostname in ("127.0.0.1", "localhost", "::1") and (parts.port or 6379) == 6379:
+            raise SystemExit(
+                f"refusing {given}: the shared Redis on port 6379 would be flushed; pass a private one"
+            )
+        yield given
+        return
+    with RedisServer() as server:
+        yield server.url
 
 
 class RedisServer:

@@ -87,3 +87,25 @@ def test_send_retries_across_a_redis_restart(private_redis: RedisServer) -> None
         second = producer.send(Message("conn", b"2"))
     assert (first.queue_offset, second.queue_offset) == (0, 1)
     assert redis.Redis.from_url(private_redis.url).xlen("rmq:{conn:0}:s") == 2
+
+
+@pytest.mark.parametrize("shared", ["redis://127.0.0.1:6379/0", "redis://localhost", "redis://[::1]:6379"])
+def test_benchmarks_refuse_the_shared_redis(shared: str) -> None:
+    from rmq_style.testing import private_redis_url
+
+    with (
+        pytest.raises(SystemExit, match=r"refusing .* the shared Redis on port 6379 would be flushed"),
+        private_redis_url(shared),
+    ):
+        pass
+
+
+def test_benchmarks_use_a_given_private_redis_or_start_one(redis_server: RedisServer) -> None:
+    from rmq_style.testing import private_redis_url
+
+    with private_redis_url(redis_server.url) as url:
+        assert url == redis_server.url
+    with private_redis_url() as url:
+        assert url != redis_server.url and redis.Redis.from_url(url).ping()
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()  # stopped after use
