@@ -17,7 +17,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, ScriptCall, command, run_script, single
+from ._calls import Call, Flow, ScriptCall, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
@@ -300,6 +300,3 @@ def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 100
         "release_due", (qk.delay, qk.delayed, qk.stream, qk.seq), (limit, *route.retention.script_args)
     )
 
-
-def server_time_call() -> Call:
-    return command("TIME")
