@@ -15,7 +15,7 @@ from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
-from ._orderly_core import HeldQueue, held_flow
+from ._orderly_core import HeldQueue, lock_owner, parse_held
 from ._pulling import RouteCache, position_for_timestamp_flow
 from ._topics import route_flow
 
@@ -77,17 +77,18 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
             progress = yield from progress_flow(keys, group, queue)
             qk = keys.queue(name, queue.queue_id)
             # retry stream entries are deleted once acknowledged: its length is the due backlog
-            waiting, due, dead = yield [
+            waiting, due, dead, held, lock = yield [
                 command("ZCARD", qk.retry(group)),
                 command("XLEN", qk.retry_stream(group)),
                 command("XLEN", qk.dlq(group)),
+                command("HGETALL", qk.held(group)),
+                command("GET", qk.lock(group)),
             ]
             retrying = int(single(waiting)) + int(single(due))
-            held = yield from held_flow(keys, group, queue)
-            (lock,) = yield [command("GET", qk.lock(group))]
-            lock_value = single(lock)
-            owner = _text(lock_value).rpartition("/")[0] if lock_value else owners.get(queue)
-            rows.append(QueueReport(progress, retrying, int(single(dead)), owner, held))
+            owner = lock_owner(lock) or owners.get(queue)
+            rows.append(
+                QueueReport(progress, retrying, int(single(dead)), owner, parse_held(queue, held, lock))
+            )
     return rows
 
 

@@ -204,10 +204,20 @@ def held_flow(keys: Keys, group: str, queue: MessageQueue) -> Flow[HeldQueue | N
     """Whether a failing message holds (group, queue), and since when; None when the queue flows."""
     qk = keys.queue(queue.topic, queue.queue_id)
     held, lock = yield [command("HGETALL", qk.held(group)), command("GET", qk.lock(group))]
-    fields = {_text(k): _text(v) for k, v in (single(held) or {}).items()}
+    return parse_held(queue, held, lock)
+
+
+def lock_owner(lock_reply: Any) -> str | None:
+    """The member holding a lease, from the lock key's value (``member/token``); None when free."""
+    value = single(lock_reply)
+    return _text(value).rpartition("/")[0] if value else None
+
+
+def parse_held(queue: MessageQueue, held_reply: Any, lock_reply: Any) -> HeldQueue | None:
+    """HeldQueue from the replies of HGETALL held and GET lock (None when the queue flows)."""
+    fields = {_text(k): _text(v) for k, v in (single(held_reply) or {}).items()}
     if "offset" not in fields:
         return None
-    lock_value_ = single(lock)
     return HeldQueue(
         queue,
         fields.get("owner", ""),
@@ -215,5 +225,5 @@ def held_flow(keys: Keys, group: str, queue: MessageQueue) -> Flow[HeldQueue | N
         int(fields.get("attempts") or 0),
         int(fields.get("since") or 0),
         fields.get("reason", ""),
-        _text(lock_value_).rpartition("/")[0] if lock_value_ else None,
+        lock_owner(lock_reply),
     )

@@ -299,4 +299,3 @@ def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 100
     return run_script(
         "release_due", (qk.delay, qk.delayed, qk.stream, qk.seq), (limit, *route.retention.script_args)
     )
-
