@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -17,7 +19,15 @@ from .._calls import Call, Command, Flow, Pause, ScriptCall
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
-__all__ = ["AsyncClient", "ClientHolder", "drive", "drive_with_retries", "execute", "open_client"]
+__all__ = [
+    "AsyncClient",
+    "ClientHolder",
+    "LaneClient",
+    "drive",
+    "drive_with_retries",
+    "execute",
+    "open_client",
+]
 
 T = TypeVar("T")
 AsyncClient = redis_asyncio.Redis
@@ -32,7 +42,21 @@ def open_client(url: str) -> AsyncClient:
 
         server = memory_server(spec.memory_name)
         return FakeAsyncRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
-    return redis_asyncio.Redis.from_url(url, **spec.client_options)
+    return LaneClient.from_url(url, **spec.client_options)
+
+
+class LaneClient(redis_asyncio.Redis):
+    """A client that keeps one connection aside for packed round trips (no pool checkout per call).
+
+    The lane is taken without waiting: a caller that finds it busy (another
+    thread or task mid-call) takes a pooled connection as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
+        self.lane: Any = None
+        self.lane_pid = 0
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -66,7 +90,7 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
 
 
 async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
-    if type(client) is redis_asyncio.Redis and client.connection is None:
+    if (type(client) is LaneClient or type(client) is redis_asyncio.Redis) and client.connection is None:
         packed = _pack_scripts(calls)
         if packed is not None:
             return await _direct_round_trip(client, packed, len(calls))
@@ -114,13 +138,30 @@ def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
 
 
 async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> list[Any]:
-    """Send packed commands on a pooled connection and read *count* replies (redis-py's pipeline, leaner).
+    """Send packed commands and read *count* replies (redis-py's pipeline, leaner).
 
     Connection errors are retried by the client's retry policy, as redis-py does;
     any other exception leaves the connection in an unknown state: it is dropped.
     """
+    if type(client) is LaneClient and client.lane_lock.acquire(blocking=False):
+        try:
+            conn = client.lane
+            # a forked child opens its own: it must never write on its parent's socket
+            if conn is None or client.lane_pid != os.getpid():
+                conn = client.lane = await cast(Any, client.connection_pool).get_connection()
+                client.lane_pid = os.getpid()
+            return await _exchange_on(conn, packed, count)
+        finally:
+            client.lane_lock.release()
     pool = client.connection_pool
     conn = await cast(Any, pool).get_connection()
+    try:
+        return await _exchange_on(conn, packed, count)
+    finally:
+        await pool.release(conn)
+
+
+async def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
     try:
         return cast(
             "list[Any]",
@@ -131,8 +172,6 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
     except BaseException:
         await conn.disconnect()
         raise
-    finally:
-        await pool.release(conn)
 
 
 async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:

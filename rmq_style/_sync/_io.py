@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import time
+import os
+import threading
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -18,7 +20,15 @@ from .._calls import Call, Command, Flow, Pause, ScriptCall
 from .._connection import memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
-__all__ = ["Client", "ClientHolder", "drive", "drive_with_retries", "execute", "open_client"]
+__all__ = [
+    "Client",
+    "ClientHolder",
+    "LaneClient",
+    "drive",
+    "drive_with_retries",
+    "execute",
+    "open_client",
+]
 
 T = TypeVar("T")
 Client = redis_asyncio.Redis
@@ -33,7 +43,21 @@ def open_client(url: str) -> Client:
 
         server = memory_server(spec.memory_name)
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
-    return redis_asyncio.Redis.from_url(url, **spec.client_options)
+    return LaneClient.from_url(url, **spec.client_options)
+
+
+class LaneClient(redis_asyncio.Redis):
+    """A client that keeps one connection aside for packed round trips (no pool checkout per call).
+
+    The lane is taken without waiting: a caller that finds it busy (another
+    thread or task mid-call) takes a pooled connection as before.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
+        self.lane: Any = None
+        self.lane_pid = 0
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -67,7 +91,7 @@ def execute(client: Client, calls: Sequence[Call]) -> list[Any]:
 
 
 def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
-    if type(client) is redis_asyncio.Redis and client.connection is None:
+    if (type(client) is LaneClient or type(client) is redis_asyncio.Redis) and client.connection is None:
         packed = _pack_scripts(calls)
         if packed is not None:
             return _direct_round_trip(client, packed, len(calls))
@@ -115,13 +139,30 @@ def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
 
 
 def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
-    """Send packed commands on a pooled connection and read *count* replies (redis-py's pipeline, leaner).
+    """Send packed commands and read *count* replies (redis-py's pipeline, leaner).
 
     Connection errors are retried by the client's retry policy, as redis-py does;
     any other exception leaves the connection in an unknown state: it is dropped.
     """
+    if type(client) is LaneClient and client.lane_lock.acquire(blocking=False):
+        try:
+            conn = client.lane
+            # a forked child opens its own: it must never write on its parent's socket
+            if conn is None or client.lane_pid != os.getpid():
+                conn = client.lane = cast(Any, client.connection_pool).get_connection()
+                client.lane_pid = os.getpid()
+            return _exchange_on(conn, packed, count)
+        finally:
+            client.lane_lock.release()
     pool = client.connection_pool
     conn = cast(Any, pool).get_connection()
+    try:
+        return _exchange_on(conn, packed, count)
+    finally:
+        pool.release(conn)
+
+
+def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
     try:
         return cast(
             "list[Any]",
@@ -132,8 +173,6 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
     except BaseException:
         conn.disconnect()
         raise
-    finally:
-        pool.release(conn)
 
 
 def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
