@@ -31,6 +31,7 @@ class QueueReport:
     dead_letters: int  # messages in the group's dead-letter queue of this queue
     owner: str | None  # orderly: the lease holder; concurrent: the live member the allocation gives it to
     held: HeldQueue | None = None  # orderly: the failing message that holds the queue
+    trimmed: int = 0  # maxlen retention: entries removed before they were delivered to the group
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +78,25 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
             progress = yield from progress_flow(keys, group, queue)
             qk = keys.queue(name, queue.queue_id)
             # retry stream entries are deleted once acknowledged: its length is the due backlog
-            waiting, due, dead, held, lock = yield [
+            waiting, due, dead, held, lock, trimmed = yield [
                 command("ZCARD", qk.retry(group)),
                 command("XLEN", qk.retry_stream(group)),
                 command("XLEN", qk.dlq(group)),
                 command("HGETALL", qk.held(group)),
                 command("GET", qk.lock(group)),
+                command("HGET", qk.trimmed, group),
             ]
             retrying = int(single(waiting)) + int(single(due))
             owner = lock_owner(lock) or owners.get(queue)
             rows.append(
-                QueueReport(progress, retrying, int(single(dead)), owner, parse_held(queue, held, lock))
+                QueueReport(
+                    progress,
+                    retrying,
+                    int(single(dead)),
+                    owner,
+                    parse_held(queue, held, lock),
+                    int(single(trimmed) or 0),
+                )
             )
     return rows
 

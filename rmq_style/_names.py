@@ -81,6 +81,11 @@ class QueueKeys:
         return f"{self.tag}:seq"
 
     @property
+    def trimmed(self) -> str:
+        """Hash group -> entries a maxlen trim removed before the group was delivered them."""
+        return f"{self.tag}:trimmed"
+
+    @property
     def delay(self) -> str:
         """Sorted set of delayed msg ids scored by due time (server ms)."""
         return f"{self.tag}:delay"

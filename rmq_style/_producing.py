@@ -82,8 +82,8 @@ class ProducerCore:
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
         self._round_robin = RoundRobin()
         self._encoder = EntryEncoder(settings.codec, settings.max_message_size, 0)  # of the latest ms
-        # per queue: the send script's keys (stream, seq) and the MessageQueue of the results
-        self._queues: dict[tuple[str, int], tuple[tuple[str, str], MessageQueue]] = {}
+        # per queue: the send script's keys (stream, seq, trimmed) and the MessageQueue of the results
+        self._queues: dict[tuple[str, int], tuple[tuple[str, str, str], MessageQueue]] = {}
         # per topic: the route these were made for, the trim arguments and their wire form
         self._trims: dict[str, tuple[TopicRoute, tuple[str, int], bytes]] = {}
 
@@ -227,12 +227,15 @@ class ProducerCore:
             raise TopicNotFoundError(topic) from None
         return single(outcome)
 
-    def _where(self, topic: str, queue: int) -> tuple[tuple[str, str], MessageQueue]:
-        """The send script's keys (stream, seq) of a queue and its MessageQueue, made once."""
+    def _where(self, topic: str, queue: int) -> tuple[tuple[str, str, str], MessageQueue]:
+        """The send script's keys (stream, seq, trimmed) of a queue and its MessageQueue, made once."""
         where = self._queues.get((topic, queue))
         if where is None:
             qk = self.keys.queue(topic, queue)
-            where = self._queues[(topic, queue)] = ((qk.stream, qk.seq), MessageQueue(topic, queue))
+            where = self._queues[(topic, queue)] = (
+                (qk.stream, qk.seq, qk.trimmed),
+                MessageQueue(topic, queue),
+            )
         return where
 
     def _queue_for(self, topic: str, count: int, key: str | bytes | int | None, queue_id: int | None) -> int:
@@ -266,7 +269,7 @@ class ProducerCore:
         return [(topic, queue, indices) for (topic, queue), indices in buckets.items()]
 
     def _send_call(
-        self, route: TopicRoute, keys: tuple[str, str], rows: list[list[Any]], packed: list[bytes]
+        self, route: TopicRoute, keys: tuple[str, str, str], rows: list[list[Any]], packed: list[bytes]
     ) -> Call:
         trim = self._trims.get(route.topic)
         if trim is None or trim[0] is not route:
@@ -297,5 +300,7 @@ def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 100
     """Move due delayed messages of one queue into its stream (reply: [moved, next due ms or -1])."""
     qk = keys.queue(route.topic, queue)
     return run_script(
-        "release_due", (qk.delay, qk.delayed, qk.stream, qk.seq), (limit, *route.retention.script_args)
+        "release_due",
+        (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
+        (limit, *route.retention.script_args),
     )

@@ -108,7 +108,9 @@ def prepare_call(keys: Keys, route: TopicRoute, queue_id: int, limit: int = 1000
     """Release due delayed messages of the queue, and report its bounds."""
     qk = keys.queue(route.topic, queue_id)
     return run_script(
-        "pull_prepare", (qk.delay, qk.delayed, qk.stream, qk.seq), (limit, *route.retention.script_args)
+        "pull_prepare",
+        (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
+        (limit, *route.retention.script_args),
     )
 
 

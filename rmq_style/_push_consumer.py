@@ -43,6 +43,7 @@ from ._push_settings import PushSettings
 from ._push_settle import plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
 from ._topics import route_flow
+from ._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 
 __all__ = ["PushConsumer", "PushStats"]
 
@@ -62,6 +63,7 @@ class PushStats:
     filtered: int = 0  # acked without a listener call (tag did not match)
     suspended: int = 0  # orderly: a failure held the queue, the message is tried again
     fenced: int = 0  # orderly: a write refused because the lease was lost
+    trimmed: int = 0  # maxlen retention removed entries before the group read them (as logged here)
 
 
 class _Backoff:
@@ -188,6 +190,7 @@ class PushConsumer:
         for sub in self._subs.values():
             route = await _drive(self._client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
+            sub.counts_trims = route.retention.mode == "maxlen"
             replies = await execute(
                 self._client,
                 subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry),
@@ -210,6 +213,7 @@ class PushConsumer:
             self.settings.concurrency, capacity, self.settings.consume_timeout_ms / 1000, self._on_done
         )
         await self._rebalance()
+        await self._report_trims()  # a loss while no consumer ran is logged at start
         self._pool.start()
         self._tasks = [
             asyncio.create_task(self._guard("membership", self._membership_loop)),
@@ -321,10 +325,32 @@ class PushConsumer:
             try:
                 await self._rebalance()
                 await self._adopt()
+                await self._report_trims()
                 backoff.reset()
             except _TRANSIENT as exc:
                 self._log.warning("consumer.redis_unavailable", task="membership", error=str(exc))
                 await backoff.wait(self._stop)
+
+    async def _report_trims(self) -> None:
+        """Warn about entries a maxlen trim removed before the group read them (once per loss)."""
+        queues = [mq for mq in self.queues if self._subs[mq.topic].counts_trims]
+        if not queues:
+            return
+        client = self._client
+        assert client is not None
+        losses = trim_losses(queues, await execute(client, trim_loss_calls(self.keys, self.group, queues)))
+        for loss in losses:
+            self.stats.trimmed += loss.new
+            self._log.warning(
+                "entries.trimmed_unread",
+                topic=loss.queue.topic,
+                queue=loss.queue.queue_id,
+                count=loss.new,
+                total=loss.total,
+                why="maxlen retention removed them before this group read them",
+            )
+        if losses:
+            await execute(client, mark_reported_calls(self.keys, self.group, losses))
 
     async def _rebalance(self) -> None:
         client = self._client

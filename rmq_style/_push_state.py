@@ -23,6 +23,7 @@ class Subscription:
     model: Any
     queue_count: int = 0
     members: frozenset[str] = frozenset()
+    counts_trims: bool = False  # maxlen retention: trims may remove entries the group has not read
 
 
 @dataclass(slots=True, eq=False)

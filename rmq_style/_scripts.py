@@ -19,12 +19,12 @@ _INCLUDE = re.compile(r"^--@include (\w+)$", re.MULTILINE)
 
 # name -> number of KEYS; a test checks these against each file's header.
 SCRIPTS: dict[str, int] = {
-    "send": 2,
+    "send": 3,
     "schedule": 3,
-    "release_due": 4,
+    "release_due": 5,
     "heartbeat": 1,
     "subscribe": 2,
-    "pull_prepare": 4,
+    "pull_prepare": 5,
     "commit_offset": 2,
     "retry": 3,
     "dead_letter": 2,

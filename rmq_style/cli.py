@@ -213,7 +213,10 @@ def progress(
     url: UrlOption = DEFAULT_URL,
     as_json: JsonOption = False,
 ) -> None:
-    """Per queue: max offset, group offset, lag, pending, retrying, dead letters, owner."""
+    """Per queue: max offset, group offset, lag, pending, retrying, dead letters, owner.
+
+    A `trimmed` column appears when a maxlen retention removed entries before the group read them.
+    """
     with Admin(url) as admin:
         rows = admin.progress(group, topic)
     data = [
@@ -229,16 +232,20 @@ def progress(
             "dead_letters": r.dead_letters,
             "owner": r.owner,
             "held": None if r.held is None else f"{r.held.offset} x{r.held.attempts}: {r.held.reason}",
+            "trimmed": r.trimmed,
         }
         for r in rows
     ]
     if as_json:
         _emit_json(data)
         return
-    columns = list(data[0]) if data else ["topic"]
-    console.print(_table(f"progress of group {group}", columns, [list(d.values()) for d in data]))
+    lost = sum(r.trimmed for r in rows)
+    columns = [c for c in (list(data[0]) if data else ["topic"]) if c != "trimmed" or lost]
+    console.print(_table(f"progress of group {group}", columns, [[d[c] for c in columns] for d in data]))
     lag, pending = sum(r.progress.lag for r in rows), sum(r.progress.pending for r in rows)
     console.print(f"total lag {lag}, pending {pending}")
+    if lost:
+        console.print(f"[yellow]{lost} entries were trimmed (maxlen retention) before the group read them[/]")
 
 
 @app.command("reset-offset")

@@ -70,8 +70,9 @@ def foreign_fields(
     return msg_id, values
 
 
-def queue_keys(topic: str, queue: int) -> tuple[str, str]:
-    return f"rmq:{{{topic}:{queue}}}:s", f"rmq:{{{topic}:{queue}}}:seq"
+def queue_keys(topic: str, queue: int) -> tuple[str, str, str]:
+    tag = f"rmq:{{{topic}:{queue}}}"
+    return f"{tag}:s", f"{tag}:seq", f"{tag}:trimmed"
 
 
 def foreign_meta(r: Any, topic: str) -> tuple[int, str, str]:
@@ -81,17 +82,16 @@ def foreign_meta(r: Any, topic: str) -> tuple[int, str, str]:
 
 def eval_send(r: Any, topic: str, queue: int, messages: list[tuple[str, list[bytes]]]) -> list[Any]:
     _, trim, trim_value = foreign_meta(r, topic)
-    stream, seq = queue_keys(topic, queue)
+    stream, seq, trimmed = queue_keys(topic, queue)
     args: list[Any] = [trim, trim_value, len(messages)]
     for msg_id, values in messages:
         args += [msg_id, *values]
-    return list(r.eval(expanded("send"), 2, stream, seq, *args))
+    return list(r.eval(expanded("send"), 3, stream, seq, trimmed, *args))
 
 
 def multi_send(r: Any, topic: str, queue: int, msg_id: str, values: list[bytes]) -> int:
     """The fallback without scripts: WATCH, GET, MULTI, INCR, XADD, EXEC."""
-    stream, seq_key = queue_keys(topic, queue)
-    _, trim, trim_value = foreign_meta(r, topic)
+    stream, seq_key, _ = queue_keys(topic, queue)
     names = [b"r", b"b", b"t", b"k", b"p", b"c", b"d"]
     while True:
         with r.pipeline(transaction=True) as pipe:
@@ -103,10 +103,7 @@ def multi_send(r: Any, topic: str, queue: int, msg_id: str, values: list[bytes])
             fields.update(zip(names, values, strict=True))
             pipe.multi()
             pipe.incr(seq_key)
-            if trim == "maxlen":
-                pipe.xadd(stream, fields, maxlen=int(trim_value), approximate=True)
-            else:
-                pipe.xadd(stream, fields)
+            pipe.xadd(stream, fields)  # never trims: the next script write that crosses 128 does
             try:
                 pipe.execute()
             except WatchError:
@@ -227,7 +224,7 @@ def test_a_foreign_send_to_a_missing_queue_writes_nothing(url: str) -> None:
         admin.create_topic("orders", queues=2)
     r = open_client(url)
     with pytest.raises(Exception, match="NOTOPIC"):
-        r.eval(expanded("send"), 2, *queue_keys("orders", 5), "minid", 1000, 1, "x" * 32, *([b""] * 7))
+        r.eval(expanded("send"), 3, *queue_keys("orders", 5), "minid", 1000, 1, "x" * 32, *([b""] * 7))
     assert not r.exists("rmq:{orders:5}:s")
 
 

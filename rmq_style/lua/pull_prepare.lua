@@ -7,6 +7,7 @@
     KEYS[2] delayed  rmq:{T:i}:delayed
     KEYS[3] stream   rmq:{T:i}:s
     KEYS[4] seq      rmq:{T:i}:seq (exists iff the queue exists)
+    KEYS[5] trimmed  rmq:{T:i}:trimmed   entries trimmed before a group read them (maxlen)
     ARGV[1] release at most this many delayed messages
     ARGV[2] trim mode, ARGV[3] trim value (as in send)
 
@@ -23,7 +24,7 @@
 if redis.call('EXISTS', KEYS[4]) == 0 then
   return redis.error_reply('NOTOPIC queue does not exist')
 end
-local _, nxt, now = rmq_release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+local _, nxt, now = rmq_release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return {nxt, now, '', '0-0', 0, 0}
 end

@@ -6,6 +6,7 @@
     KEYS[2] delayed  rmq:{T:i}:delayed
     KEYS[3] stream   rmq:{T:i}:s
     KEYS[4] seq      rmq:{T:i}:seq
+    KEYS[5] trimmed  rmq:{T:i}:trimmed   entries trimmed before a group read them (maxlen)
     ARGV[1] at most this many messages
     ARGV[2] trim mode, ARGV[3] trim value (as in send)
 
@@ -17,5 +18,5 @@
 --@include append
 --@include release
 
-local moved, nxt = rmq_release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3])
+local moved, nxt = rmq_release(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3])
 return {moved, nxt}

@@ -4,6 +4,7 @@
   Input:
     KEYS[1] stream   rmq:{T:i}:s
     KEYS[2] seq      rmq:{T:i}:seq (exists iff the queue exists)
+    KEYS[3] trimmed  rmq:{T:i}:trimmed   entries trimmed before a group read them (maxlen)
     ARGV[1] trim mode: '' | 'maxlen' | 'minid'
     ARGV[2] trim value: max entries (maxlen) or max age in ms (minid)
     ARGV[3] n, the number of messages
@@ -27,24 +28,15 @@ local stream, mode, value = KEYS[1], ARGV[1], ARGV[2]
 local out = {first}
 -- The entry fields of docs/storage.md, always in this order. The XADD is written
 -- out here (not rmq_xadd of append.lua): this loop is the hot path of every producer.
-if mode == 'maxlen' then
-  for k = 0, n - 1 do
-    local a = 8 * k
-    out[k + 2] = redis.call('XADD', stream, 'MAXLEN', '~', value, '*', 'i', ARGV[a + 4], 'q', first + k,
-      'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
-      'c', ARGV[a + 10], 'd', ARGV[a + 11])
-  end
-else
-  for k = 0, n - 1 do
-    local a = 8 * k
-    out[k + 2] = redis.call('XADD', stream, '*', 'i', ARGV[a + 4], 'q', first + k,
-      'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
-      'c', ARGV[a + 10], 'd', ARGV[a + 11])
-  end
+for k = 0, n - 1 do
+  local a = 8 * k
+  out[k + 2] = redis.call('XADD', stream, '*', 'i', ARGV[a + 4], 'q', first + k,
+    'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
+    'c', ARGV[a + 10], 'd', ARGV[a + 11])
 end
--- the minid pass runs when the queue offset crosses a multiple of 128 (rmq_trim)
+-- retention runs when the queue offset crosses a multiple of 128 (rmq_trim)
 local crossed = (first + n) - (first + n) % 128
 if crossed > first then
-  rmq_trim(stream, mode, value, crossed)
+  rmq_trim(stream, mode, value, crossed, KEYS[3])
 end
 return out

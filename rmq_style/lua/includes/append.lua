@@ -1,10 +1,6 @@
 -- Write one message entry: the fields of docs/storage.md, always in this order.
 -- Positional arguments and one XADD call (no tables): this runs once per message.
-local function rmq_xadd(stream, trim_mode, trim_value, msg_id, seq, r, b, t, k, p, c, d)
-  if trim_mode == 'maxlen' then
-    return redis.call('XADD', stream, 'MAXLEN', '~', trim_value, '*',
-      'i', msg_id, 'q', seq, 'r', r, 'b', b, 't', t, 'k', k, 'p', p, 'c', c, 'd', d)
-  end
+local function rmq_xadd(stream, msg_id, seq, r, b, t, k, p, c, d)
   return redis.call('XADD', stream, '*',
     'i', msg_id, 'q', seq, 'r', r, 'b', b, 't', t, 'k', k, 'p', p, 'c', c, 'd', d)
 end
@@ -12,11 +8,12 @@ end
 -- Append one message to a queue stream: the queue offset increment and the XADD
 -- are one step, so queue offsets are consecutive and never reused.
 -- `fields` holds r, b, t, k, p, c, d values (the order of docs/storage.md).
-local function rmq_append(stream, seq_key, msg_id, fields, trim_mode, trim_value)
+-- Retention runs as in send.lua (rmq_trim, every 128 queue offsets).
+local function rmq_append(stream, seq_key, trimmed, msg_id, fields, trim_mode, trim_value)
   local seq = redis.call('INCR', seq_key) - 1
-  local id = rmq_xadd(stream, trim_mode, trim_value, msg_id, seq,
+  local id = rmq_xadd(stream, msg_id, seq,
     fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
-  rmq_trim(stream, trim_mode, trim_value, seq + 1)
+  rmq_trim(stream, trim_mode, trim_value, seq + 1, trimmed)
   return id, seq
 end
 

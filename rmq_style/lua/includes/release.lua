@@ -1,6 +1,6 @@
 -- Move the due delayed messages of one queue into its stream (needs clock, trim, append).
 -- Returns moved, next due ms (-1 when nothing else is held), server now ms.
-local function rmq_release(delay, delayed, stream, seq_key, limit, trim_mode, trim_value)
+local function rmq_release(delay, delayed, stream, seq_key, trimmed, limit, trim_mode, trim_value)
   local now = rmq_now_ms()
   local moved = 0
   if redis.call('EXISTS', seq_key) == 1 then
@@ -8,7 +8,7 @@ local function rmq_release(delay, delayed, stream, seq_key, limit, trim_mode, tr
     for _, msg_id in ipairs(due) do
       local packed = redis.call('HGET', delayed, msg_id)
       if packed then
-        rmq_append(stream, seq_key, msg_id, rmq_unpack(packed), trim_mode, trim_value)
+        rmq_append(stream, seq_key, trimmed, msg_id, rmq_unpack(packed), trim_mode, trim_value)
         moved = moved + 1
       end
       redis.call('ZREM', delay, msg_id)
