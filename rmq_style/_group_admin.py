@@ -155,6 +155,21 @@ def dead_letters_flow(
     return records
 
 
+def purge_dead_letters_flow(keys: Keys, group: str, topic: str | None, before_ms: int | None) -> Flow[int]:
+    """Delete the group's dead letters: all, or those dead before *before_ms* (server clock); how many."""
+    topics = yield from topics_flow(keys, group, topic)
+    # a dead letter's entry id is the server time it died at: MINID cuts exactly there
+    how: tuple[Any, ...] = ("MAXLEN", 0) if before_ms is None else ("MINID", before_ms)
+    removed = 0
+    for name in topics:
+        route = yield from route_flow(keys, name)
+        replies = yield [
+            command("XTRIM", keys.queue(name, q).dlq(group), *how) for q in range(route.queue_count)
+        ]
+        removed += sum(int(single(reply)) for reply in replies)
+    return removed
+
+
 def replay_flow(keys: Keys, group: str, records: Sequence[DeadLetterRecord]) -> Flow[int]:
     """Hand dead letters back to *group* (its retry stream): same msg id, reconsume times 0."""
     calls = [

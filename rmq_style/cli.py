@@ -7,6 +7,7 @@ comes from ``--url`` or the RMQ_URL environment variable.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any
@@ -340,6 +341,29 @@ def dlq_replay(
                 replayed += admin.replay_dead_letters(group, chunk)
                 bar.advance(task, len(chunk))
     console.print(f"replayed {replayed} of {len(records)} dead letters to group {group}")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    group: Annotated[str, typer.Option(help="consumer group")],
+    topic: Annotated[str | None, typer.Option(help="one topic")] = None,
+    older_than_hours: Annotated[
+        float | None, typer.Option(help="only dead letters that died more than this many hours ago")
+    ] = None,
+    purge_all: Annotated[bool, typer.Option("--all", help="every dead letter of the group")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="do not ask for confirmation")] = False,
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Delete dead letters of GROUP for good (they are kept until purged or replayed)."""
+    if (older_than_hours is None) == (not purge_all):
+        raise UsageError("give exactly one of --older-than-hours, --all")
+    before = None if purge_all else int((time.time() - (older_than_hours or 0) * 3600) * 1000)
+    what = "every dead letter" if before is None else f"dead letters older than {older_than_hours} h"
+    if not yes and not typer.confirm(f"delete {what} of group {group}?"):
+        raise typer.Exit(1)
+    with Admin(url) as admin:
+        removed = admin.purge_dead_letters(group, topic, before=before)
+    console.print(f"deleted {removed} dead letters of group {group}")
 
 
 @app.command("worker")

@@ -92,6 +92,15 @@ def test_pull_progress_reset_and_dead_letter_commands(fake_url: str) -> None:
     assert json.loads(invoke("dlq", "list", "--group", "billing", "--url", fake_url, "--json"))[0][
         "body"
     ] == {"n": 2}
+    purge = ["dlq", "purge", "--group", "billing", "--url", fake_url]
+    refused = runner.invoke(app_cli, purge, input="y\n")
+    assert refused.exit_code != 0 and "exactly one of" in str(refused.exception)
+    kept = runner.invoke(app_cli, [*purge, "--all"], input="n\n")
+    assert kept.exit_code == 1
+    assert len(json.loads(invoke("dlq", "list", "--group", "billing", "--url", fake_url, "--json"))) == 1
+    assert "deleted 0 dead letters" in invoke(*purge, "--older-than-hours", "1", "--yes")
+    assert "deleted 1 dead letters" in invoke(*purge, "--all", "--yes")
+    assert json.loads(invoke("dlq", "list", "--group", "billing", "--url", fake_url, "--json")) == []
     invoke("reset-offset", "--group", "billing", "--topic", "orders", "--to-first", "--url", fake_url)
     progress = json.loads(invoke("progress", "--group", "billing", "--url", fake_url, "--json"))
     assert progress[0]["lag"] == 4

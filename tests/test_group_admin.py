@@ -117,3 +117,42 @@ def test_progress_shows_the_orderly_owner_and_a_held_queue(url: str) -> None:
         assert held.reason.startswith("RuntimeError: carrier down")
         assert held.offset == sent[2].offset  # the blocked message, and nothing after it was handled
         assert rows[1].progress.pending >= 1 and rows[0].held is None
+
+
+def test_purge_dead_letters_all_or_older_than_a_time(url: str) -> None:
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=2)
+        admin.create_topic("refunds", queues=1)
+    app = App(url)
+
+    @app.subscribe("orders", group="billing", max_reconsume_times=0)
+    def bill(body: dict[str, Any]) -> None:
+        raise RuntimeError("always")
+
+    @app.subscribe("refunds", group="billing", max_reconsume_times=0)
+    def refund(body: dict[str, Any]) -> None:
+        raise RuntimeError("always")
+
+    with Producer(url) as producer, AppTester(app) as tester, Admin(url) as admin:
+        producer.send_batch([Message("orders", {"n": n}) for n in range(4)])
+        tester.drain()
+        cut = _server_ms(url) + 1
+        while _server_ms(url) <= cut:  # later dead letters get a later server-clock ms
+            pass
+        producer.send_batch([Message("orders", {"n": n}) for n in range(4, 7)])
+        producer.send_batch([Message("refunds", {"n": n}) for n in range(2)])
+        tester.drain()
+        assert len(admin.dead_letters("billing")) == 9
+        assert admin.purge_dead_letters("billing", "orders", before=cut) == 4
+        assert sorted(d.message.value()["n"] for d in admin.dead_letters("billing", "orders")) == [4, 5, 6]
+        assert admin.purge_dead_letters("billing", "orders", before=cut) == 0
+        assert admin.purge_dead_letters("billing") == 5  # every topic of the group
+        assert admin.dead_letters("billing") == []
+        assert sum(r.dead_letters for r in admin.progress("billing")) == 0
+
+
+def _server_ms(url: str) -> int:
+    from rmq_style._sync._io import open_client
+
+    seconds, micros = open_client(url).time()
+    return int(seconds) * 1000 + int(micros) // 1000

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
     ResetTarget,
     dead_letters_flow,
     progress_report_flow,
+    purge_dead_letters_flow,
     replay_flow,
     reset_offset_flow,
 )
@@ -106,6 +109,20 @@ class AsyncAdmin(ClientHolder):
     ) -> list[DeadLetterRecord]:
         """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
         return await drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
+
+    async def purge_dead_letters(
+        self, group: str, topic: str | None = None, *, before: datetime | int | None = None
+    ) -> int:
+        """Delete the group's dead letters, all or those dead before *before* (epoch ms or datetime).
+
+        Returns how many were deleted. Dead letters are kept until purged or replayed.
+        """
+        before_ms = None
+        if isinstance(before, datetime):
+            before_ms = int(before.timestamp() * 1000)
+        elif before is not None:
+            before_ms = int(before)
+        return await drive(self._client, purge_dead_letters_flow(self.keys, group, topic, before_ms))
 
     async def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
