@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ._calls import Call, Command, command, run_script
@@ -15,6 +15,7 @@ __all__ = [
     "dead_letter_call",
     "fetch_command",
     "packed_record",
+    "prune_consumers_call",
     "release_retries_call",
     "retry_call",
 ]
@@ -98,3 +99,11 @@ def create_groups_calls(qk: QueueKeys, group: str, where: str, value: str) -> li
         run_script("create_group", (qk.stream, qk.seq), (group, where, value)),
         command("XGROUP", "CREATE", qk.retry_stream(group), group, "0", "MKSTREAM"),
     ]
+
+
+def prune_consumers_call(stream: str, group: str, min_idle_ms: int, live: Iterable[str]) -> Call:
+    """Delete the group's consumers on *stream* that are not *live*, own nothing, idled *min_idle_ms*.
+
+    Reply: how many were deleted (0 when the stream or the group is missing).
+    """
+    return run_script("prune_consumers", (stream,), (group, min_idle_ms, *sorted(live)))

@@ -3,7 +3,8 @@
 Tasks of one consumer (all stop with ``stop()``):
 
 - membership: heartbeat per subscribed topic, queue allocation, group creation
-  for newly owned queues, adoption of entries left by dead members;
+  for newly owned queues, adoption of entries left by dead members, and now
+  and then the deletion of their stream consumers once they own nothing;
 - fetch: one XREADGROUP over the streams of every owned queue with room left
   (flow control), handing entries to the handler pool;
 - settle: acks coalesced per stream, retries and dead letters (one script each);
@@ -36,7 +37,7 @@ from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._orderly_queue import OrderlyRunner
-from ._push_calls import create_groups_calls, fetch_command, release_retries_call
+from ._push_calls import create_groups_calls, fetch_command, prune_consumers_call, release_retries_call
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
 from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
@@ -52,6 +53,7 @@ _ACK = Ack()
 log = structlog.get_logger("rmq_style.push")
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 _RELEASE_LIMIT = 500
+_PRUNE_EVERY = 10  # heartbeat intervals between two passes deleting dead members' stream consumers
 
 
 @dataclass(slots=True)
@@ -133,6 +135,7 @@ class PushConsumer:
         self._settle_wakeup = asyncio.Event()
         self._retry_wakeup = asyncio.Event()
         self._drained = asyncio.Event()  # the pool is closed: no outcome will come any more
+        self._next_prune = 0.0
         self._started = False
         self._log = log.bind(group=self.group, member=self.member)
 
@@ -214,6 +217,7 @@ class PushConsumer:
         )
         await self._rebalance()
         await self._report_trims()  # a loss while no consumer ran is logged at start
+        self._next_prune = time.monotonic() + self._prune_interval()
         self._pool.start()
         self._tasks = [
             asyncio.create_task(self._guard("membership", self._membership_loop)),
@@ -326,6 +330,9 @@ class PushConsumer:
                 await self._rebalance()
                 await self._adopt()
                 await self._report_trims()
+                if time.monotonic() >= self._next_prune:
+                    self._next_prune = time.monotonic() + self._prune_interval()
+                    await self._prune()
                 backoff.reset()
             except _TRANSIENT as exc:
                 self._log.warning("consumer.redis_unavailable", task="membership", error=str(exc))
@@ -449,6 +456,42 @@ class PushConsumer:
                         "entries.adopted", stream=stream.key, from_member=name, count=len(claimed)
                     )
                     stream.scan_from = b"0-0"
+
+    def _prune_interval(self) -> float:
+        """Seconds between prune passes: a consumer cannot become prunable faster than member expiry."""
+        ms = self.settings.membership
+        return max(_PRUNE_EVERY * ms.heartbeat_interval_ms, ms.member_expiry_ms) / 1000
+
+    def _prune_targets(self) -> list[tuple[str, frozenset[str]]]:
+        """Every stream this member consumes now, with the live members of its topic."""
+        targets = []
+        for q in self._queues.values():
+            if q.owned:
+                live = q.sub.members | {self.member}
+                targets += [(s.key, live) for s in q.streams]
+        for mq in self._orderly.owned if self._orderly is not None else []:  # no retry stream there
+            live = self._subs[mq.topic].members | {self.member}
+            targets.append((self.keys.queue(mq.topic, mq.queue_id).stream, live))
+        return targets
+
+    async def _prune(self) -> None:
+        """Delete the stream consumers left by dead members once they own no pending entry.
+
+        Each owner prunes its own queues' streams, so every queue is pruned by one member.
+        """
+        client = self._client
+        assert client is not None
+        targets = self._prune_targets()
+        if not targets:
+            return
+        expiry = self.settings.membership.member_expiry_ms
+        calls = [prune_consumers_call(key, self.group, expiry, live) for key, live in targets]
+        replies = await execute(client, calls)
+        for (key, _), reply in zip(targets, replies, strict=True):
+            if isinstance(reply, Exception):
+                self._log.error("consumers.prune_failed", stream=key, error=str(reply))
+            elif reply:
+                self._log.info("consumers.pruned", stream=key, count=int(reply))
 
     # -- fetching -------------------------------------------------------------------------------
 

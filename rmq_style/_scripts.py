@@ -36,6 +36,7 @@ SCRIPTS: dict[str, int] = {
     "orderly_read": 3,
     "orderly_settle": 3,
     "orderly_dead_letter": 4,
+    "prune_consumers": 1,
 }
 
 
