@@ -14,17 +14,8 @@
     {position in effect, entries read}
     error 'OFFSETRANGE <last id>' when the position lies after the last entry
 ]]
+--@include entry
 --@include trim
-
-local function entry_q(entry)
-  local fields = entry[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'q' then
-      return tonumber(fields[i + 1])
-    end
-  end
-  return nil
-end
 
 local function after(a, b)
   local am, as = rmq_id_parts(a)
@@ -64,12 +55,12 @@ end
 local read = nil
 local before = redis.call('XREVRANGE', stream, pos, '-', 'COUNT', 1)
 if #before > 0 then
-  local q = entry_q(before[1])
+  local q = rmq_entry_q(before[1])
   if q then read = q + 1 end
 else
   local nxt = redis.call('XRANGE', stream, '(' .. pos, '+', 'COUNT', 1)
   if #nxt > 0 then
-    read = entry_q(nxt[1])
+    read = rmq_entry_q(nxt[1])
   else
     read = tonumber(redis.call('GET', KEYS[2]) or '0')
   end

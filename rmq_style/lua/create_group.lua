@@ -13,16 +13,7 @@
     1 when created, 0 when the group existed (BUSYGROUP: position kept)
 ]]
 
-local function entry_q(entries)
-  -- queue offset field of the first entry; the number of entries before it
-  local fields = entries[1][2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 'q' then
-      return fields[j + 1]
-    end
-  end
-  return '0'
-end
+--@include entry
 
 local where = ARGV[2]
 local start, read = '$', nil
@@ -44,7 +35,7 @@ if where ~= 'last' then
     start = ARGV[3]
   end
   if #first > 0 then
-    read = entry_q(first)
+    read = rmq_entry_q(first[1]) or 0  -- the number of entries before the first one
   elseif where == 'after' then
     read = redis.call('GET', KEYS[2]) or '0'
   else

@@ -17,6 +17,7 @@
     error 'NOTOPIC' when the queue does not exist
 ]]
 --@include clock
+--@include entry
 --@include trim
 --@include append
 --@include release

@@ -14,6 +14,7 @@
     {moved, next due ms or -1 when nothing else is held}
 ]]
 --@include clock
+--@include entry
 --@include trim
 --@include append
 --@include release

@@ -16,6 +16,7 @@
     error 'NOTOPIC' when the queue does not exist (nothing written)
 ]]
 --@include clock
+--@include entry
 --@include trim
 
 if redis.call('EXISTS', KEYS[2]) == 0 then

@@ -5,6 +5,7 @@
 --   mode 'minid' : remove entries older than `value` ms only if every group of the
 --                  stream has acknowledged them (no pending entry, delivered past them).
 -- Both passes read XINFO GROUPS, hence once every 128 writes and not per entry.
+-- Needs the clock and entry includes.
 local function rmq_id_parts(id)
   local dash = string.find(id, '-', 1, true)
   return tonumber(string.sub(id, 1, dash - 1)), tonumber(string.sub(id, dash + 1))
@@ -21,17 +22,6 @@ local function rmq_groups(stream)
     out[#out + 1] = {name, last_delivered}
   end
   return out
-end
-
--- queue offset (field q) of a stream entry
-local function rmq_entry_q(entry)
-  local fields = entry[2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 'q' then
-      return tonumber(fields[j + 1])
-    end
-  end
-  return nil
 end
 
 local function rmq_trim_maxlen(stream, value, trimmed)
