@@ -39,6 +39,7 @@ class Supervisor:
         only_groups: list[str] | None = None,
         concurrency: int | None = None,
         shutdown_timeout_s: float = 30.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.app_path = app_path
         self.processes = processes
@@ -48,6 +49,7 @@ class Supervisor:
             self._args += ["--only", group]
         if concurrency is not None:
             self._args += ["--concurrency", str(concurrency)]
+        self.metrics_port = metrics_port
         self._stop = threading.Event()
         self._children: dict[int, _Child] = {}
 
@@ -59,7 +61,13 @@ class Supervisor:
         self._stop.set()
 
     def _spawn(self, slot: int, failures: int = 0) -> None:
-        process = subprocess.Popen(self._args)
+        args = list(self._args)
+        if self.metrics_port is not None:
+            # one port per process; the first one also serves the groups' progress (the same for all)
+            args += ["--metrics-port", str(self.metrics_port + slot)]
+            if slot == 0:
+                args.append("--metrics-progress")
+        process = subprocess.Popen(args)
         self._children[slot] = _Child(slot, process, failures=failures)
         log.info("worker_spawned", slot=slot, pid=process.pid)
 

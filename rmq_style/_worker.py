@@ -1,6 +1,7 @@
 """One worker process: import the app by dotted path, run it until SIGTERM/SIGINT, exit 0.
 
-Run by the supervisor as ``python -m rmq_style._worker module:app [--only GROUP ...]``.
+Run by the supervisor as ``python -m rmq_style._worker module:app [--only GROUP ...]
+[--concurrency N] [--metrics-port P [--metrics-progress]]``.
 """
 
 from __future__ import annotations
@@ -71,10 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("app")
     parser.add_argument("--only", action="append", default=None)
     parser.add_argument("--concurrency", type=int, default=None)
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--metrics-progress", action="store_true")
     args = parser.parse_args(argv)
     configure_logging()
     sys.path.insert(0, ".")
     app = import_app(args.app)
+    if args.metrics_port is not None:
+        from .metrics import serve_metrics  # noqa: PLC0415 - the prometheus extra
+
+        serve_metrics(app, args.metrics_port, progress=args.metrics_progress)
     log.info("worker_started", app=args.app, only_groups=args.only)
     asyncio.run(serve(app, args.only, args.concurrency))
     log.info("worker_stopped", app=args.app)

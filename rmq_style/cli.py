@@ -373,6 +373,10 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(min=1, help="handlers at once per group")] = None,
     only: Annotated[list[str] | None, typer.Option(help="run only this group (repeatable)")] = None,
     shutdown_timeout: Annotated[float, typer.Option(help="seconds to drain on SIGTERM")] = 30.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus metrics on this port, the next process on +1 (rmq_style[prometheus])"),
+    ] = None,
 ) -> None:
     """Run the App's handlers in worker processes; SIGTERM/SIGINT drains them and exits 0."""
     from ._supervisor import Supervisor  # noqa: PLC0415
@@ -380,8 +384,15 @@ def worker(
 
     configure_logging()
     import_app(app_path)  # fail fast, in the parent, on a wrong path
+    if metrics_port is not None:
+        import rmq_style.metrics  # noqa: F401, PLC0415 - fail fast without the prometheus extra
     supervisor = Supervisor(
-        app_path, processes, only_groups=only, concurrency=concurrency, shutdown_timeout_s=shutdown_timeout
+        app_path,
+        processes,
+        only_groups=only,
+        concurrency=concurrency,
+        shutdown_timeout_s=shutdown_timeout,
+        metrics_port=metrics_port,
     )
     raise typer.Exit(supervisor.run())
 
