@@ -207,6 +207,29 @@ def pull(
     )
 
 
+@app.command("find")
+def find(
+    topic: str,
+    key: Annotated[str | None, typer.Option(help="business key (Message keys)")] = None,
+    msg_id: Annotated[str | None, typer.Option(help="msg id")] = None,
+    tag: Annotated[str | None, typer.Option(help="tag")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="matches at most")] = 64,
+    scan: Annotated[int, typer.Option(min=1, help="entries read back per queue at most")] = 100_000,
+    url: UrlOption = DEFAULT_URL,
+    as_json: JsonOption = False,
+) -> None:
+    """Find messages of TOPIC by key, msg id or tag, newest first (a bounded scan, not an index)."""
+    with Admin(url) as admin:
+        found = admin.find_messages(topic, key=key, msg_id=msg_id, tag=tag, limit=limit, scan=scan)
+    rows = [{**_message_row(m), "stored_ms": m.store_timestamp} for m in found]
+    if as_json:
+        _emit_json(rows)
+        return
+    columns = ["msg_id", "queue", "offset", "queue_offset", "tag", "keys", "body"]
+    cells = [[" ".join(r[c]) if c == "keys" else r[c] for c in columns] for r in rows]
+    console.print(_table(f"{len(rows)} message(s) of {topic}", columns, cells))
+
+
 @app.command("progress")
 def progress(
     group: Annotated[str, typer.Option(help="consumer group")],

@@ -15,7 +15,8 @@ from .._group_admin import (
     replay_flow,
     reset_offset_flow,
 )
-from .._message import MessageQueue
+from .._lookup import MessageQuery, find_flow
+from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys, check_topic
 from .._offsets import Offset
 from .._producing import release_due_call
@@ -110,6 +111,23 @@ class Admin(ClientHolder):
     ) -> list[DeadLetterRecord]:
         """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
         return drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
+
+    def find_messages(
+        self,
+        topic: str,
+        *,
+        key: str | None = None,
+        msg_id: str | None = None,
+        tag: str | None = None,
+        limit: int = 64,
+        scan: int = 100_000,
+    ) -> list[ReceivedMessage]:
+        """Messages of *topic* with this business key, msg id and/or tag, newest first (queryMsgByKey).
+
+        A bounded scan, not an index: each queue is read back *scan* entries at most.
+        """
+        query = MessageQuery(key=key, msg_id=msg_id, tag=tag)
+        return drive(self._client, find_flow(self.keys, topic, query, limit=limit, scan=scan))
 
     def purge_dead_letters(
         self, group: str, topic: str | None = None, *, before: datetime | int | None = None
