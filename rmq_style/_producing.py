@@ -296,11 +296,16 @@ def _send_script() -> Script:
     return script("send")
 
 
-def release_due_call(keys: Keys, route: TopicRoute, queue: int, limit: int = 1000) -> Call:
-    """Move due delayed messages of one queue into its stream (reply: [moved, next due ms or -1])."""
+def release_due_call(
+    keys: Keys, route: TopicRoute, queue: int, limit: int = 1000, *, script_name: str = "release_due"
+) -> Call:
+    """Move due delayed messages of one queue into its stream (reply: [moved, next due ms or -1]).
+
+    ``pull_prepare`` takes the same keys and arguments (and reports the queue's bounds too).
+    """
     qk = keys.queue(route.topic, queue)
     return run_script(
-        "release_due",
+        script_name,
         (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
         (limit, *route.retention.script_args),
     )

@@ -27,12 +27,13 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, command, run_script, single
+from ._calls import Call, Flow, command, single
 from ._errors import TopicNotFoundError, UsageError
 from ._filter import TagFilter
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys
 from ._offsets import ZERO, Offset, parse_offset
+from ._producing import release_due_call
 from ._routing import check_queue_id
 from ._topics import TopicRoute, route_flow
 
@@ -106,12 +107,7 @@ class QueueBounds:
 
 def prepare_call(keys: Keys, route: TopicRoute, queue_id: int, limit: int = 1000) -> Call:
     """Release due delayed messages of the queue, and report its bounds."""
-    qk = keys.queue(route.topic, queue_id)
-    return run_script(
-        "pull_prepare",
-        (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
-        (limit, *route.retention.script_args),
-    )
+    return release_due_call(keys, route, queue_id, limit, script_name="pull_prepare")
 
 
 def parse_bounds(topic: str, reply: Any) -> QueueBounds:

@@ -44,6 +44,11 @@ def _emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, default=str))
 
 
+def _show(title: str, rows: list[dict[str, Any]], columns: dict[str, str]) -> None:
+    """Print *rows* as a table; *columns* maps each header to its row key."""
+    console.print(_table(title, list(columns), [[r[key] for key in columns.values()] for r in rows]))
+
+
 def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     table = Table(title=title)
     for column in columns:
@@ -198,13 +203,14 @@ def pull(
     if as_json:
         _emit_json({"status": str(result.status), "next_offset": result.next_offset, "messages": rows})
         return
-    console.print(
-        _table(
-            f"{mq} {result.status} (next offset {result.next_offset})",
-            ["offset", "q-offset", "msg id", "tag", "body"],
-            [[r["offset"], r["queue_offset"], r["msg_id"], r["tag"], r["body"]] for r in rows],
-        )
-    )
+    columns = {
+        "offset": "offset",
+        "q-offset": "queue_offset",
+        "msg id": "msg_id",
+        "tag": "tag",
+        "body": "body",
+    }
+    _show(f"{mq} {result.status} (next offset {result.next_offset})", rows, columns)
 
 
 @app.command("find")
@@ -225,9 +231,15 @@ def find(
     if as_json:
         _emit_json(rows)
         return
-    columns = ["msg_id", "queue", "offset", "queue_offset", "tag", "keys", "body"]
-    cells = [[" ".join(r[c]) if c == "keys" else r[c] for c in columns] for r in rows]
-    console.print(_table(f"{len(rows)} message(s) of {topic}", columns, cells))
+    columns = {
+        "msg id": "msg_id",
+        "queue": "queue",
+        "offset": "offset",
+        "q-offset": "queue_offset",
+        "tag": "tag",
+    }
+    shown = [{**r, "keys": " ".join(r["keys"])} for r in rows]
+    _show(f"{len(rows)} message(s) of {topic}", shown, {**columns, "keys": "keys", "body": "body"})
 
 
 @app.command("progress")
@@ -319,13 +331,14 @@ def dlq_list(
     if as_json:
         _emit_json(rows)
         return
-    console.print(
-        _table(
-            f"dead letters of group {group}",
-            ["msg id", "topic", "queue", "times", "reason"],
-            [[r["msg_id"], r["topic"], r["queue"], r["reconsume_times"], r["reason"]] for r in rows],
-        )
-    )
+    columns = {
+        "msg id": "msg_id",
+        "topic": "topic",
+        "queue": "queue",
+        "times": "reconsume_times",
+        "reason": "reason",
+    }
+    _show(f"dead letters of group {group}", rows, columns)
 
 
 @dlq_app.command("show")
