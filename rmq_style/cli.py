@@ -34,7 +34,10 @@ app.add_typer(dlq_app, name="dlq")
 console = Console()
 
 UrlOption = Annotated[
-    str, typer.Option("--url", envvar="RMQ_URL", help="redis://, rediss://, unix:// or memory://")
+    str,
+    typer.Option(
+        "--url", envvar="RMQ_URL", help="redis://, rediss://, unix://, redis+sentinel:// or memory://"
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 DEFAULT_URL = "redis://localhost:6379/0"

@@ -1,8 +1,10 @@
-"""Testing helpers: a private redis-server on a free loopback port, for tests and benchmarks.
+"""Testing helpers: private redis-server processes on free loopback ports, for tests and benchmarks.
 
 >>> server = RedisServer()          # doctest: +SKIP
 >>> server.start(); server.url      # doctest: +SKIP
 'redis://127.0.0.1:41234/0'
+
+``SentinelGroup`` runs a master, a replica and a sentinel, to test failover.
 """
 
 from __future__ import annotations
@@ -17,15 +19,18 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import redis
+
 __all__ = [
     "AppTester",
     "RedisServer",
+    "SentinelGroup",
     "free_port",
     "is_drained",
     "private_redis_url",
@@ -61,10 +66,67 @@ def private_redis_url(given: str | None = None) -> Iterator[str]:
         yield server.url
 
 
+def _tls_args(cert_dir: Path) -> list[str]:
+    """redis-server options serving the self-signed certificate of *cert_dir* (made if missing)."""
+    cert, key = cert_dir / "cert.pem", cert_dir / "key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+             str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return [
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
+        "--tls-auth-clients", "no",
+    ]  # fmt: skip
+
+
+def _linked_up(state: dict[str, Any]) -> bool:
+    """A sentinel's view of an instance: not subjectively or objectively down, and linked."""
+    return not (state["is_sdown"] or state["is_odown"] or state["is_disconnected"])
+
+
+def _watched_port(server: RedisServer) -> int:
+    """The port replicas and sentinels use: the TLS one if the server has one (tls-replication)."""
+    return server.tls_port or server.port
+
+
+def _wait_for_pong(process: subprocess.Popen[bytes], port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server on port {port} exited with {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass  # not listening yet; the deadline bounds the wait
+        time.sleep(0.02)
+    raise RuntimeError(f"redis-server on port {port} not ready after {timeout} s")
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll *check* (errors count as not yet) until it holds; AssertionError after *timeout*."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (redis.ConnectionError, redis.TimeoutError, redis.ResponseError) as exc:
+            last = exc  # a server still starting or failing over; the deadline bounds the wait
+        time.sleep(0.02)
+    raise AssertionError(f"{what}: not after {timeout} s (last error: {last})")
+
+
 class RedisServer:
     """A redis-server process of our own: start, kill -9, restart (same port and data dir), stop.
 
-    With ``appendonly=True`` the data survives a kill (AOF, fsync always).
+    With ``appendonly=True`` the data survives a kill (AOF, fsync always);
+    with ``replica_of=port`` it replicates the server on that loopback port
+    (over TLS when ``tls=True``: give the master's TLS port, and a shared ``tls_dir``).
     """
 
     def __init__(
@@ -75,14 +137,18 @@ class RedisServer:
         data_dir: str | None = None,
         unixsocket: bool = False,
         tls: bool = False,
+        tls_dir: Path | None = None,
+        replica_of: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.replica_of = replica_of
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="rmq-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.unixsocket = str(self.data_dir / "redis.sock") if unixsocket else None
         self.tls_port = free_port() if tls else None
+        self.tls_dir = tls_dir or self.data_dir  # where the self-signed certificate is (made if missing)
 
     @property
     def url(self) -> str:
@@ -91,20 +157,7 @@ class RedisServer:
     @property
     def tls_url(self) -> str:
         """rediss:// URL trusting the server's self-signed certificate (needs ``tls=True``)."""
-        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.data_dir / 'cert.pem'}"
-
-    def _make_certificate(self) -> list[str]:
-        cert, key = self.data_dir / "cert.pem", self.data_dir / "key.pem"
-        if not cert.exists():
-            subprocess.run(
-                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                 str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                check=True, capture_output=True,
-            )  # fmt: skip
-        return [
-            "--tls-port", str(self.tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key),
-            "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no",
-        ]  # fmt: skip
+        return f"rediss://127.0.0.1:{self.tls_port}/0?ssl_ca_certs={self.tls_dir / 'cert.pem'}"
 
     def __repr__(self) -> str:
         state = "running" if self.process and self.process.poll() is None else "stopped"
@@ -132,33 +185,23 @@ class RedisServer:
             "",
             "--loglevel",
             "warning",
+            "--repl-diskless-sync-delay",  # a replica syncs at once, not after 5 s
+            "0",
         ]
         if self.tls_port:
-            args += self._make_certificate()
+            args += ["--tls-port", str(self.tls_port), *_tls_args(self.tls_dir)]
         if self.unixsocket:
             args += ["--unixsocket", self.unixsocket, "--unixsocketperm", "700"]
         if self.appendonly:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.replica_of:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+            args += ["--tls-replication", "yes"] if self.tls_port else []
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self._wait_ready(timeout)
+        _wait_for_pong(self.process, self.port, timeout)
         return self
-
-    def _wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server on port {self.port} exited with {self.process.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(64).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass  # not listening yet; the deadline bounds the wait
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server on port {self.port} not ready after {timeout} s")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown save, connections drop at once."""
@@ -182,6 +225,175 @@ class RedisServer:
 
     def __enter__(self) -> RedisServer:
         return self.start() if self.process is None else self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class SentinelGroup:
+    """A master, one replica and one sentinel watching them: processes of our own on free loopback ports.
+
+    The sentinel declares the master down after *down_after_ms* and promotes
+    the replica (quorum 1). Everything is stopped on exit, even after a failure.
+    With ``tls=True`` the sentinel and the nodes talk TLS to each other and
+    ``url`` is a rediss+sentinel:// URL (the plain ports stay open for checks).
+
+    >>> with SentinelGroup() as group:   # doctest: +SKIP
+    ...     group.url
+    'redis+sentinel://127.0.0.1:40123/mymaster/0'
+    """
+
+    def __init__(
+        self,
+        *,
+        master_name: str = "mymaster",
+        down_after_ms: int = 300,
+        failover_timeout_ms: int = 2000,
+        tls: bool = False,
+    ) -> None:
+        self.master_name = master_name
+        self.dir = Path(tempfile.mkdtemp(prefix="rmq-sentinel-"))
+        self.master = RedisServer(tls=tls, tls_dir=self.dir)
+        self.replica = RedisServer(replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir)
+        self.sentinel_port = free_port()
+        self.sentinel_tls_port = free_port() if tls else None
+        self._timings = [
+            f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
+            f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
+        ]
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The clients' URL; with ``tls=True`` over TLS, trusting the self-signed certificate."""
+        if self.sentinel_tls_port is None:
+            return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.master_name}/0"
+        where = f"127.0.0.1:{self.sentinel_tls_port}/{self.master_name}/0"
+        return f"rediss+sentinel://{where}?ssl_ca_certs={self.dir / 'cert.pem'}"
+
+    def start(self, timeout: float = 10.0) -> SentinelGroup:
+        try:
+            self.master.start(timeout)
+            self.replica.start(timeout)
+            _wait_until(self._replica_in_sync, timeout, "replica linked to its master")
+            self._start_sentinel(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_sentinel(self, timeout: float) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        # sentinel rewrites its conf, so it lives in our writable dir; written afresh at each start
+        conf = self.dir / "sentinel.conf"
+        lines = [
+            *(f"port {self.sentinel_port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.dir}"),
+            f"logfile {self.dir / 'sentinel.log'}",
+            *self._tls_conf(),
+            f"sentinel monitor {self.master_name} 127.0.0.1 {_watched_port(self.master)} 1",
+            *self._timings,
+        ]
+        conf.write_text("\n".join(lines) + "\n")
+        self.sentinel = subprocess.Popen(
+            [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_for_pong(self.sentinel, self.sentinel_port, timeout)
+        _wait_until(
+            lambda: self._sentinel_sees(replica=True), timeout, "sentinel watching master and replica"
+        )
+
+    def _tls_conf(self) -> list[str]:
+        if self.sentinel_tls_port is None:
+            return []
+        args = ["--tls-port", str(self.sentinel_tls_port), *_tls_args(self.dir), "--tls-replication", "yes"]
+        return [f"{name[2:]} {value}" for name, value in zip(args[::2], args[1::2], strict=True)]
+
+    def _stop_sentinel(self) -> None:
+        if self.sentinel is not None and self.sentinel.poll() is None:
+            self.sentinel.terminate()
+            try:
+                self.sentinel.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.sentinel.kill()
+                self.sentinel.wait()
+
+    def _client(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, protocol=2, socket_timeout=2, decode_responses=True)
+
+    def _ask(self, port: int, *command: Any) -> Any:
+        with self._client(port) as client:
+            return client.execute_command(*command)
+
+    def _replica_in_sync(self) -> bool:
+        return bool(self._ask(self.replica.port, "INFO", "replication")["master_link_status"] == "up")
+
+    def _sentinel_sees(self, *, replica: bool) -> bool:
+        """The sentinel has the master up and linked (so clients can find it), and a live replica."""
+        with self._client(self.sentinel_port) as sentinel:
+            master = sentinel.sentinel_master(self.master_name)
+            replicas = sentinel.sentinel_slaves(self.master_name) if replica else []
+        return _linked_up(master) and (not replica or any(_linked_up(r) for r in replicas))
+
+    def master_port(self) -> int:
+        """The port of the master the sentinel names now (its TLS port with ``tls=True``)."""
+        _host, port = self._ask(self.sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name)
+        return int(port)
+
+    def wait_for_failover(self, timeout: float = 10.0) -> int:
+        """Wait until the sentinel names the promoted replica, it acts as master, and the sentinel
+        sees it up; its port.
+
+        The sentinel relinks to the new master at most once a second: with a
+        short down-after, it may call it down (and hide it from clients) for a
+        moment after the switch; this waits that out.
+        """
+
+        def promoted() -> bool:
+            role = self._ask(self.replica.port, "ROLE")[0]
+            named = self.master_port() == _watched_port(self.replica)
+            return named and role == "master" and self._sentinel_sees(replica=False)
+
+        _wait_until(promoted, timeout, f"failover of {self.master_name} to {self.replica}")
+        return _watched_port(self.replica)
+
+    def wait_replicated(self, timeout_ms: int = 2000) -> None:
+        """WAIT on the master until the replica acknowledged every write so far (replication is async).
+
+        WAIT covers the writes of its own connection: a PUBLISH first (replicated,
+        stores nothing) puts this connection's offset after everyone's writes so far.
+        """
+        with self._client(self.master.port) as master:
+            master.publish("rmq-test:replication-fence", "")
+            acked = master.execute_command("WAIT", 1, timeout_ms)
+        if acked < 1:
+            raise AssertionError(f"the replica did not acknowledge the master's writes in {timeout_ms} ms")
+
+    def switch_over_unseen(self, timeout: float = 10.0) -> None:
+        """Swap the roles of master and replica while the sentinel is away, then watch the new master.
+
+        Like an operator's manual switchover: the old master keeps its client
+        connections open and answers their writes with READONLY.
+        """
+        self.wait_replicated()  # an orderly switchover: the replica has every write first
+        self._stop_sentinel()
+        self._ask(self.replica.port, "REPLICAOF", "NO", "ONE")
+        self._ask(self.master.port, "REPLICAOF", "127.0.0.1", _watched_port(self.replica))
+        self.master, self.replica = self.replica, self.master
+        _wait_until(self._replica_in_sync, timeout, "old master linked to the new one")
+        self._start_sentinel(timeout)  # a fresh conf: it knows only the new master
+
+    def stop(self) -> None:
+        self._stop_sentinel()
+        self.replica.stop()
+        self.master.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> SentinelGroup:
+        return self.start()
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from rmq_style import Admin, BrokerUnavailableError, InvalidUrlError, Message, Producer
+from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer, free_port
 
 
@@ -59,6 +60,53 @@ def test_memory_urls_share_a_server_by_name() -> None:
 def test_unix_url_without_a_path_is_refused() -> None:
     with pytest.raises(InvalidUrlError, match="names no socket path"):
         Producer("unix://")
+
+
+def test_sentinel_url_names_the_sentinels_the_master_its_db_and_the_logins() -> None:
+    url = "redis+sentinel://alice:p%40ss@s1:26380,[::1],s3/my%20master/2?sentinel_password=s-secret"
+    target = parse_url(url).sentinel
+    assert target is not None
+    assert target.sentinels == (("s1", 26380), ("::1", 26379), ("s3", 26379))
+    assert (target.master_name, target.db) == ("my master", 2)
+    assert target.master_options() == {"db": 2, "username": "alice", "password": "p@ss"}
+    asking = target.sentinel_options()
+    assert (asking["username"], asking["password"], asking["protocol"]) == (None, "s-secret", 2)
+    assert "p@ss" not in repr(target) and "s-secret" not in repr(target)
+
+
+def test_sentinels_get_no_login_unless_given_and_tls_goes_to_both() -> None:
+    target = parse_url("rediss+sentinel://:pw@s1/m?ssl_ca_certs=/ca.pem").sentinel
+    assert target is not None
+    assert target.master_options() == {
+        "db": 0, "username": None, "password": "pw", "ssl": True, "ssl_ca_certs": "/ca.pem"
+    }  # fmt: skip
+    asking = target.sentinel_options()
+    assert (asking["username"], asking["password"]) == (None, None)
+    assert (asking["ssl"], asking["ssl_ca_certs"]) == (True, "/ca.pem")
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis+sentinel://127.0.0.1:26379", "names no master"),
+        ("redis+sentinel://127.0.0.1:26379/", "names no master"),
+        ("redis+sentinel:///mymaster", "sentinel with no host"),
+        ("redis+sentinel://s1:26379,/mymaster", "sentinel with no host"),
+        ("redis+sentinel://user:pw@/mymaster", "sentinel with no host"),
+        ("redis+sentinel://s1:port/mymaster", "bad sentinel port 'port'"),
+        ("redis+sentinel://s1:70000/mymaster", "bad sentinel port '70000'"),
+        ("redis+sentinel://s1:/mymaster", "bad sentinel port ''"),
+        ("redis+sentinel://s1/mymaster/zero", "bad database 'zero'"),
+        ("redis+sentinel://s1/mymaster/-1", "bad database '-1'"),
+        ("redis+sentinel://s1/mymaster/0/extra", "bad database '0/extra'"),
+        ("redis+sentinel://s1/mymaster?socket_timeout=1", r"unknown options \['socket_timeout'\]"),
+        ("redis+sentinel://s1/mymaster?ssl_ca_certs=/ca.pem", r"need rediss\+sentinel://"),
+        ("redis+sentinel://[::1/mymaster", "malformed"),
+    ],
+)
+def test_invalid_sentinel_urls_are_refused_clearly(url: str, match: str) -> None:
+    with pytest.raises(InvalidUrlError, match=match):
+        Producer(url)
 
 
 @pytest.mark.parametrize("url", ["http://localhost", "kafka://x:9092", "localhost:6379", "redis://", ""])

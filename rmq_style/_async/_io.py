@@ -11,18 +11,22 @@ from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as redis_asyncio
 from hiredis import pack_command
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall
-from .._connection import memory_server, parse_url
+from .._connection import SentinelTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = [
     "AsyncClient",
     "ClientHolder",
     "LaneClient",
+    "MasterPool",
     "drive",
     "drive_with_retries",
     "execute",
@@ -42,7 +46,40 @@ def open_client(url: str) -> AsyncClient:
 
         server = memory_server(spec.memory_name)
         return FakeAsyncRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
+    if spec.sentinel is not None:
+        return _master_client(spec.sentinel, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)
+
+
+def _master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:
+    """A client of the master the sentinels name: each of its connections asks them when it connects.
+
+    So a connection that broke with the old master (or was refused by it with
+    READONLY: redis-py's sentinel connection disconnects and raises a
+    ConnectionError) reconnects to the promoted replica.
+    """
+    # one try per sentinel (redis-py's default is 3, with backoff): discovery moves on to the
+    # next sentinel at once, and our callers retry with their own policy
+    asking = {**target.sentinel_options(), "retry": Retry(NoBackoff(), 0)}
+    sentinels = cast(Any, Sentinel)(list(target.sentinels), sentinel_kwargs=asking)
+    client = sentinels.master_for(
+        target.master_name,
+        redis_class=LaneClient,
+        connection_pool_class=MasterPool,
+        **options,
+        **target.master_options(),
+    )
+    return cast(LaneClient, client)
+
+
+class MasterPool(SentinelConnectionPool):
+    """The pool of a Sentinel-managed master; it owns the clients of the sentinels and closes them too."""
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
 
 
 class LaneClient(redis_asyncio.Redis):
@@ -57,6 +94,7 @@ class LaneClient(redis_asyncio.Redis):
         self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
         self.lane: Any = None
         self.lane_pid = 0
+        self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -150,6 +188,8 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
             if conn is None or client.lane_pid != os.getpid():
                 conn = client.lane = await cast(Any, client.connection_pool).get_connection()
                 client.lane_pid = os.getpid()
+            elif client.follows_master:
+                await _follow_master(client.connection_pool, conn)
             return await _exchange_on(conn, packed, count)
         finally:
             client.lane_lock.release()
@@ -159,6 +199,20 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
         return await _exchange_on(conn, packed, count)
     finally:
         await pool.release(conn)
+
+
+async def _follow_master(pool: Any, conn: Any) -> None:
+    """Point a Sentinel-managed lane at the master the sentinels name now.
+
+    A lane still open to a master the pool has seen replaced is dropped (redis-py
+    does that to a pooled connection when it is released; the lane never is). A
+    closed lane reconnects by connect(), which asks the sentinels: a send on a
+    closed connection would reconnect to the old address (redis-py issue #3874).
+    """
+    if pool.master_address not in (None, (conn.host, conn.port)):
+        await conn.disconnect()
+    if not conn.is_connected:
+        await conn.connect()
 
 
 async def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:

@@ -12,18 +12,22 @@ from typing import Any, Self, TypeVar, cast
 
 import redis as redis_asyncio
 from hiredis import pack_command
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall
-from .._connection import memory_server, parse_url
+from .._connection import SentinelTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = [
     "Client",
     "ClientHolder",
     "LaneClient",
+    "MasterPool",
     "drive",
     "drive_with_retries",
     "execute",
@@ -43,7 +47,40 @@ def open_client(url: str) -> Client:
 
         server = memory_server(spec.memory_name)
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
+    if spec.sentinel is not None:
+        return _master_client(spec.sentinel, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)
+
+
+def _master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:
+    """A client of the master the sentinels name: each of its connections asks them when it connects.
+
+    So a connection that broke with the old master (or was refused by it with
+    READONLY: redis-py's sentinel connection disconnects and raises a
+    ConnectionError) reconnects to the promoted replica.
+    """
+    # one try per sentinel (redis-py's default is 3, with backoff): discovery moves on to the
+    # next sentinel at once, and our callers retry with their own policy
+    asking = {**target.sentinel_options(), "retry": Retry(NoBackoff(), 0)}
+    sentinels = cast(Any, Sentinel)(list(target.sentinels), sentinel_kwargs=asking)
+    client = sentinels.master_for(
+        target.master_name,
+        redis_class=LaneClient,
+        connection_pool_class=MasterPool,
+        **options,
+        **target.master_options(),
+    )
+    return cast(LaneClient, client)
+
+
+class MasterPool(SentinelConnectionPool):
+    """The pool of a Sentinel-managed master; it owns the clients of the sentinels and closes them too."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.sentinel_manager.close()
 
 
 class LaneClient(redis_asyncio.Redis):
@@ -58,6 +95,7 @@ class LaneClient(redis_asyncio.Redis):
         self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
         self.lane: Any = None
         self.lane_pid = 0
+        self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -151,6 +189,8 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
             if conn is None or client.lane_pid != os.getpid():
                 conn = client.lane = cast(Any, client.connection_pool).get_connection()
                 client.lane_pid = os.getpid()
+            elif client.follows_master:
+                _follow_master(client.connection_pool, conn)
             return _exchange_on(conn, packed, count)
         finally:
             client.lane_lock.release()
@@ -160,6 +200,20 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
         return _exchange_on(conn, packed, count)
     finally:
         pool.release(conn)
+
+
+def _follow_master(pool: Any, conn: Any) -> None:
+    """Point a Sentinel-managed lane at the master the sentinels name now.
+
+    A lane still open to a master the pool has seen replaced is dropped (redis-py
+    does that to a pooled connection when it is released; the lane never is). A
+    closed lane reconnects by connect(), which asks the sentinels: a send on a
+    closed connection would reconnect to the old address (redis-py issue #3874).
+    """
+    if pool.master_address not in (None, (conn.host, conn.port)):
+        conn.disconnect()
+    if not conn.is_connected:
+        conn.connect()
 
 
 def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
