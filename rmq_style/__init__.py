@@ -33,6 +33,7 @@ from ._async.producer import AsyncProducer
 from ._async.pull import AsyncPullConsumer
 from ._delay import DELAY_LEVELS_MS, RetrySchedule
 from ._errors import (
+    BrokerRefusedError,
     BrokerUnavailableError,
     ConfigurationError,
     FencedError,
@@ -78,6 +79,7 @@ __all__ = [
     "AsyncLitePullConsumer",
     "AsyncProducer",
     "AsyncPullConsumer",
+    "BrokerRefusedError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "ConsumeFrom",

@@ -16,7 +16,9 @@ One root, families by cause::
     │   ├── TopicNotFoundError      topic not created (and auto-create is off)
     │   └── TopicExistsError        create of a topic that exists
     ├── FencedError                 the caller lost its lease; its write was refused
-    └── BrokerUnavailableError      Redis could not be reached after the retries
+    ├── BrokerUnavailableError      Redis could not be reached after the retries
+    └── BrokerRefusedError          Redis answered and refused: out of memory, read-only replica,
+                                    not enough replicas, ACL, authentication (``code`` says which)
 
 Redis' own errors are translated where they cross into rmq_style, so callers
 never need to import redis to catch what this library raises.
@@ -25,6 +27,7 @@ never need to import redis to catch what this library raises.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerRefusedError",
     "BrokerUnavailableError",
     "ConfigurationError",
     "FencedError",
@@ -109,3 +112,17 @@ class FencedError(RmqError):
 
 class BrokerUnavailableError(RmqError):
     """Redis could not be reached; the operation may or may not have taken effect."""
+
+
+class BrokerRefusedError(RmqError):
+    """Redis answered and refused the command; retrying at once would not help.
+
+    ``code`` is Redis' error code: ``OOM`` (maxmemory reached), ``READONLY`` (a
+    replica), ``NOREPLICAS`` (min-replicas-to-write), ``NOPERM`` (ACL),
+    ``MISCONF`` (persistence failing), ``MASTERDOWN``, or ``AUTH`` (wrong or
+    missing credentials). A refused write wrote nothing.
+    """
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"Redis refused the command ({code}): {detail}")
+        self.code = code

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._calls import Call, command
+from ._calls import Call, command, single
 from ._message import MessageQueue
 from ._names import Keys
 
@@ -46,9 +46,7 @@ def trim_losses(queues: Sequence[MessageQueue], replies: Sequence[Any]) -> list[
     """
     out = []
     for queue, reply in zip(queues, replies, strict=True):
-        if isinstance(reply, Exception):
-            raise reply
-        total, reported = (int(v or 0) for v in reply)
+        total, reported = (int(v or 0) for v in single(reply))
         if total > reported:
             out.append(TrimLoss(queue, total - reported, total))
     return out

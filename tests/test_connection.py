@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rmq_style import Admin, BrokerUnavailableError, InvalidUrlError, Message, Producer
+from rmq_style import Admin, BrokerRefusedError, BrokerUnavailableError, InvalidUrlError, Message, Producer
 from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer, free_port
 
@@ -45,8 +45,9 @@ def test_acl_user_and_password_in_url(special_server: RedisServer) -> None:
     admin.acl_setuser("alice", enabled=True, passwords=["+s3cret"], keys=["*"], commands=["+@all"])
     url = f"redis://alice:s3cret@127.0.0.1:{special_server.port}/0"
     assert roundtrip(url) == 0
-    with pytest.raises(redis.AuthenticationError):
+    with pytest.raises(BrokerRefusedError, match=r"\(AUTH\): invalid username-password") as refused:
         roundtrip(f"redis://alice:wrong@127.0.0.1:{special_server.port}/0")
+    assert refused.value.code == "AUTH"
 
 
 def test_memory_urls_share_a_server_by_name() -> None:

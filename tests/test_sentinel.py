@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from rmq_style import (
     Admin,
     AsyncProducer,
+    BrokerRefusedError,
     Message,
     MessageQueue,
     Producer,
@@ -122,7 +123,7 @@ def test_url_logins_go_to_the_master_and_sentinel_logins_to_the_sentinel(group: 
     watcher = "sentinel_username=watcher&sentinel_password=s3cret"
     with Producer(f"redis+sentinel://alice:s3cret@{base}?{watcher}") as producer:
         assert producer.send(Message(TOPIC, b"x")).queue_offset == 0
-    with pytest.raises(redis.AuthenticationError):
+    with pytest.raises(BrokerRefusedError, match=r"\(AUTH\)"):
         create_topic(f"redis+sentinel://alice:wrong@{base}")
     with pytest.raises(redis.ConnectionError, match=r"No master found .*AuthenticationError"):
         create_topic(f"redis+sentinel://alice:s3cret@{base}?sentinel_username=watcher&sentinel_password=no")

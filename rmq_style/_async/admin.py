@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .._calls import single
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -86,12 +87,7 @@ class AsyncAdmin(ClientHolder):
         route = await self.topic(topic)
         calls = [release_due_call(self.keys, route, q) for q in range(route.queue_count)]
         replies = await execute(self._client, calls)
-        moved = 0
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-            moved += int(reply[0])
-        return moved
+        return sum(int(single(reply)[0]) for reply in replies)
 
     async def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
         """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""

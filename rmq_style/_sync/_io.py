@@ -16,10 +16,10 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, Flow, Pause, ScriptCall
+from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
 from .._connection import SentinelTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
@@ -252,6 +252,11 @@ def drive(client: Client, flow: Flow[T]) -> T:
                 step = flow.send(execute(client, step))
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
+    except RedisError as exc:  # raised by the I/O itself (a refused AUTH at connect, ...)
+        refused = refusal(exc)
+        if refused is None:
+            raise
+        raise refused from exc
 
 
 def drive_with_retries(

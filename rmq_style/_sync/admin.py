@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .._calls import single
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -87,12 +88,7 @@ class Admin(ClientHolder):
         route = self.topic(topic)
         calls = [release_due_call(self.keys, route, q) for q in range(route.queue_count)]
         replies = execute(self._client, calls)
-        moved = 0
-        for reply in replies:
-            if isinstance(reply, BaseException):
-                raise reply
-            moved += int(reply[0])
-        return moved
+        return sum(int(single(reply)[0]) for reply in replies)
 
     def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
         """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""

@@ -14,6 +14,9 @@
     {queue_offset_1, id_1, ..., id_n}: the queue offsets are consecutive, the
     first one comes first, then the entry ids in message order
     error 'NOTOPIC' when the queue does not exist (nothing written)
+    Redis' error when an XADD is refused (e.g. NOPERM): the queue offset counter is
+    given back, so the offsets stay consecutive (nothing written unless the refusal
+    came in the middle of a batch)
 ]]
 --@include clock
 --@include entry
@@ -31,9 +34,16 @@ local out = {first}
 -- out here (not rmq_xadd of append.lua): this loop is the hot path of every producer.
 for k = 0, n - 1 do
   local a = 8 * k
-  out[k + 2] = redis.call('XADD', stream, '*', 'i', ARGV[a + 4], 'q', first + k,
+  local id = redis.pcall('XADD', stream, '*', 'i', ARGV[a + 4], 'q', first + k,
     'r', ARGV[a + 5], 'b', ARGV[a + 6], 't', ARGV[a + 7], 'k', ARGV[a + 8], 'p', ARGV[a + 9],
     'c', ARGV[a + 10], 'd', ARGV[a + 11])
+  if type(id) == 'table' then
+    -- refused (an ACL without XADD, ...): a script is not rolled back, so give the
+    -- unused queue offsets back, or the queue would have a gap
+    redis.call('DECRBY', KEYS[2], n - k)
+    return redis.error_reply(tostring(id.err))  -- fakeredis hands the text over as userdata
+  end
+  out[k + 2] = id
 end
 -- retention runs when the queue offset crosses a multiple of 128 (rmq_trim)
 local crossed = (first + n) - (first + n) % 128

@@ -1,7 +1,8 @@
 -- Write one message entry: the fields of docs/storage.md, always in this order.
+-- Returns the entry id, or Redis' error as a table (pcall) for the caller to handle.
 -- Positional arguments and one XADD call (no tables): this runs once per message.
 local function rmq_xadd(stream, msg_id, seq, r, b, t, k, p, c, d)
-  return redis.call('XADD', stream, '*',
+  return redis.pcall('XADD', stream, '*',
     'i', msg_id, 'q', seq, 'r', r, 'b', b, 't', t, 'k', k, 'p', p, 'c', c, 'd', d)
 end
 
@@ -13,6 +14,11 @@ local function rmq_append(stream, seq_key, trimmed, msg_id, fields, trim_mode, t
   local seq = redis.call('INCR', seq_key) - 1
   local id = rmq_xadd(stream, msg_id, seq,
     fields[1], fields[2], fields[3], fields[4], fields[5], fields[6], fields[7])
+  if type(id) == 'table' then
+    -- refused: scripts are not rolled back; give the offset back so the queue has no gap
+    redis.call('DECR', seq_key)
+    error(redis.error_reply(tostring(id.err)))
+  end
   rmq_trim(stream, trim_mode, trim_value, seq + 1, trimmed)
   return id, seq
 end
