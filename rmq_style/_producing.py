@@ -309,3 +309,10 @@ def release_due_call(
         (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
         (limit, *route.retention.script_args),
     )
+
+
+def release_due_flow(keys: Keys, topic: str) -> Flow[int]:
+    """Move every queue's due delayed messages of *topic* into its stream; returns how many moved."""
+    route = yield from route_flow(keys, topic)
+    replies = yield [release_due_call(keys, route, q) for q in range(route.queue_count)]
+    return sum(int(single(reply)[0]) for reply in replies)

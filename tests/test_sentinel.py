@@ -23,6 +23,7 @@ from rmq_style import (
     Admin,
     AsyncProducer,
     BrokerRefusedError,
+    BrokerUnavailableError,
     Message,
     MessageQueue,
     Producer,
@@ -125,7 +126,7 @@ def test_url_logins_go_to_the_master_and_sentinel_logins_to_the_sentinel(group: 
         assert producer.send(Message(TOPIC, b"x")).queue_offset == 0
     with pytest.raises(BrokerRefusedError, match=r"\(AUTH\)"):
         create_topic(f"redis+sentinel://alice:wrong@{base}")
-    with pytest.raises(redis.ConnectionError, match=r"No master found .*AuthenticationError"):
+    with pytest.raises(BrokerUnavailableError, match=r"No master found .*AuthenticationError"):
         create_topic(f"redis+sentinel://alice:s3cret@{base}?sentinel_username=watcher&sentinel_password=no")
 
 

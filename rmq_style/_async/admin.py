@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .._calls import single
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -19,7 +18,7 @@ from .._lookup import MessageQuery, find_flow
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys, check_topic
 from .._offsets import Offset
-from .._producing import release_due_call
+from .._producing import release_due_flow
 from .._topics import (
     DEFAULT_QUEUE_COUNT,
     Retention,
@@ -32,7 +31,7 @@ from .._topics import (
     list_flow,
     route_flow,
 )
-from ._io import AsyncClient, ClientHolder, drive, execute
+from ._io import AsyncClient, ClientHolder
 
 __all__ = ["AsyncAdmin"]
 
@@ -61,37 +60,34 @@ class AsyncAdmin(ClientHolder):
         self, topic: str, queues: int = DEFAULT_QUEUE_COUNT, retention: Retention | None = None
     ) -> TopicRoute:
         """Create *topic* with *queues* message queues; TopicExistsError if it exists."""
-        return await drive(self._client, create_flow(self.keys, topic, queues, retention or Retention()))
+        return await self._drive(create_flow(self.keys, topic, queues, retention or Retention()))
 
     async def list_topics(self) -> list[TopicRoute]:
-        return await drive(self._client, list_flow(self.keys))
+        return await self._drive(list_flow(self.keys))
 
     async def topic(self, topic: str) -> TopicRoute:
         """The topic's queue count and retention; TopicNotFoundError if it does not exist."""
-        return await drive(self._client, route_flow(self.keys, check_topic(topic)))
+        return await self._drive(route_flow(self.keys, check_topic(topic)))
 
     async def describe_topic(self, topic: str) -> TopicInfo:
         """Per queue: first and last offset, length, queue-offset range, delayed count."""
-        return await drive(self._client, describe_flow(self.keys, check_topic(topic)))
+        return await self._drive(describe_flow(self.keys, check_topic(topic)))
 
     async def expand_topic(self, topic: str, queues: int) -> TopicRoute:
         """Raise the queue count; sharding keys then map to other queues."""
-        return await drive(self._client, expand_flow(self.keys, check_topic(topic), queues))
+        return await self._drive(expand_flow(self.keys, check_topic(topic), queues))
 
     async def delete_topic(self, topic: str) -> None:
         """Delete the topic, its queues, delayed messages and per-group retry and DLQ data."""
-        await drive(self._client, delete_flow(self.keys, check_topic(topic)))
+        await self._drive(delete_flow(self.keys, check_topic(topic)))
 
     async def release_due(self, topic: str) -> int:
         """Move the topic's due delayed messages into their queues; returns how many moved."""
-        route = await self.topic(topic)
-        calls = [release_due_call(self.keys, route, q) for q in range(route.queue_count)]
-        replies = await execute(self._client, calls)
-        return sum(int(single(reply)[0]) for reply in replies)
+        return await self._drive(release_due_flow(self.keys, check_topic(topic)))
 
     async def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
         """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""
-        return await drive(self._client, progress_report_flow(self.keys, group, topic))
+        return await self._drive(progress_report_flow(self.keys, group, topic))
 
     async def reset_offset(self, group: str, topic: str, to: ResetTarget) -> dict[MessageQueue, Offset]:
         """Move *group* in every queue of *topic* to ``"first"``, ``"last"`` or a timestamp (datetime or ms).
@@ -99,13 +95,13 @@ class AsyncAdmin(ClientHolder):
         Entries before the new position count as consumed (their pending deliveries are acknowledged);
         running push consumers pick the position up on their next read.
         """
-        return await drive(self._client, reset_offset_flow(self.keys, group, topic, to))
+        return await self._drive(reset_offset_flow(self.keys, group, topic, to))
 
     async def dead_letters(
         self, group: str, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetterRecord]:
         """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
-        return await drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
+        return await self._drive(dead_letters_flow(self.keys, group, topic, limit))
 
     async def find_messages(
         self,
@@ -122,7 +118,7 @@ class AsyncAdmin(ClientHolder):
         A bounded scan, not an index: each queue is read back *scan* entries at most.
         """
         query = MessageQuery(key=key, msg_id=msg_id, tag=tag)
-        return await drive(self._client, find_flow(self.keys, topic, query, limit=limit, scan=scan))
+        return await self._drive(find_flow(self.keys, topic, query, limit=limit, scan=scan))
 
     async def purge_dead_letters(
         self, group: str, topic: str | None = None, *, before: datetime | int | None = None
@@ -136,8 +132,8 @@ class AsyncAdmin(ClientHolder):
             before_ms = int(before.timestamp() * 1000)
         elif before is not None:
             before_ms = int(before)
-        return await drive(self._client, purge_dead_letters_flow(self.keys, group, topic, before_ms))
+        return await self._drive(purge_dead_letters_flow(self.keys, group, topic, before_ms))
 
     async def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
-        return await drive(self._client, replay_flow(self.keys, group, records))
+        return await self._drive(replay_flow(self.keys, group, records))

@@ -10,7 +10,7 @@ from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._pulling import offset_for_timestamp_flow
-from ._io import AsyncClient, ClientHolder, drive
+from ._io import AsyncClient, ClientHolder
 
 __all__ = ["AsyncLitePullConsumer"]
 
@@ -61,42 +61,42 @@ class AsyncLitePullConsumer(ClientHolder):
 
     async def subscribe(self, topic: str, expression: str = "*") -> None:
         """Consume *topic*'s queues allocated to this member (all of them when broadcasting)."""
-        await drive(self._client, self._core.subscribe_flow(topic, expression))
+        await self._drive(self._core.subscribe_flow(topic, expression))
 
     async def assign(self, queues: Iterable[MessageQueue]) -> None:
         """Consume exactly *queues* (no group rebalance)."""
-        await drive(self._client, self._core.assign_flow(queues))
+        await self._drive(self._core.assign_flow(queues))
 
     def assignment(self) -> list[MessageQueue]:
         """The queues this consumer reads now."""
         return self._core.assignment()
 
     async def fetch_message_queues(self, topic: str) -> list[MessageQueue]:
-        route = await drive(self._client, self._core.routes.route_flow(topic, refresh=True))
+        route = await self._drive(self._core.routes.route_flow(topic, refresh=True))
         return [MessageQueue(topic, q) for q in range(route.queue_count)]
 
     async def poll(self, timeout: float | None = None) -> list[ReceivedMessage]:
         """Up to ``pull_batch_size`` messages; waits up to *timeout* seconds (long polling) for some."""
-        return await drive(self._client, self._core.poll_flow(timeout))
+        return await self._drive(self._core.poll_flow(timeout))
 
     async def seek(self, queue: MessageQueue, offset: str | Offset) -> None:
         """Continue *queue* with the entries after *offset*."""
-        await drive(self._client, self._core.seek_flow(queue, offset))
+        await self._drive(self._core.seek_flow(queue, offset))
 
     async def seek_to_begin(self, queue: MessageQueue) -> None:
-        await drive(self._client, self._core.seek_bound_flow(queue, end=False))
+        await self._drive(self._core.seek_bound_flow(queue, end=False))
 
     async def seek_to_end(self, queue: MessageQueue) -> None:
-        await drive(self._client, self._core.seek_bound_flow(queue, end=True))
+        await self._drive(self._core.seek_bound_flow(queue, end=True))
 
     async def seek_to_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> None:
         """Continue *queue* with exactly the entries stored at or after *ts* (datetime or epoch ms)."""
-        await drive(self._client, self._core.seek_timestamp_flow(queue, ts))
+        await self._drive(self._core.seek_timestamp_flow(queue, ts))
 
     async def offset_for_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> str | None:
         """The id of the first entry stored at or after *ts*; None if none yet."""
         flow = offset_for_timestamp_flow(self._core.keys, self._core.routes, queue, ts)
-        return await drive(self._client, flow)
+        return await self._drive(flow)
 
     def pause(self, queues: Iterable[MessageQueue]) -> None:
         """Stop returning messages of *queues* until resume()."""
@@ -107,15 +107,15 @@ class AsyncLitePullConsumer(ClientHolder):
 
     async def committed(self, queue: MessageQueue) -> str | None:
         """The group's stored position in *queue*, None if it has none."""
-        return await drive(self._client, self._core.committed_flow(queue))
+        return await self._drive(self._core.committed_flow(queue))
 
     async def commit_sync(self) -> None:
         """Store the position of every owned queue now (also done every auto_commit_interval_ms)."""
-        await drive(self._client, self._core.commit_flow())
+        await self._drive(self._core.commit_flow())
 
     async def close(self) -> None:
         """Commit, leave the group, close the connection."""
         try:
-            await drive(self._client, self._core.close_flow())
+            await self._drive(self._core.close_flow())
         finally:
             await super().close()

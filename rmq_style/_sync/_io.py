@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 import os
+import select
 import threading
 from collections.abc import Callable, Sequence
+from time import monotonic
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
@@ -35,6 +37,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# a lane idle for longer is checked before use; a server restart takes longer than this, so a
+# lane it closed is never written to (a close while in use is a failure of that call)
+LANE_IDLE_CHECK_S = 0.002
 Client = redis_asyncio.Redis
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 
@@ -95,6 +100,7 @@ class LaneClient(redis_asyncio.Redis):
         self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
         self.lane: Any = None
         self.lane_pid = 0
+        self.lane_used = 0.0  # monotonic time of the lane's last round trip
         self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
 
 
@@ -182,24 +188,45 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
     Connection errors are retried by the client's retry policy, as redis-py does;
     any other exception leaves the connection in an unknown state: it is dropped.
     """
+    pool = cast(Any, client.connection_pool)
     if type(client) is LaneClient and client.lane_lock.acquire(blocking=False):
         try:
             conn = client.lane
             # a forked child opens its own: it must never write on its parent's socket
             if conn is None or client.lane_pid != os.getpid():
-                conn = client.lane = cast(Any, client.connection_pool).get_connection()
+                conn = client.lane = pool.get_connection()
                 client.lane_pid = os.getpid()
-            elif client.follows_master:
-                _follow_master(client.connection_pool, conn)
+            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and closed_by_server(conn):
+                conn.disconnect()  # it reconnects on send
+            if client.follows_master:
+                _follow_master(pool, conn)
             return _exchange_on(conn, packed, count)
         finally:
+            client.lane_used = monotonic()
             client.lane_lock.release()
-    pool = client.connection_pool
     conn = cast(Any, pool).get_connection()
     try:
         return _exchange_on(conn, packed, count)
     finally:
         pool.release(conn)
+
+
+def closed_by_server(conn: Any) -> bool:
+    """Whether the server closed *conn* while it sat idle (a restart, its idle timeout, CLIENT KILL).
+
+    No reply is due on an idle connection, so a socket that reads as ready holds
+    EOF. Polled directly: an event loop may not have run since the close.
+    """
+    at_eof = getattr(getattr(conn, "_reader", None), "at_eof", None)  # asyncio connections
+    if at_eof is not None and at_eof():
+        return True
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else getattr(conn, "_sock", None)
+    if sock is None or sock.fileno() < 0:
+        return False  # not connected: the send connects
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _follow_master(pool: Any, conn: Any) -> None:
@@ -283,6 +310,15 @@ class ClientHolder:
     def __init__(self, url: str | Client) -> None:
         self._owns_client = isinstance(url, str)
         self._client = open_client(url) if isinstance(url, str) else url
+
+    def _drive(self, flow: Flow[T]) -> T:
+        """Run *flow* once; a Redis that cannot be reached is BrokerUnavailableError, as for producers."""
+        try:
+            return drive(self._client, flow)
+        except _TRANSIENT as exc:
+            raise BrokerUnavailableError(
+                f"Redis unreachable: {exc}; the operation may not have taken effect"
+            ) from exc
 
     def close(self) -> None:
         if self._owns_client:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from .._calls import single
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -20,7 +19,7 @@ from .._lookup import MessageQuery, find_flow
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys, check_topic
 from .._offsets import Offset
-from .._producing import release_due_call
+from .._producing import release_due_flow
 from .._topics import (
     DEFAULT_QUEUE_COUNT,
     Retention,
@@ -33,7 +32,7 @@ from .._topics import (
     list_flow,
     route_flow,
 )
-from ._io import Client, ClientHolder, drive, execute
+from ._io import Client, ClientHolder
 
 __all__ = ["Admin"]
 
@@ -62,37 +61,34 @@ class Admin(ClientHolder):
         self, topic: str, queues: int = DEFAULT_QUEUE_COUNT, retention: Retention | None = None
     ) -> TopicRoute:
         """Create *topic* with *queues* message queues; TopicExistsError if it exists."""
-        return drive(self._client, create_flow(self.keys, topic, queues, retention or Retention()))
+        return self._drive(create_flow(self.keys, topic, queues, retention or Retention()))
 
     def list_topics(self) -> list[TopicRoute]:
-        return drive(self._client, list_flow(self.keys))
+        return self._drive(list_flow(self.keys))
 
     def topic(self, topic: str) -> TopicRoute:
         """The topic's queue count and retention; TopicNotFoundError if it does not exist."""
-        return drive(self._client, route_flow(self.keys, check_topic(topic)))
+        return self._drive(route_flow(self.keys, check_topic(topic)))
 
     def describe_topic(self, topic: str) -> TopicInfo:
         """Per queue: first and last offset, length, queue-offset range, delayed count."""
-        return drive(self._client, describe_flow(self.keys, check_topic(topic)))
+        return self._drive(describe_flow(self.keys, check_topic(topic)))
 
     def expand_topic(self, topic: str, queues: int) -> TopicRoute:
         """Raise the queue count; sharding keys then map to other queues."""
-        return drive(self._client, expand_flow(self.keys, check_topic(topic), queues))
+        return self._drive(expand_flow(self.keys, check_topic(topic), queues))
 
     def delete_topic(self, topic: str) -> None:
         """Delete the topic, its queues, delayed messages and per-group retry and DLQ data."""
-        drive(self._client, delete_flow(self.keys, check_topic(topic)))
+        self._drive(delete_flow(self.keys, check_topic(topic)))
 
     def release_due(self, topic: str) -> int:
         """Move the topic's due delayed messages into their queues; returns how many moved."""
-        route = self.topic(topic)
-        calls = [release_due_call(self.keys, route, q) for q in range(route.queue_count)]
-        replies = execute(self._client, calls)
-        return sum(int(single(reply)[0]) for reply in replies)
+        return self._drive(release_due_flow(self.keys, check_topic(topic)))
 
     def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
         """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""
-        return drive(self._client, progress_report_flow(self.keys, group, topic))
+        return self._drive(progress_report_flow(self.keys, group, topic))
 
     def reset_offset(self, group: str, topic: str, to: ResetTarget) -> dict[MessageQueue, Offset]:
         """Move *group* in every queue of *topic* to ``"first"``, ``"last"`` or a timestamp (datetime or ms).
@@ -100,13 +96,13 @@ class Admin(ClientHolder):
         Entries before the new position count as consumed (their pending deliveries are acknowledged);
         running push consumers pick the position up on their next read.
         """
-        return drive(self._client, reset_offset_flow(self.keys, group, topic, to))
+        return self._drive(reset_offset_flow(self.keys, group, topic, to))
 
     def dead_letters(
         self, group: str, topic: str | None = None, limit: int = 100
     ) -> list[DeadLetterRecord]:
         """The group's dead letters with their reasons, oldest first (at most *limit* per queue)."""
-        return drive(self._client, dead_letters_flow(self.keys, group, topic, limit))
+        return self._drive(dead_letters_flow(self.keys, group, topic, limit))
 
     def find_messages(
         self,
@@ -123,7 +119,7 @@ class Admin(ClientHolder):
         A bounded scan, not an index: each queue is read back *scan* entries at most.
         """
         query = MessageQuery(key=key, msg_id=msg_id, tag=tag)
-        return drive(self._client, find_flow(self.keys, topic, query, limit=limit, scan=scan))
+        return self._drive(find_flow(self.keys, topic, query, limit=limit, scan=scan))
 
     def purge_dead_letters(
         self, group: str, topic: str | None = None, *, before: datetime | int | None = None
@@ -137,8 +133,8 @@ class Admin(ClientHolder):
             before_ms = int(before.timestamp() * 1000)
         elif before is not None:
             before_ms = int(before)
-        return drive(self._client, purge_dead_letters_flow(self.keys, group, topic, before_ms))
+        return self._drive(purge_dead_letters_flow(self.keys, group, topic, before_ms))
 
     def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
-        return drive(self._client, replay_flow(self.keys, group, records))
+        return self._drive(replay_flow(self.keys, group, records))

@@ -11,7 +11,7 @@ from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._pulling import offset_for_timestamp_flow
-from ._io import Client, ClientHolder, drive
+from ._io import Client, ClientHolder
 
 __all__ = ["LitePullConsumer"]
 
@@ -62,42 +62,42 @@ class LitePullConsumer(ClientHolder):
 
     def subscribe(self, topic: str, expression: str = "*") -> None:
         """Consume *topic*'s queues allocated to this member (all of them when broadcasting)."""
-        drive(self._client, self._core.subscribe_flow(topic, expression))
+        self._drive(self._core.subscribe_flow(topic, expression))
 
     def assign(self, queues: Iterable[MessageQueue]) -> None:
         """Consume exactly *queues* (no group rebalance)."""
-        drive(self._client, self._core.assign_flow(queues))
+        self._drive(self._core.assign_flow(queues))
 
     def assignment(self) -> list[MessageQueue]:
         """The queues this consumer reads now."""
         return self._core.assignment()
 
     def fetch_message_queues(self, topic: str) -> list[MessageQueue]:
-        route = drive(self._client, self._core.routes.route_flow(topic, refresh=True))
+        route = self._drive(self._core.routes.route_flow(topic, refresh=True))
         return [MessageQueue(topic, q) for q in range(route.queue_count)]
 
     def poll(self, timeout: float | None = None) -> list[ReceivedMessage]:
         """Up to ``pull_batch_size`` messages; waits up to *timeout* seconds (long polling) for some."""
-        return drive(self._client, self._core.poll_flow(timeout))
+        return self._drive(self._core.poll_flow(timeout))
 
     def seek(self, queue: MessageQueue, offset: str | Offset) -> None:
         """Continue *queue* with the entries after *offset*."""
-        drive(self._client, self._core.seek_flow(queue, offset))
+        self._drive(self._core.seek_flow(queue, offset))
 
     def seek_to_begin(self, queue: MessageQueue) -> None:
-        drive(self._client, self._core.seek_bound_flow(queue, end=False))
+        self._drive(self._core.seek_bound_flow(queue, end=False))
 
     def seek_to_end(self, queue: MessageQueue) -> None:
-        drive(self._client, self._core.seek_bound_flow(queue, end=True))
+        self._drive(self._core.seek_bound_flow(queue, end=True))
 
     def seek_to_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> None:
         """Continue *queue* with exactly the entries stored at or after *ts* (datetime or epoch ms)."""
-        drive(self._client, self._core.seek_timestamp_flow(queue, ts))
+        self._drive(self._core.seek_timestamp_flow(queue, ts))
 
     def offset_for_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> str | None:
         """The id of the first entry stored at or after *ts*; None if none yet."""
         flow = offset_for_timestamp_flow(self._core.keys, self._core.routes, queue, ts)
-        return drive(self._client, flow)
+        return self._drive(flow)
 
     def pause(self, queues: Iterable[MessageQueue]) -> None:
         """Stop returning messages of *queues* until resume()."""
@@ -108,15 +108,15 @@ class LitePullConsumer(ClientHolder):
 
     def committed(self, queue: MessageQueue) -> str | None:
         """The group's stored position in *queue*, None if it has none."""
-        return drive(self._client, self._core.committed_flow(queue))
+        return self._drive(self._core.committed_flow(queue))
 
     def commit_sync(self) -> None:
         """Store the position of every owned queue now (also done every auto_commit_interval_ms)."""
-        drive(self._client, self._core.commit_flow())
+        self._drive(self._core.commit_flow())
 
     def close(self) -> None:
         """Commit, leave the group, close the connection."""
         try:
-            drive(self._client, self._core.close_flow())
+            self._drive(self._core.close_flow())
         finally:
             super().close()

@@ -20,7 +20,7 @@ from .._pulling import (
     position_for_timestamp_flow,
     pull_flow,
 )
-from ._io import Client, ClientHolder, drive
+from ._io import Client, ClientHolder
 
 __all__ = ["PullConsumer"]
 
@@ -74,7 +74,7 @@ class PullConsumer(ClientHolder):
 
     def fetch_queues(self, topic: str) -> list[MessageQueue]:
         """The topic's message queues; TopicNotFoundError if it does not exist."""
-        route = drive(self._client, self._routes.route_flow(topic, refresh=True))
+        route = self._drive(self._routes.route_flow(topic, refresh=True))
         return [MessageQueue(topic, q) for q in range(route.queue_count)]
 
     def pull(
@@ -91,38 +91,38 @@ class PullConsumer(ClientHolder):
         (long polling: returns as soon as one does).
         """
         flow = pull_flow(self.keys, self._routes, queue, offset, max_nums, expression, block, self._queues)
-        return drive(self._client, flow)
+        return self._drive(flow)
 
     def min_offset(self, queue: MessageQueue) -> str:
         """The smallest legal offset: "0-0" until entries were trimmed away."""
-        return str((drive(self._client, bounds_flow(self.keys, self._routes, queue))).min_position)
+        return str((self._drive(bounds_flow(self.keys, self._routes, queue))).min_position)
 
     def max_offset(self, queue: MessageQueue) -> str:
         """The id of the last entry written ("0-0" for none): pulling from it waits for new ones."""
-        return str((drive(self._client, bounds_flow(self.keys, self._routes, queue))).max_position)
+        return str((self._drive(bounds_flow(self.keys, self._routes, queue))).max_position)
 
     def offset_for_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> str | None:
         """The id of the first entry stored at or after *ts* (datetime or epoch ms); None if none yet."""
-        return drive(self._client, offset_for_timestamp_flow(self.keys, self._routes, queue, ts))
+        return self._drive(offset_for_timestamp_flow(self.keys, self._routes, queue, ts))
 
     def offset_before_timestamp(self, queue: MessageQueue, ts: datetime | int | float) -> str:
         """The offset to pull from to get exactly the entries stored at or after *ts*."""
         flow = position_for_timestamp_flow(self.keys, self._routes, queue, ts)
-        return str(drive(self._client, flow))
+        return str(self._drive(flow))
 
     def committed(self, queue: MessageQueue) -> str | None:
         """The group's stored position in *queue* (last consumed entry), None if it has none."""
-        drive(self._client, self._routes.queue_flow(queue))
-        position = drive(self._client, self._store.committed_flow(queue))
+        self._drive(self._routes.queue_flow(queue))
+        position = self._drive(self._store.committed_flow(queue))
         return None if position is None else str(position)
 
     def commit(self, queue: MessageQueue, offset: str | Offset) -> None:
         """Store *offset* as the group's position in *queue* (shared with the group's push consumers)."""
         position = parse_offset(offset)
-        drive(self._client, self._routes.queue_flow(queue))
-        drive(self._client, self._store.commit_flow(queue, position))
+        self._drive(self._routes.queue_flow(queue))
+        self._drive(self._store.commit_flow(queue, position))
 
     def progress(self, queue: MessageQueue) -> QueueProgress:
         """Max queue offset, group position, lag (exact, never negative) and pending count."""
-        drive(self._client, self._routes.queue_flow(queue))
-        return drive(self._client, progress_flow(self.keys, self.group, queue))
+        self._drive(self._routes.queue_flow(queue))
+        return self._drive(progress_flow(self.keys, self.group, queue))
