@@ -31,7 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ._aio import wait_event
 from ._async._io import AsyncClient, execute, open_client
 from ._calls import single
-from ._errors import SerializationError, UsageError
+from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
 from ._message import MessageQueue, ReceivedMessage
@@ -181,12 +181,25 @@ class PushConsumer:
             self._orderly_topics.add(topic)
 
     async def start(self) -> None:
-        """Join the group, take this member's queues and start consuming; returns once running."""
+        """Join the group, take this member's queues and start consuming; returns once running.
+
+        Redis unreachable: BrokerUnavailableError, and the consumer can be started again.
+        """
         if self._started:
             raise UsageError("this consumer was already started")
         if not self._subs:
             raise UsageError("subscribe to at least one topic before start()")
         self._started = True
+        try:
+            await self._start()
+        except BaseException as exc:
+            await self._abandon_start()
+            if isinstance(exc, _TRANSIENT):
+                raise BrokerUnavailableError(f"Redis unreachable at start: {exc}") from exc
+            raise
+        self._log.info("consumer.started", topics=sorted(self._subs), queues=self._owned_names())
+
+    async def _start(self) -> None:
         self._client = open_client(self.url)
         self._fetch_client = open_client(self.url)  # blocking reads get their own connection
         expiry = self.settings.membership.member_expiry_ms
@@ -225,7 +238,22 @@ class PushConsumer:
             asyncio.create_task(self._guard("settle", self._settle_loop)),
             asyncio.create_task(self._guard("retries", self._retry_loop)),
         ]
-        self._log.info("consumer.started", topics=sorted(self._subs), queues=self._owned_names())
+
+    async def _abandon_start(self) -> None:
+        """Undo a start that failed before anything was consumed (the member's heartbeat just expires)."""
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            await asyncio.gather(self._renew_task, return_exceptions=True)
+        clients = [self._client, self._fetch_client]
+        if self._orderly is not None:
+            clients.append(self._orderly.wait_client)
+        for client in clients:
+            if client is not None:
+                await client.aclose()
+        self._client = self._fetch_client = self._orderly = self._renew_task = self._pool = None
+        self._queues.clear()
+        self._streams.clear()
+        self._started = False
 
     async def stop(self) -> None:
         """Stop fetching, let running handlers finish (shutdown_timeout_ms), settle, leave the group."""

@@ -19,15 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import structlog
 
+from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
-from ._errors import ConfigurationError, TopicExistsError, TopicNotFoundError
+from ._errors import BrokerUnavailableError, ConfigurationError, TopicExistsError, TopicNotFoundError
 from ._filter import TagFilter
 from ._handlers import HandlerSpec, inspect_handler
 from ._message import ReceivedMessage
@@ -44,6 +46,7 @@ __all__ = ["App", "HandlerSubscription"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("rmq_style.app")
+_FIRST_WAIT_S, _MAX_WAIT_S = 0.1, 2.0  # backoff while waiting for Redis at start
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +225,23 @@ class App:
                         f"(`rmq-style topic create {topic}`) or set auto_create_topics"
                     ) from None
 
+    async def _check_when_reachable(self, stop: asyncio.Event) -> bool:
+        """check(), again with backoff while Redis cannot be reached; False if *stop* was set meanwhile."""
+        deadline = time.monotonic() + self.settings.startup_wait_s
+        delay = _FIRST_WAIT_S
+        while True:
+            try:
+                await self.check()
+                return True
+            except BrokerUnavailableError as exc:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise
+                log.warning("app.redis_unavailable", error=str(exc), retry_in_s=min(delay, left))
+                if await wait_event(stop, min(delay, left)):
+                    return False
+                delay = min(delay * 2, _MAX_WAIT_S)
+
     def health(self) -> dict[str, Any]:
         """Consumer state for a health endpoint: running groups and their counters."""
         return {
@@ -238,8 +258,12 @@ class App:
         ready: asyncio.Event | None = None,
         **consumer_settings: Any,
     ) -> None:
-        """Consume with every handler (or those of *only_groups*) until *stop* is set, then drain."""
-        await self.check()
+        """Consume with every handler (or those of *only_groups*) until *stop* is set, then drain.
+
+        Redis unreachable at start: waits for it (settings.startup_wait_s at most, or until *stop*).
+        """
+        if not await self._check_when_reachable(stop):
+            return
         groups = self.groups()
         if only_groups:
             missing = sorted(set(only_groups) - set(groups))

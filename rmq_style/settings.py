@@ -27,3 +27,4 @@ class AppSettings(BaseSettings):
     concurrency: int = Field(20, ge=1, description="handlers at once per group (consumeThreadMax)")
     max_reconsume_times: int = Field(16, ge=-1)
     shutdown_timeout_s: float = Field(30.0, ge=0)
+    startup_wait_s: float = Field(60.0, ge=0, description="a worker waits this long for Redis at start")
