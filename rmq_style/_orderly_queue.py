@@ -38,6 +38,7 @@ from ._aio import wait_event
 from ._async._io import AsyncClient, execute
 from ._calls import Call
 from ._errors import FencedError
+from ._handler_times import HandlerTimes
 from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys
 from ._orderly_core import (
@@ -385,6 +386,7 @@ class OrderlyRunner:
         keys: Keys,
         settings: PushSettings,
         stats: Any,
+        times: HandlerTimes,
         client: AsyncClient,
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
@@ -394,6 +396,7 @@ class OrderlyRunner:
         self.keys = keys
         self.settings = settings
         self.stats = stats
+        self.times = times
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
@@ -461,6 +464,7 @@ class OrderlyRunner:
             return exc
         timeout = self.settings.consume_timeout_ms / 1000
         async with self._slots:
+            started = time.perf_counter()
             try:
                 async with asyncio.timeout(timeout):
                     if sub.is_async:
@@ -475,6 +479,8 @@ class OrderlyRunner:
                 return ConsumeTimeout(f"listener ran longer than consume_timeout ({timeout:g} s)")
             except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
                 return exc
+            finally:
+                self.times.observe(time.perf_counter() - started)
 
     async def stop(self, deadline_s: float) -> int:
         """Hand every queue back once its running message finished; return how many were cut off."""

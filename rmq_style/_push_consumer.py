@@ -33,6 +33,7 @@ from ._async._io import AsyncClient, execute, open_client
 from ._calls import single
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
+from ._handler_times import HandlerTimes
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
@@ -116,6 +117,7 @@ class PushConsumer:
         self.member = new_member_id()
         self.keys = Keys(self.settings.namespace)
         self.stats = PushStats()
+        self.handler_times = HandlerTimes()  # listener call durations, for the metrics histogram
         self._policy = RetryPolicy(self.settings.retry_schedule, self.settings.concurrent_max_reconsume_times)
         self._subs: dict[str, Subscription] = {}
         self._orderly_topics: set[str] = set()
@@ -220,13 +222,18 @@ class PushConsumer:
                 keys=self.keys,
                 settings=self.settings,
                 stats=self.stats,
+                times=self.handler_times,
                 client=self._client,
                 wait_client=open_client(self.url),
                 start_position=self._start_position,
             )
             self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.renew_loop))
         self._pool = HandlerPool(
-            self.settings.concurrency, capacity, self.settings.consume_timeout_ms / 1000, self._on_done
+            self.settings.concurrency,
+            capacity,
+            self.settings.consume_timeout_ms / 1000,
+            self._on_done,
+            self.handler_times,
         )
         await self._rebalance()
         await self._report_trims()  # a loss while no consumer ran is logged at start

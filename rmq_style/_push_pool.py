@@ -20,10 +20,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from time import perf_counter
 from typing import Any
 
 import structlog
 
+from ._handler_times import HandlerTimes
 from ._push_core import ConsumeTimeout
 
 __all__ = ["Call", "HandlerPool", "Work"]
@@ -51,8 +53,12 @@ class HandlerPool:
         capacity: int,
         consume_timeout_s: float,
         on_done: Callable[[Any, object], None],
+        times: HandlerTimes | None = None,
     ) -> None:
-        """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception."""
+        """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception.
+
+        With *times*, each call's duration is counted there.
+        """
         self.concurrency = concurrency
         self.capacity = capacity  # the caller's flow control keeps the queue under this
         self._pending: deque[Call] = deque()
@@ -60,6 +66,7 @@ class HandlerPool:
         self._waking = 0  # workers woken that have not looked at the deque yet
         self._timeout = consume_timeout_s
         self._on_done = on_done
+        self._times = times
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
         # per worker slot: the call running (None: idle), and whether the watchdog cut it
@@ -106,6 +113,7 @@ class HandlerPool:
         pending, idle = self._pending, self._idle
         current, timed_out = self._current, self._timed_out
         on_done = self._on_done
+        observe = self._times.observe if self._times is not None else None
         while not self._closing:
             if not pending:
                 waiter = loop.create_future()
@@ -123,6 +131,7 @@ class HandlerPool:
             timed_out[slot] = False
             current[slot] = call
             outcome: object
+            started = perf_counter() if observe is not None else 0.0
             try:
                 if is_async:
                     outcome = await listener(*args)
@@ -139,6 +148,8 @@ class HandlerPool:
                 outcome = exc
             finally:
                 current[slot] = None
+            if observe is not None:
+                observe(perf_counter() - started)
             on_done(token, outcome)
 
     def _threads(self) -> ThreadPoolExecutor:

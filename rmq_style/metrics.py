@@ -1,9 +1,10 @@
 """Prometheus metrics for workers (the ``prometheus`` extra: ``pip install 'rmq_style[prometheus]'``).
 
-Everything is read when Prometheus scrapes, nothing is counted on the message
-path: the consumers' counters (``PushConsumer.stats``) of this process, and,
-from Redis, the progress of the App's groups per queue (lag, pending, retrying,
-dead letters, trimmed) as ``rmq-style progress`` shows it.
+Read when Prometheus scrapes: the consumers' counters (``PushConsumer.stats``)
+and listener durations (``PushConsumer.handler_times``, the only thing counted
+per message) of this process, and, from Redis, the progress of the App's groups
+per queue (lag, pending, retrying, dead letters, trimmed) as ``rmq-style
+progress`` shows it.
 
 >>> from prometheus_client import CollectorRegistry
 >>> from rmq_style import App
@@ -28,7 +29,7 @@ from ._errors import ConfigurationError, RmqError
 
 try:
     from prometheus_client import start_http_server
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
     from prometheus_client.registry import Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigurationError(
@@ -71,6 +72,11 @@ class ConsumerCollector(Collector):
         running = GaugeMetricFamily(
             "rmq_consumer_running", "1 while the group's consumer runs", labels=["group"]
         )
+        durations = HistogramMetricFamily(
+            "rmq_consumer_handler_seconds",
+            "How long listener calls took (a batch call counts once), failed ones included",
+            labels=["group"],
+        )
         consumers = dict(self.app.consumers)  # a copy: the worker's loop may replace it meanwhile
         for name in self.app.groups():
             consumer = consumers.get(name)
@@ -81,7 +87,9 @@ class ConsumerCollector(Collector):
                 messages.add_metric([name, outcome], getattr(consumer.stats, outcome))
             in_flight.add_metric([name], consumer.in_flight)
             queues.add_metric([name], len(consumer.queues))
-        yield from (messages, in_flight, queues, running)
+            times = consumer.handler_times
+            durations.add_metric([name], times.cumulative(), times.sum_s)
+        yield from (messages, in_flight, queues, running, durations)
 
 
 class ProgressCollector(Collector):

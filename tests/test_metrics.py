@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -69,6 +70,42 @@ def test_counters_and_progress_match_what_happened(url: str) -> None:
     assert dead == 1
     assert value("rmq_group_trimmed_total", group="audit", topic="capped", queue="0") == 0
     assert value("rmq_progress_up") == 1
+
+
+def test_handler_durations_histogram_counts_every_listener_call(fake_url: str) -> None:
+    with Admin(fake_url) as admin:
+        admin.create_topic("orders", queues=2)
+    app = App(fake_url)
+
+    @app.subscribe("orders", group="billing", max_reconsume_times=1)
+    def bill(body: dict[str, Any]) -> None:
+        if body["n"] == 0:
+            time.sleep(0.3)
+        if body["n"] == 3:
+            raise RuntimeError("three")
+
+    @app.subscribe("orders", group="shipping", orderly=True)
+    async def ship(body: dict[str, Any]) -> None:
+        if body["n"] == 0:
+            await asyncio.sleep(0.3)
+
+    registry = CollectorRegistry()
+    registry.register(ConsumerCollector(app))
+
+    def value(name: str, group: str, **labels: str) -> float | None:
+        return registry.get_sample_value(f"rmq_consumer_handler_seconds_{name}", {"group": group, **labels})
+
+    with Producer(fake_url) as producer:
+        producer.send_batch([Message("orders", {"n": n}, keys=[str(n)]) for n in range(8)])
+    with AppTester(app) as tester:
+        tester.drain()
+        # billing: 8 messages and the retry of n=3; shipping: 8 in order
+        for group, calls in (("billing", 9), ("shipping", 8)):
+            assert value("count", group) == calls
+            assert value("bucket", group, le="+Inf") == calls
+            assert value("bucket", group, le="0.25") == calls - 1  # the one that slept 0.3 s
+            total = value("sum", group)
+            assert total is not None and total >= 0.3
 
 
 def test_progress_reports_down_when_redis_is_unreachable() -> None:
