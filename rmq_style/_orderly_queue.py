@@ -92,6 +92,8 @@ class OrderlyQueue:
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
         self.task: asyncio.Task[None] | None = None
+        self.call_started: float | None = None  # perf_counter of the listener call running now
+        self.timed_out = False  # the watchdog cut that call
         self.log = runner.log.bind(topic=mq.topic, queue=mq.queue_id)
 
     def __repr__(self) -> str:
@@ -293,7 +295,7 @@ class OrderlyQueue:
         while True:
             self._check()
             messages = [_with_attempts(m, f, failed) for _, f, m in batch if not isinstance(m, str)]
-            outcome = await r.call(self.sub, messages)
+            outcome = await r.call(self, messages)
             decision = decide_orderly(outcome, failed, s.max_reconsume_times)
             if isinstance(decision, Proceed):
                 r.stats.consumed += len(batch)
@@ -403,6 +405,7 @@ class OrderlyRunner:
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._timeout_s = settings.consume_timeout_ms / 1000
         self._executor: ThreadPoolExecutor | None = None
         self._stop = asyncio.Event()
 
@@ -447,8 +450,12 @@ class OrderlyRunner:
                     q.lost = True
                     q.log.warning("queue.lease_lost")
 
-    async def call(self, sub: Subscription, messages: list[ReceivedMessage]) -> object:
-        """Run the listener once; its return value, or the exception it raised."""
+    async def call(self, q: OrderlyQueue, messages: list[ReceivedMessage]) -> object:
+        """Run *q*'s listener once; its return value, or the exception it raised.
+
+        A call running longer than consume_timeout is cut by the watchdog (no timer per call).
+        """
+        sub = q.sub
         args: list[Any]
         try:
             if sub.model is not None:
@@ -462,25 +469,45 @@ class OrderlyRunner:
                 args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
         except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
             return exc
-        timeout = self.settings.consume_timeout_ms / 1000
         async with self._slots:
-            started = time.perf_counter()
+            q.call_started = started = time.perf_counter()
             try:
-                async with asyncio.timeout(timeout):
-                    if sub.is_async:
-                        return cast(object, await sub.listener(*args))
-                    loop = asyncio.get_running_loop()
-                    if self._executor is None:
-                        self._executor = ThreadPoolExecutor(self.settings.concurrency, "rmq-orderly")
-                    return cast(
-                        object, await loop.run_in_executor(self._executor, lambda: sub.listener(*args))
-                    )
-            except TimeoutError:
-                return ConsumeTimeout(f"listener ran longer than consume_timeout ({timeout:g} s)")
+                if sub.is_async:
+                    return cast(object, await sub.listener(*args))
+                loop = asyncio.get_running_loop()
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.settings.concurrency, "rmq-orderly")
+                return cast(object, await loop.run_in_executor(self._executor, lambda: sub.listener(*args)))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not q.timed_out or task is None or task.uncancel() > 0:
+                    raise  # a stop, not (only) the watchdog
+                return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout_s:g} s)")
             except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
                 return exc
             finally:
+                q.call_started = None
+                q.timed_out = False
                 self.times.observe(time.perf_counter() - started)
+
+    async def watch_loop(self) -> None:
+        """Cut listener calls running longer than consume_timeout (between it and one period more)."""
+        period = min(max(self._timeout_s / 8, 0.005), 0.5)
+        while True:
+            await asyncio.sleep(period)
+            now = time.perf_counter()
+            for q in list(self.queues.values()):
+                started, task = q.call_started, q.task
+                if started is not None and now - started > self._timeout_s and not q.timed_out and task:
+                    q.timed_out = True
+                    q.log.warning("handler.timeout", timeout_s=self._timeout_s, sync=not q.sub.is_async)
+                    task.cancel()
+
+    async def background_loop(self) -> None:
+        """The lease renewals and the watchdog (one fails: both restart)."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.renew_loop())
+            tasks.create_task(self.watch_loop())
 
     async def stop(self, deadline_s: float) -> int:
         """Hand every queue back once its running message finished; return how many were cut off."""

@@ -227,7 +227,7 @@ class PushConsumer:
                 wait_client=open_client(self.url),
                 start_position=self._start_position,
             )
-            self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.renew_loop))
+            self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.background_loop))
         self._pool = HandlerPool(
             self.settings.concurrency,
             capacity,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import pytest
 from structlog.testing import capture_logs
 
 from rmq_style import Message, PushConsumer, ReceivedMessage
@@ -108,6 +110,43 @@ def test_hung_handler_times_out_and_is_retried(url: str) -> None:
 
     events = run(main())
     assert any("ConsumeTimeout" in str(e.get("reason")) for e in events if e["event"] == "message.failed")
+
+
+@pytest.mark.parametrize("sync_listener", [False, True])
+def test_orderly_hung_handler_times_out_holds_the_queue_and_is_tried_again_in_order(
+    url: str, sync_listener: bool
+) -> None:
+    release = threading.Event()  # lets a hung sync listener's thread end with the test
+
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        await send(url, [Message("orders", {"i": i}) for i in range(3)])
+        calls: list[tuple[int, int]] = []
+
+        def record(msg: ReceivedMessage) -> bool:
+            calls.append((msg.value()["i"], msg.reconsume_times))
+            return msg.value()["i"] == 1 and msg.reconsume_times == 0  # hang on the first try of 1
+
+        async def on_async(msg: ReceivedMessage) -> None:
+            if record(msg):
+                await asyncio.sleep(60)
+
+        def on_sync(msg: ReceivedMessage) -> None:
+            if record(msg):
+                release.wait(60)
+
+        consumer = PushConsumer(url, "billing", fast_settings(consume_timeout_ms=200))
+        consumer.subscribe("orders", "*", on_sync if sync_listener else on_async, orderly=True)
+        async with consumer:
+            await until(lambda: consumer.stats.consumed == 3, what="all three, 1 after its timeout")
+        release.set()
+        assert calls == [(0, 0), (1, 0), (1, 1), (2, 0)]  # 2 waited for 1: the queue was held
+        assert consumer.stats.suspended == 1 and consumer.stats.failed == 1
+
+    events = run(main())
+    assert [e["sync"] for e in events if e["event"] == "handler.timeout"] == [sync_listener]
+    failed = [e for e in events if e["event"] == "message.failed"]
+    assert len(failed) == 1 and "ConsumeTimeout" in str(failed[0]["reason"])
 
 
 def test_a_lost_group_is_recreated_from_the_last_known_position(url: str) -> None:
