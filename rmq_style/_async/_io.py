@@ -195,7 +195,7 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
             if conn is None or client.lane_pid != os.getpid():
                 conn = client.lane = await pool.get_connection()
                 client.lane_pid = os.getpid()
-            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and closed_by_server(conn):
+            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and _closed_by_server(conn):
                 await conn.disconnect()  # it reconnects on send
             if client.follows_master:
                 await _follow_master(pool, conn)
@@ -203,14 +203,14 @@ async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> 
         finally:
             client.lane_used = monotonic()
             client.lane_lock.release()
-    conn = await cast(Any, pool).get_connection()
+    conn = await pool.get_connection()
     try:
         return await _exchange_on(conn, packed, count)
     finally:
         await pool.release(conn)
 
 
-def closed_by_server(conn: Any) -> bool:
+def _closed_by_server(conn: Any) -> bool:
     """Whether the server closed *conn* while it sat idle (a restart, its idle timeout, CLIENT KILL).
 
     No reply is due on an idle connection, so a socket that reads as ready holds

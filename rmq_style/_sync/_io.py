@@ -196,7 +196,7 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
             if conn is None or client.lane_pid != os.getpid():
                 conn = client.lane = pool.get_connection()
                 client.lane_pid = os.getpid()
-            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and closed_by_server(conn):
+            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and _closed_by_server(conn):
                 conn.disconnect()  # it reconnects on send
             if client.follows_master:
                 _follow_master(pool, conn)
@@ -204,14 +204,14 @@ def _direct_round_trip(client: Client, packed: bytes, count: int) -> list[Any]:
         finally:
             client.lane_used = monotonic()
             client.lane_lock.release()
-    conn = cast(Any, pool).get_connection()
+    conn = pool.get_connection()
     try:
         return _exchange_on(conn, packed, count)
     finally:
         pool.release(conn)
 
 
-def closed_by_server(conn: Any) -> bool:
+def _closed_by_server(conn: Any) -> bool:
     """Whether the server closed *conn* while it sat idle (a restart, its idle timeout, CLIENT KILL).
 
     No reply is due on an idle connection, so a socket that reads as ready holds
