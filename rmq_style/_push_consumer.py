@@ -37,6 +37,7 @@ from ._handler_times import HandlerTimes
 from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
+from ._offsets import parse_offset
 from ._orderly_queue import OrderlyRunner
 from ._push_calls import create_groups_calls, fetch_command, prune_consumers_call, release_retries_call
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
@@ -66,7 +67,7 @@ class PushStats:
     filtered: int = 0  # acked without a listener call (tag did not match)
     suspended: int = 0  # orderly: a failure held the queue, the message is tried again
     fenced: int = 0  # orderly: a write refused because the lease was lost
-    trimmed: int = 0  # maxlen retention removed entries before the group read them (as logged here)
+    trimmed: int = 0  # maxlen retention removed entries before the group handled them (as logged here)
 
 
 class _Backoff:
@@ -491,6 +492,26 @@ class PushConsumer:
                         "entries.adopted", stream=stream.key, from_member=name, count=len(claimed)
                     )
                     stream.scan_from = b"0-0"
+                if len(claimed) < len(ids):
+                    await self._count_trimmed_claims(stream, name, ids, claimed)
+
+    async def _count_trimmed_claims(
+        self, stream: StreamState, member: str, ids: list[Any], claimed: list[Any]
+    ) -> None:
+        """Entries trimmed while pending at a dead member: XCLAIM drops them silently (Redis 7)."""
+        client = self._client
+        assert client is not None
+        head = await client.xrange(stream.key, count=1)
+        first = parse_offset(head[0][0]) if head else None
+        taken = {parse_offset(c) for c in claimed}
+        for entry_id in ids:
+            offset = parse_offset(entry_id)
+            # unclaimed and before the first entry left: trimmed (else another member took it)
+            if offset not in taken and (first is None or offset < first):
+                self.stats.trimmed += 1
+                self._log.warning(
+                    "entry.lost_to_trim", stream=stream.key, offset=str(offset), from_member=member
+                )
 
     def _prune_interval(self) -> float:
         """Seconds between prune passes: a consumer cannot become prunable faster than member expiry."""
@@ -733,6 +754,7 @@ class PushConsumer:
         stream.in_flight.add(entry_id)
         stream.queue.count += 1
         self._total += 1
+        self.stats.trimmed += 1
         self._log.warning("entry.lost_to_trim", stream=stream.key, offset=entry_id.decode())
         self._settle(d, _ACK)
 

@@ -60,7 +60,7 @@ class ConsumerCollector(Collector):
             "rmq_consumer_messages",
             "Messages by outcome since the consumer started (this process): consumed, failed, retried, "
             "dead_lettered, filtered (tag did not match), suspended and fenced (orderly), trimmed "
-            "(removed by maxlen retention before the group read them)",
+            "(removed by maxlen retention before the group handled them)",
             labels=["group", "outcome"],
         )
         in_flight = GaugeMetricFamily(

@@ -130,3 +130,38 @@ def test_a_push_group_warns_once_about_entries_trimmed_before_it_read_them(url: 
         consumer = asyncio.run(consume(1000 - first))
     assert not [e for e in again if e["event"] == "entries.trimmed_unread"]
     assert consumer.stats.trimmed == 0
+
+
+def test_entries_trimmed_while_pending_at_a_dead_member_are_acked_logged_and_counted(url: str) -> None:
+    create_capped_topic(url, cap=10)
+    client = open_client(url)
+    client.xgroup_create(QK.stream, "billing", "0", mkstream=True)
+    with Producer(url) as producer:
+        producer.send_batch([Message("capped", {"n": n}) for n in range(5)])
+        # a member that read the first five and died: they stay pending at it
+        ((_, read),) = client.xreadgroup("billing", "ghost", {QK.stream: ">"})
+        producer.send_batch([Message("capped", {"n": n}) for n in range(5, 300)])
+    first = first_queue_offset(client)
+    assert first > 5  # the cap trimmed the ghost's entries and some the group never read
+    handled: list[int] = []
+
+    async def listener(msg: ReceivedMessage) -> None:
+        handled.append(msg.queue_offset)
+
+    async def main() -> PushConsumer:
+        consumer = PushConsumer(url, "billing", fast_settings())
+        consumer.subscribe("capped", "*", listener)
+        async with consumer:
+            await until(lambda: len(handled) == 300 - first, what="the retained entries handled")
+            await until(lambda: client.xpending(QK.stream, "billing")["pending"] == 0, what="all acked")
+        return consumer
+
+    with capture_logs() as events:
+        consumer = asyncio.run(main())
+    assert sorted(handled) == list(range(first, 300))
+    lost = [e["offset"] for e in events if e["event"] == "entry.lost_to_trim"]
+    assert lost == [entry_id.decode() for entry_id, _ in read]
+    with Admin(url) as admin:
+        (row,) = admin.progress("billing", "capped")
+    assert row.trimmed == first - 5  # trimmed before the group read them
+    assert consumer.stats.trimmed == first  # and the five lost while pending
