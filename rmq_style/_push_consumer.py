@@ -627,14 +627,23 @@ class PushConsumer:
                 for mq, q in self._queues.items():
                     running = loops.get(mq)
                     if q.owned and (running is None or running.done()):
-                        loops[mq] = asyncio.create_task(self._guard("fetch", partial(self._fetch_loop, q)))
+                        loops[mq] = asyncio.create_task(self._fetch_queue(q))
                 await wait_event(self._queues_changed, self.settings.poll_timeout_ms / 1000)
         finally:
             await asyncio.gather(*loops.values(), return_exceptions=True)
 
-    async def _fetch_loop(self, only: QueueState | None = None) -> None:
+    async def _fetch_queue(self, q: QueueState) -> None:
+        # a client of its own: redis-py's cluster client closes all its connections after some
+        # errors, which would break the other queues' reads in flight
+        client = open_client(self.url)
+        try:
+            await self._guard("fetch", partial(self._fetch_loop, q, client))
+        finally:
+            await client.aclose()
+
+    async def _fetch_loop(self, only: QueueState | None = None, client: AsyncClient | None = None) -> None:
         """Long-poll the owned queues (only *only*, until it is released, on a Redis Cluster)."""
-        client = self._fetch_client
+        client = client or self._fetch_client
         assert client is not None
         s = self.settings
         backoff = _Backoff(s.reconnect_backoff_ms, s.reconnect_backoff_max_ms)

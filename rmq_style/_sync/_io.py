@@ -61,10 +61,24 @@ def open_client(url: str) -> Client:
     return LaneClient.from_url(url, **spec.client_options)
 
 
+class ClusterClient(RedisCluster):
+    """redis-py's cluster client, which learns the slots before its first command.
+
+    redis-py 8's asyncio client picks the node of a command before it reads the
+    slot table, so a new client's first command goes to a random node (MOVED);
+    five MOVED and it closes every connection, breaking the other commands in flight.
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_initialize", False):  # the sync client reads the table when it is made
+            cast(Any, self).initialize()
+        return cast(Any, super()).execute_command(*args, **kwargs)
+
+
 def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> Client:
     """A Redis Cluster client: commands go to the node of their keys' slot (one queue: one slot)."""
     nodes = [cast(Any, ClusterNode)(host, port) for host, port in target.nodes]
-    return cast(Client, RedisCluster(startup_nodes=nodes, **options, **target.node_options()))
+    return cast(Client, ClusterClient(startup_nodes=nodes, **options, **target.node_options()))
 
 
 def is_cluster(client: Client) -> bool:
