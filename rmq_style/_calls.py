@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.exceptions import (
+    AskError,
     AuthenticationError,
+    ClusterDownError,
+    MovedError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -94,6 +97,11 @@ _REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (ReadOnlyError, "READONLY"),
     (NoPermissionError, "NOPERM"),
 )
+_CLUSTER_CLASSES: tuple[tuple[type[Exception], str], ...] = (
+    (MovedError, "MOVED"),
+    (AskError, "ASK"),
+    (ClusterDownError, "CLUSTERDOWN"),
+)
 
 
 def refusal(exc: BaseException) -> BrokerRefusedError | None:
@@ -103,12 +111,19 @@ def refusal(exc: BaseException) -> BrokerRefusedError | None:
     'NOREPLICAS'
     >>> refusal(OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")).code
     'OOM'
+    >>> refusal(MovedError("3999 127.0.0.1:6381")).code
+    'MOVED'
     >>> refusal(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")) is None
     True
     """
     for cls, code in _REFUSAL_CLASSES:
         if isinstance(exc, cls):
             return BrokerRefusedError(code, str(exc))
+    for cls, code in _CLUSTER_CLASSES:  # a plain client on a node of a Redis Cluster
+        if isinstance(exc, cls):
+            return BrokerRefusedError(
+                code, f"{exc} (a Redis Cluster: connect with redis+cluster://host:port)"
+            )
     if isinstance(exc, ResponseError):
         text = str(exc)
         code = text.split(" ", 1)[0]

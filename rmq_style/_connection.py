@@ -1,4 +1,4 @@
-"""Connection URLs: redis://, rediss:// (TLS), unix://, redis+sentinel:// and memory:// (fakeredis).
+"""Connection URLs: redis://, rediss:// (TLS), unix://, redis+sentinel://, redis+cluster:// and memory://.
 
 >>> parse_url("memory://").memory_name
 'default'
@@ -7,6 +7,8 @@
 >>> target = parse_url("redis+sentinel://s1:26379,s2/mymaster/2").sentinel
 >>> target.sentinels, target.master_name, target.db
 ((('s1', 26379), ('s2', 26379)), 'mymaster', 2)
+>>> parse_url("redis+cluster://n1:7000,n2").cluster.nodes
+(('n1', 7000), ('n2', 6379))
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 from ._errors import InvalidUrlError
 
-__all__ = ["ConnectionSpec", "SentinelTarget", "memory_server", "parse_url"]
+__all__ = ["ClusterTarget", "ConnectionSpec", "SentinelTarget", "memory_server", "parse_url"]
 
 _SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-_SCHEMES = ("redis", "rediss", "unix", "memory", *_SENTINEL_SCHEMES)
+_CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+_SCHEMES = ("redis", "rediss", "unix", "memory", *_SENTINEL_SCHEMES, *_CLUSTER_SCHEMES)
 _SENTINEL_PORT = 26379
+_REDIS_PORT = 6379
 
 # RESP2: the scripts see the same reply shapes on real Redis and fakeredis, and
 # it is the faster protocol for stream reads (reference/fakeredis.md).
@@ -69,11 +73,26 @@ class SentinelTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterTarget:
+    """A redis+cluster:// URL: nodes to discover the cluster from, and the login for every node."""
+
+    nodes: tuple[tuple[str, int], ...]
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: tuple[tuple[str, str], ...] | None = None  # ssl_* options (rediss+cluster)
+
+    def node_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {"username": self.username, "password": self.password}
+        return options if self.tls is None else {**options, "ssl": True, **dict(self.tls)}
+
+
+@dataclass(frozen=True, slots=True)
 class ConnectionSpec:
     url: str
     scheme: str
     memory_name: str | None = None
     sentinel: SentinelTarget | None = None
+    cluster: ClusterTarget | None = None
 
     @property
     def client_options(self) -> dict[str, Any]:
@@ -94,8 +113,8 @@ def parse_url(url: str) -> ConnectionSpec:
     if scheme not in _SCHEMES:
         raise InvalidUrlError(
             f"unsupported URL scheme {parts.scheme!r} in {url!r}: use redis://, rediss:// (TLS), "
-            "unix:///path/to/redis.sock, redis+sentinel://host:26379/mymaster or memory:// "
-            "(in-process, for tests and the demo)"
+            "unix:///path/to/redis.sock, redis+sentinel://host:26379/mymaster, "
+            "redis+cluster://host:6379[,host2:6379] or memory:// (in-process, for tests and the demo)"
         )
     if scheme == "memory":
         return ConnectionSpec(url, scheme, (parts.netloc + parts.path).strip("/") or "default")
@@ -103,6 +122,9 @@ def parse_url(url: str) -> ConnectionSpec:
         return ConnectionSpec(
             url, scheme, sentinel=_sentinel_target(url, parts, tls=scheme.startswith("rediss"))
         )
+    if scheme in _CLUSTER_SCHEMES:
+        target = _cluster_target(url, parts, tls=scheme.startswith("rediss"))
+        return ConnectionSpec(url, scheme, cluster=target)
     if scheme in ("redis", "rediss") and not parts.hostname:
         raise InvalidUrlError(f"URL {url!r} names no host: use e.g. redis://localhost:6379/0")
     if scheme == "unix" and not parts.path:
@@ -133,8 +155,34 @@ def _sentinel_target(url: str, parts: SplitResult, *, tls: bool) -> SentinelTarg
     )
 
 
+_CLUSTER_FORM = "redis+cluster://[user:password@]host:6379[,host2:6379...]"
+
+
+def _cluster_target(url: str, parts: SplitResult, *, tls: bool) -> ClusterTarget:
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, has_password, password = userinfo.partition(":")
+    if parts.path.strip("/") not in ("", "0"):
+        raise InvalidUrlError(f"URL {url!r} names a database: a cluster has db 0 only ({_CLUSTER_FORM})")
+    options = dict(parse_qsl(parts.query, keep_blank_values=True))
+    unknown = sorted(set(options) - set(_TLS_QUERY if tls else ()))
+    if unknown:
+        raise InvalidUrlError(
+            f"URL {url!r} has unknown options {unknown}: a cluster URL takes none (rediss+cluster: ssl_*)"
+        )
+    return ClusterTarget(
+        nodes=tuple(_address(url, h, _REDIS_PORT, "node", _CLUSTER_FORM) for h in hosts.split(",")),
+        username=unquote(username) or None,
+        password=unquote(password) if has_password else None,
+        tls=tuple(sorted(options.items())) if tls else None,
+    )
+
+
 def _sentinel_address(url: str, host_port: str) -> tuple[str, int]:
-    """One "host[:port]" of the sentinel list ("[::1]:26379" for IPv6)."""
+    return _address(url, host_port, _SENTINEL_PORT, "sentinel", _SENTINEL_FORM)
+
+
+def _address(url: str, host_port: str, default_port: int, what: str, form: str) -> tuple[str, int]:
+    """One "host[:port]" of a list of nodes ("[::1]:26379" for IPv6)."""
     if host_port.startswith("["):
         host, bracket, rest = host_port[1:].partition("]")
         colon, port = rest[:1], rest[1:]
@@ -143,13 +191,11 @@ def _sentinel_address(url: str, host_port: str) -> tuple[str, int]:
     else:
         host, colon, port = host_port.partition(":")
     if not host:
-        raise InvalidUrlError(
-            f"URL {url!r} has a sentinel with no host ({host_port!r}): use {_SENTINEL_FORM}"
-        )
+        raise InvalidUrlError(f"URL {url!r} has a {what} with no host ({host_port!r}): use {form}")
     if not colon:
-        return host, _SENTINEL_PORT
+        return host, default_port
     if not _is_number(port) or not 0 < int(port) < 65536:
-        raise InvalidUrlError(f"URL {url!r} has a bad sentinel port {port!r}: use a number 1..65535")
+        raise InvalidUrlError(f"URL {url!r} has a bad {what} port {port!r}: use a number 1..65535")
     return host, int(port)
 
 

@@ -51,6 +51,7 @@ __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
 # stdlib logging: a library must not print unless the application configures logging
 log = structlog.get_logger("rmq_style.lite_pull")
 _ALL = TagFilter(None)
+CLUSTER_WAIT_SLICE_MS = 50  # a Redis Cluster: longest wait on one queue while others may get messages
 
 
 class ConsumeFrom(StrEnum):
@@ -117,6 +118,8 @@ class LitePullCore:
         self._next_commit = clock() + settings.auto_commit_interval_ms / 1000
         self._turn = 0
         self.closed = False
+        self.one_queue_per_read = False  # set by the front on a Redis Cluster
+        self._wait_turn = 0
 
     # -- what the application sees -------------------------------------------------
 
@@ -385,6 +388,13 @@ class LitePullCore:
                 wait = min(wait, max(1, int((until_duty - self._clock()) * 1000)))
             if active:
                 wait = block_wait_ms(wait, [self.known.due_at(s) for s in streams], self._clock())
+                if self.one_queue_per_read and len(active) > 1:
+                    # a Redis Cluster refuses one read over several slots: wait on the queues in
+                    # turn, a slice each; the reads above look at all of them between slices
+                    self._wait_turn += 1
+                    at = self._wait_turn % len(active)
+                    active, streams = active[at : at + 1], streams[at : at + 1]
+                    wait = min(wait, CLUSTER_WAIT_SLICE_MS)
                 positions = [self._owned[q].fetched for q in active]
                 (reply,) = yield [read_call(streams, positions, batch, wait)]
                 got = read_reply(reply)

@@ -6,7 +6,7 @@ Tasks of one consumer (all stop with ``stop()``):
   for newly owned queues, adoption of entries left by dead members, and now
   and then the deletion of their stream consumers once they own nothing;
 - fetch: one XREADGROUP over the streams of every owned queue with room left
-  (flow control), handing entries to the handler pool;
+  (flow control; on a Redis Cluster one per owned queue), handing entries to the handler pool;
 - settle: acks coalesced per stream, retries and dead letters (one script each);
 - retries: moves the group's due retries into its retry streams;
 - orderly (rmq_style._orderly_queue): a task per owned orderly queue, and the
@@ -20,6 +20,7 @@ import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, cast
 
@@ -29,7 +30,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import wait_event
-from ._async._io import AsyncClient, execute, open_client
+from ._async._io import AsyncClient, execute, is_cluster, open_client
 from ._calls import single
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
@@ -135,6 +136,7 @@ class PushConsumer:
         self._stop = asyncio.Event()
         self._stopped = asyncio.Event()
         self._capacity = asyncio.Event()
+        self._queues_changed = asyncio.Event()  # queues were acquired (cluster: each gets a fetch loop)
         self._settle_wakeup = asyncio.Event()
         self._retry_wakeup = asyncio.Event()
         self._drained = asyncio.Event()  # the pool is closed: no outcome will come any more
@@ -240,9 +242,10 @@ class PushConsumer:
         await self._report_trims()  # a loss while no consumer ran is logged at start
         self._next_prune = time.monotonic() + self._prune_interval()
         self._pool.start()
+        fetch = self._fetch_per_queue if is_cluster(self._fetch_client) else self._fetch_loop
         self._tasks = [
             asyncio.create_task(self._guard("membership", self._membership_loop)),
-            asyncio.create_task(self._guard("fetch", self._fetch_loop)),
+            asyncio.create_task(self._guard("fetch", fetch)),
             asyncio.create_task(self._guard("settle", self._settle_loop)),
             asyncio.create_task(self._guard("retries", self._retry_loop)),
         ]
@@ -455,6 +458,7 @@ class PushConsumer:
             self._log.info("queue.acquired", topic=mq.topic, queue=mq.queue_id)
         self._capacity.set()
         self._retry_wakeup.set()
+        self._queues_changed.set()
 
     async def _adopt(self) -> None:
         """Take over entries pending at members that are gone; re-read our own if some went astray."""
@@ -551,14 +555,19 @@ class PushConsumer:
 
     # -- fetching -------------------------------------------------------------------------------
 
-    def _readable(self, reserved: dict[int, int] | None = None) -> list[StreamState]:
-        """Streams with room for one more pull; *reserved*: entries read but not registered yet, per queue."""
+    def _readable(
+        self, reserved: dict[int, int] | None = None, only: QueueState | None = None
+    ) -> list[StreamState]:
+        """Streams with room for one more pull (of *only*, if given).
+
+        *reserved*: entries read but not registered yet, per queue.
+        """
         s = self.settings
         extra = reserved or {}
         room = s.pull_threshold_for_all - self._total - sum(extra.values())
         now = time.monotonic()
         out = []
-        for q in self._queues.values():
+        for q in self._queues.values() if only is None else (only,):
             if not q.owned:
                 continue
             count = q.count + extra.get(id(q), 0)
@@ -593,7 +602,9 @@ class PushConsumer:
         read: asyncio.Future[Any] = asyncio.ensure_future(cast(Any, client).execute_command(*cmd.args))
         return read
 
-    def _prefetch(self, client: AsyncClient, reply: Any) -> asyncio.Future[Any] | None:
+    def _prefetch(
+        self, client: AsyncClient, reply: Any, only: QueueState | None = None
+    ) -> asyncio.Future[Any] | None:
         """Start the next long poll before handling this batch, so Redis works while we do."""
         if not reply or self._stop.is_set():
             return None
@@ -602,13 +613,37 @@ class PushConsumer:
             stream = self._streams.get(key if isinstance(key, bytes) else key.encode())
             if stream is not None:
                 reserved[id(stream.queue)] = reserved.get(id(stream.queue), 0) + len(entries)
-        streams = self._readable(reserved)
+        streams = self._readable(reserved, only)
         if not streams or any(st.scan_from is not None for st in streams):
             return None
         return self._read_new(client, streams)
 
-    async def _fetch_loop(self) -> None:
-        client = self._fetch_client
+    async def _fetch_per_queue(self) -> None:
+        """Redis Cluster: the queues live in different slots, so each owned queue has its own long poll."""
+        loops: dict[MessageQueue, asyncio.Task[None]] = {}
+        try:
+            while not self._stop.is_set():
+                self._queues_changed.clear()
+                for mq, q in self._queues.items():
+                    running = loops.get(mq)
+                    if q.owned and (running is None or running.done()):
+                        loops[mq] = asyncio.create_task(self._fetch_queue(q))
+                await wait_event(self._queues_changed, self.settings.poll_timeout_ms / 1000)
+        finally:
+            await asyncio.gather(*loops.values(), return_exceptions=True)
+
+    async def _fetch_queue(self, q: QueueState) -> None:
+        # a client of its own: redis-py's cluster client closes all its connections after some
+        # errors, which would break the other queues' reads in flight
+        client = open_client(self.url)
+        try:
+            await self._guard("fetch", partial(self._fetch_loop, q, client))
+        finally:
+            await client.aclose()
+
+    async def _fetch_loop(self, only: QueueState | None = None, client: AsyncClient | None = None) -> None:
+        """Long-poll the owned queues (only *only*, until it is released, on a Redis Cluster)."""
+        client = client or self._fetch_client
         assert client is not None
         s = self.settings
         backoff = _Backoff(s.reconnect_backoff_ms, s.reconnect_backoff_max_ms)
@@ -616,7 +651,9 @@ class PushConsumer:
         try:
             while not self._stop.is_set():
                 if ahead is None:
-                    streams = self._readable()
+                    if only is not None and not only.owned:
+                        return
+                    streams = self._readable(only=only)
                     if not streams:
                         self._capacity.clear()
                         await wait_event(self._capacity, s.poll_timeout_ms / 1000)
@@ -641,7 +678,7 @@ class PushConsumer:
                         reply = await read
                         if self._stop.is_set():
                             return  # read after stop: left pending, handed back when we leave
-                        ahead = self._prefetch(client, reply)
+                        ahead = self._prefetch(client, reply, only)
                         if ahead is not None:
                             await asyncio.sleep(0)  # lets the next XREADGROUP go out now
                         self._on_read(reply, None)

@@ -29,6 +29,7 @@ import redis
 
 __all__ = [
     "AppTester",
+    "ClusterGroup",
     "RedisServer",
     "SentinelGroup",
     "free_port",
@@ -139,8 +140,10 @@ class RedisServer:
         tls: bool = False,
         tls_dir: Path | None = None,
         replica_of: int | None = None,
+        cluster: bool = False,
     ) -> None:
         self.port = port or free_port()
+        self.cluster_port = free_port() if cluster else None  # the bus (port + 10000 may be over 65535)
         self.appendonly = appendonly
         self.replica_of = replica_of
         self._own_dir = data_dir is None
@@ -196,6 +199,9 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.cluster_port:
+            args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            args += ["--cluster-port", str(self.cluster_port)]
         if self.replica_of:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
             args += ["--tls-replication", "yes"] if self.tls_port else []
@@ -393,6 +399,68 @@ class SentinelGroup:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> SentinelGroup:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ClusterGroup:
+    """A Redis Cluster of our own: *nodes* masters on free loopback ports, the slots split evenly.
+
+    >>> with ClusterGroup() as cluster:   # doctest: +SKIP
+    ...     cluster.url
+    'redis+cluster://127.0.0.1:40123,127.0.0.1:40125,127.0.0.1:40127'
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, nodes: int = 3) -> None:
+        self.nodes = [RedisServer(cluster=True) for _ in range(nodes)]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self, timeout: float = 10.0) -> ClusterGroup:
+        try:
+            for node in self.nodes:
+                node.start(timeout)
+            share = self.SLOTS // len(self.nodes)
+            for i, node in enumerate(self.nodes):
+                last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
+                self._ask(node, "CLUSTER", "ADDSLOTSRANGE", i * share, last)
+            for node in self.nodes[1:]:
+                self._ask(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port)
+            _wait_until(self._ready, timeout, "every node of the cluster sees every slot served")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _ask(self, node: RedisServer, *command: Any) -> Any:
+        with redis.Redis(port=node.port, protocol=2) as client:
+            return client.execute_command(*command)
+
+    def _ready(self) -> bool:
+        for node in self.nodes:
+            info = self._ask(node, "CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text or f"cluster_known_nodes:{len(self.nodes)}" not in text:
+                return False
+        return True
+
+    def flush(self) -> None:
+        for node in self.nodes:
+            self._ask(node, "FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> ClusterGroup:
         return self.start()
 
     def __exit__(

@@ -13,6 +13,7 @@ from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as redis_asyncio
 from hiredis import pack_command
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -21,7 +22,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
-from .._connection import SentinelTarget, memory_server, parse_url
+from .._connection import ClusterTarget, SentinelTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "drive",
     "drive_with_retries",
     "execute",
+    "is_cluster",
     "open_client",
 ]
 
@@ -53,7 +55,34 @@ def open_client(url: str) -> AsyncClient:
         return FakeAsyncRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
     if spec.sentinel is not None:
         return _master_client(spec.sentinel, spec.client_options)
+    if spec.cluster is not None:
+        return _cluster_client(spec.cluster, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's cluster client, which learns the slots before its first command.
+
+    redis-py 8's asyncio client picks the node of a command before it reads the
+    slot table, so a new client's first command goes to a random node (MOVED);
+    five MOVED and it closes every connection, breaking the other commands in flight.
+    """
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_initialize", False):  # the sync client reads the table when it is made
+            await cast(Any, self).initialize()
+        return await cast(Any, super()).execute_command(*args, **kwargs)
+
+
+def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> AsyncClient:
+    """A Redis Cluster client: commands go to the node of their keys' slot (one queue: one slot)."""
+    nodes = [cast(Any, ClusterNode)(host, port) for host, port in target.nodes]
+    return cast(AsyncClient, ClusterClient(startup_nodes=nodes, **options, **target.node_options()))
+
+
+def is_cluster(client: AsyncClient) -> bool:
+    """Whether *client* talks to a Redis Cluster: a multi-key read must then stay within one queue."""
+    return isinstance(client, RedisCluster)
 
 
 def _master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:

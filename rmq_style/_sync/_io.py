@@ -14,6 +14,7 @@ from typing import Any, Self, TypeVar, cast
 
 import redis as redis_asyncio
 from hiredis import pack_command
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
@@ -22,7 +23,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
-from .._connection import SentinelTarget, memory_server, parse_url
+from .._connection import ClusterTarget, SentinelTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "drive",
     "drive_with_retries",
     "execute",
+    "is_cluster",
     "open_client",
 ]
 
@@ -54,7 +56,34 @@ def open_client(url: str) -> Client:
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
     if spec.sentinel is not None:
         return _master_client(spec.sentinel, spec.client_options)
+    if spec.cluster is not None:
+        return _cluster_client(spec.cluster, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)
+
+
+class ClusterClient(RedisCluster):
+    """redis-py's cluster client, which learns the slots before its first command.
+
+    redis-py 8's asyncio client picks the node of a command before it reads the
+    slot table, so a new client's first command goes to a random node (MOVED);
+    five MOVED and it closes every connection, breaking the other commands in flight.
+    """
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_initialize", False):  # the sync client reads the table when it is made
+            cast(Any, self).initialize()
+        return cast(Any, super()).execute_command(*args, **kwargs)
+
+
+def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> Client:
+    """A Redis Cluster client: commands go to the node of their keys' slot (one queue: one slot)."""
+    nodes = [cast(Any, ClusterNode)(host, port) for host, port in target.nodes]
+    return cast(Client, ClusterClient(startup_nodes=nodes, **options, **target.node_options()))
+
+
+def is_cluster(client: Client) -> bool:
+    """Whether *client* talks to a Redis Cluster: a multi-key read must then stay within one queue."""
+    return isinstance(client, RedisCluster)
 
 
 def _master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:

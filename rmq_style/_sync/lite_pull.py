@@ -11,7 +11,7 @@ from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._pulling import offset_for_timestamp_flow
-from ._io import Client, ClientHolder
+from ._io import Client, ClientHolder, is_cluster
 
 __all__ = ["LitePullConsumer"]
 
@@ -48,6 +48,7 @@ class LitePullConsumer(ClientHolder):
         self.settings = check_settings(settings or LitePullSettings(**options))
         self._core = LitePullCore(group, self.settings)
         super().__init__(url)
+        self._core.one_queue_per_read = is_cluster(self._client)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} group={self._core.group!r} member={self._core.member!r}>"
