@@ -71,6 +71,10 @@ class PushStats:
     trimmed: int = 0  # maxlen retention removed entries before the group handled them (as logged here)
 
 
+def _scanning(q: QueueState) -> bool:
+    return any(st.scan_from is not None for st in q.streams)
+
+
 class _Backoff:
     def __init__(self, first_ms: int, max_ms: int) -> None:
         self.first, self.max, self.next = first_ms, max_ms, first_ms
@@ -464,7 +468,9 @@ class PushConsumer:
         """Take over entries pending at members that are gone; re-read our own if some went astray."""
         client = self._client
         assert client is not None
-        streams = [s for q in self._queues.values() if q.owned for s in q.streams]
+        # queues handed to another member too: entries of ours may be stranded there (a read whose
+        # reply was lost as the queue left us); nobody else takes them while we live
+        streams = [s for q in self._queues.values() for s in q.streams]
         if not streams:
             return
         pipe = client.pipeline(transaction=False)
@@ -482,7 +488,7 @@ class PushConsumer:
                     if int(consumer["pending"]) > len(stream.in_flight) and stream.scan_from is None:
                         stream.scan_from = b"0-0"
                     continue
-                if name in live:
+                if name in live or not stream.queue.owned:
                     continue  # a live member still works on them (a slow handler is never taken away)
                 rows = await client.xpending_range(
                     stream.key, self.group, min="-", max="+", count=1000, consumername=name, idle=min_idle
@@ -569,6 +575,8 @@ class PushConsumer:
         out = []
         for q in self._queues.values() if only is None else (only,):
             if not q.owned:
+                # a queue gone to another member: only our own entries stranded there, read by a scan
+                out += [st for st in q.streams if st.scan_from is not None]
                 continue
             count = q.count + extra.get(id(q), 0)
             if (
@@ -626,7 +634,7 @@ class PushConsumer:
                 self._queues_changed.clear()
                 for mq, q in self._queues.items():
                     running = loops.get(mq)
-                    if q.owned and (running is None or running.done()):
+                    if (q.owned or _scanning(q)) and (running is None or running.done()):
                         loops[mq] = asyncio.create_task(self._fetch_queue(q))
                 await wait_event(self._queues_changed, self.settings.poll_timeout_ms / 1000)
         finally:
@@ -651,7 +659,7 @@ class PushConsumer:
         try:
             while not self._stop.is_set():
                 if ahead is None:
-                    if only is not None and not only.owned:
+                    if only is not None and not only.owned and not _scanning(only):
                         return
                     streams = self._readable(only=only)
                     if not streams:

@@ -36,9 +36,9 @@ async def create_topic(url: str, topic: str = "orders", queues: int = 4) -> None
         await admin.create_topic(topic, queues=queues)
 
 
-async def send(url: str, messages: list[Message]) -> list[str]:
+async def send(url: str, messages: list[Message], **options: Any) -> list[str]:
     async with AsyncProducer(url) as producer:
-        results = await producer.send_batch(messages)
+        results = await producer.send_batch(messages, **options)
     return [r.msg_id for r in results]
 
 

@@ -207,3 +207,12 @@ def test_a_new_async_client_sends_its_first_command_to_the_right_node(cluster: C
         return redirected
 
     assert asyncio.run(main()) == [0] * 12
+
+
+def test_recovery_of_stranded_entries_works_on_a_cluster(cluster: ClusterGroup) -> None:
+    from tests.test_push_recovery import (
+        test_entries_of_ours_stranded_in_a_queue_that_moved_to_another_member_are_handled as stranded,
+    )
+
+    cluster.flush()
+    stranded(cluster.url)  # per-queue long polls: the scan runs on the queue's own loop

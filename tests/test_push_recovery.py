@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -110,6 +111,54 @@ def test_hung_handler_times_out_and_is_retried(url: str) -> None:
 
     events = run(main())
     assert any("ConsumeTimeout" in str(e.get("reason")) for e in events if e["event"] == "message.failed")
+
+
+def test_entries_of_ours_stranded_in_a_queue_that_moved_to_another_member_are_handled(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        handled: dict[str, list[int]] = {"a": [], "b": []}
+        release = asyncio.Event()
+
+        def listener(name: str) -> Any:
+            async def on_message(msg: ReceivedMessage) -> None:
+                i = msg.value()["i"]
+                if name == "b" and i < 3 and not release.is_set():
+                    await release.wait()  # held at b until they have been taken from it
+                handled[name].append(i)
+
+            return on_message
+
+        a = PushConsumer(url, "billing", fast_settings())
+        a.subscribe("orders", "*", listener("a"))
+        b = PushConsumer(url, "billing", fast_settings())
+        b.subscribe("orders", "*", listener("b"))
+        client = open_client(url)
+        async with a:
+            async with b:
+                await until(lambda: len(a.queues) == 1 and len(b.queues) == 1, what="a 1/1 split")
+                (queue,) = b.queues
+                stream = Keys().queue("orders", queue.queue_id).stream
+                # a's last read of the queue may still be waiting: a probe read by b proves it is over
+                # (Redis serves the longest-waiting reader first)
+                for probe in range(100, 110):
+                    await send(url, [Message("orders", {"i": probe})], queue_id=queue.queue_id)
+                    await until(lambda p=probe: p in handled["a"] + handled["b"], what="the probe")
+                    if probe in handled["b"]:
+                        break
+                await send(url, [Message("orders", {"i": i}) for i in range(3)], queue_id=queue.queue_id)
+                await until(lambda: b.in_flight == 3, what="three held at b")
+                # as if a had read them just before the queue moved, and lost the reply
+                ids = [entry_id for entry_id, _ in await client.xrevrange(stream, count=3)]  # the held ones
+                assert len(await client.xclaim(stream, "billing", a.member, 0, ids, justid=True)) == 3
+                stranded = [0, 1, 2]
+                await until(lambda: sorted(i for i in handled["a"] if i < 3) == stranded, what="a has them")
+                release.set()
+                await until(lambda: b.in_flight == 0, what="b lets go")
+            await until(lambda: a.in_flight == 0, what="acks")
+        assert (await client.xpending(stream, "billing"))["pending"] == 0
+        await client.aclose()
+
+    run(main())
 
 
 @pytest.mark.parametrize("sync_listener", [False, True])
