@@ -71,6 +71,9 @@ class PushStats:
     trimmed: int = 0  # maxlen retention removed entries before the group handled them (as logged here)
 
 
+_PREFETCH_MIN = 4  # entries in a reply worth reading ahead of handling them
+
+
 def _scanning(q: QueueState) -> bool:
     return any(st.scan_from is not None for st in q.streams)
 
@@ -621,6 +624,8 @@ class PushConsumer:
             stream = self._streams.get(key if isinstance(key, bytes) else key.encode())
             if stream is not None:
                 reserved[id(stream.queue)] = reserved.get(id(stream.queue), 0) + len(entries)
+        if sum(reserved.values()) < _PREFETCH_MIN:
+            return None  # a trickle: hand it over first, a read sent now would only delay it
         streams = self._readable(reserved, only)
         if not streams or any(st.scan_from is not None for st in streams):
             return None
