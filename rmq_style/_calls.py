@@ -14,7 +14,6 @@ from typing import Any, TypeVar
 from redis.exceptions import (
     AskError,
     AuthenticationError,
-    ClusterDownError,
     MovedError,
     NoPermissionError,
     OutOfMemoryError,
@@ -97,11 +96,7 @@ _REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
     (ReadOnlyError, "READONLY"),
     (NoPermissionError, "NOPERM"),
 )
-_CLUSTER_CLASSES: tuple[tuple[type[Exception], str], ...] = (
-    (MovedError, "MOVED"),
-    (AskError, "ASK"),
-    (ClusterDownError, "CLUSTERDOWN"),
-)
+_CLUSTER_CLASSES: tuple[tuple[type[Exception], str], ...] = ((MovedError, "MOVED"), (AskError, "ASK"))
 
 
 def refusal(exc: BaseException) -> BrokerRefusedError | None:

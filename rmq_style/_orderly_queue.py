@@ -30,12 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import wait_event
-from ._async._io import AsyncClient, execute
+from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from ._calls import Call
 from ._errors import FencedError
 from ._handler_times import HandlerTimes
@@ -65,7 +63,7 @@ from ._push_state import Subscription
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
 log = structlog.get_logger("rmq_style.orderly")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = (*TRANSIENT_ERRORS, OSError)
 _tokens = itertools.count(1)
 
 Entry = tuple[bytes, dict[bytes, bytes]]

@@ -25,12 +25,10 @@ from types import TracebackType
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ._aio import wait_event
-from ._async._io import AsyncClient, execute, is_cluster, open_client
+from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute, is_cluster, open_client
 from ._calls import single
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
@@ -54,7 +52,7 @@ __all__ = ["PushConsumer", "PushStats"]
 _ACK = Ack()
 
 log = structlog.get_logger("rmq_style.push")
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+_TRANSIENT = (*TRANSIENT_ERRORS, OSError)
 _RELEASE_LIMIT = 500
 _PRUNE_EVERY = 10  # heartbeat intervals between two passes deleting dead members' stream consumers
 
@@ -696,16 +694,16 @@ class PushConsumer:
                             await asyncio.sleep(0)  # lets the next XREADGROUP go out now
                         self._on_read(reply, None)
                     backoff.reset()
-                except ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
-                        raise
-                    await self._recreate_groups(str(exc))
-                except _TRANSIENT as exc:
+                except _TRANSIENT as exc:  # first: CLUSTERDOWN is a ResponseError too
                     self._log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
                     for q in self._queues.values():
                         for st in q.streams:
                             st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
                     await backoff.wait(self._stop)
+                except ResponseError as exc:
+                    if not str(exc).startswith("NOGROUP"):
+                        raise
+                    await self._recreate_groups(str(exc))
         finally:
             if ahead is not None:
                 # never cancel a blocked read (fakeredis would keep a zombie reader); what it

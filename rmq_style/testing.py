@@ -417,8 +417,13 @@ class ClusterGroup:
 
     SLOTS = 16384
 
-    def __init__(self, nodes: int = 3) -> None:
-        self.nodes = [RedisServer(cluster=True) for _ in range(nodes)]
+    def __init__(self, nodes: int = 3, *, appendonly: bool = False) -> None:
+        self.nodes = [RedisServer(cluster=True, appendonly=appendonly) for _ in range(nodes)]
+
+    def restart(self, node: RedisServer, timeout: float = 10.0) -> None:
+        """kill -9 *node* and start it again (it keeps its id and slots); back once the cluster is ok."""
+        node.restart()
+        _wait_until(self._ready, timeout, "the restarted node serving its slots again")
 
     @property
     def url(self) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
+from structlog.testing import capture_logs
 
 from rmq_style import (
     Admin,
@@ -216,3 +217,44 @@ def test_recovery_of_stranded_entries_works_on_a_cluster(cluster: ClusterGroup) 
 
     cluster.flush()
     stranded(cluster.url)  # per-queue long polls: the scan runs on the queue's own loop
+
+
+def test_a_node_killed_and_restarted_under_load_loses_nothing() -> None:
+    with ClusterGroup(appendonly=True) as group:
+        url = group.url
+        with Admin(url) as admin:
+            admin.create_topic("orders", queues=QUEUES)
+        handled: set[int] = set()
+
+        async def listener(msg: ReceivedMessage) -> None:
+            handled.add(msg.value()["n"])
+
+        async def main() -> list[int]:
+            consumer = PushConsumer(url, "billing", fast_settings())
+            consumer.subscribe("orders", "*", listener)
+            sent: list[int] = []
+            async with consumer, AsyncProducer(url, retries=10, retry_backoff_ms=50) as producer:
+                restart: asyncio.Future[None] | None = None
+                for n in range(600):
+                    if n == 200:
+                        # a node dies while messages flow both ways; AOF (fsync always) brings it back
+                        restart = asyncio.ensure_future(asyncio.to_thread(group.restart, group.nodes[0]))
+                    await producer.send(Message("orders", {"n": n}))  # retried while its node is down
+                    sent.append(n)
+                assert restart is not None
+                await restart
+                await until(lambda: handled >= set(sent), timeout=30, what="every sent message handled")
+                await until(lambda: consumer.in_flight == 0, what="acks")
+            return sent
+
+        with capture_logs() as events:
+            sent = asyncio.run(main())
+        assert handled == set(sent) and len(sent) == 600
+        felt = {e["event"] for e in events if e["log_level"] == "warning"}
+        assert "consumer.redis_unavailable" in felt, felt  # the outage reached the consumer
+        # CLUSTERDOWN (every node refuses while a master is away) is an outage, not an error
+        assert [e["event"] for e in events if e["log_level"] == "error"] == []
+        with Admin(url) as admin:
+            assert admin.dead_letters("billing", "orders") == []
+            reports = admin.progress("billing", "orders")
+            assert sum(r.progress.lag + r.progress.pending for r in reports) == 0

@@ -18,8 +18,8 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
@@ -27,6 +27,7 @@ from .._connection import ClusterTarget, SentinelTarget, memory_server, parse_ur
 from .._errors import BrokerUnavailableError
 
 __all__ = [
+    "TRANSIENT_ERRORS",
     "Client",
     "ClientHolder",
     "LaneClient",
@@ -43,7 +44,10 @@ T = TypeVar("T")
 # lane it closed is never written to (a close while in use is a failure of that call)
 LANE_IDLE_CHECK_S = 0.002
 Client = redis_asyncio.Redis
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError)
+# Redis (or, on a cluster, a node or the slots of one) away for now: worth another try later
+TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+_TRANSIENT = TRANSIENT_ERRORS
+_ATTENTION = (NoScriptError, *_TRANSIENT)  # replies that are not a call's own outcome
 
 
 def open_client(url: str) -> Client:
@@ -150,10 +154,13 @@ def execute(client: Client, calls: Sequence[Call]) -> list[Any]:
     """
     replies = _round_trip(client, calls)
     for reply in replies:
-        if isinstance(reply, NoScriptError):
+        if isinstance(reply, _ATTENTION):
             break
     else:
         return replies  # the usual case, checked without building a list
+    for reply in replies:
+        if isinstance(reply, _TRANSIENT):
+            raise reply  # a cluster node away: as a whole pipeline fails on one server
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
         _load_scripts(client, [calls[i] for i in refused])
