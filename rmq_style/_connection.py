@@ -137,18 +137,24 @@ _SENTINEL_QUERY = ("sentinel_username", "sentinel_password")
 _TLS_QUERY = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 
 
-def _sentinel_target(url: str, parts: SplitResult, *, tls: bool) -> SentinelTarget:
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+def _login_and_hosts(netloc: str) -> tuple[str | None, str | None, list[str]]:
+    """A multi-host URL's "[user:password@]host[:port][,host...]": user, password, host list."""
+    userinfo, _, hosts = netloc.rpartition("@")
     username, has_password, password = userinfo.partition(":")
-    sentinels = tuple(_sentinel_address(url, h) for h in hosts.split(","))
+    return unquote(username) or None, unquote(password) if has_password else None, hosts.split(",")
+
+
+def _sentinel_target(url: str, parts: SplitResult, *, tls: bool) -> SentinelTarget:
+    username, password, hosts = _login_and_hosts(parts.netloc)
+    sentinels = tuple(_sentinel_address(url, h) for h in hosts)
     master_name, db = _master_and_db(url, parts.path)
     query = _sentinel_query(url, parts.query, tls=tls)
     return SentinelTarget(
         sentinels=sentinels,
         master_name=master_name,
         db=db,
-        username=unquote(username) or None,
-        password=unquote(password) if has_password else None,
+        username=username,
+        password=password,
         sentinel_username=query.pop("sentinel_username", None),
         sentinel_password=query.pop("sentinel_password", None),
         tls=tuple(sorted(query.items())) if tls else None,
@@ -159,8 +165,7 @@ _CLUSTER_FORM = "redis+cluster://[user:password@]host:6379[,host2:6379...]"
 
 
 def _cluster_target(url: str, parts: SplitResult, *, tls: bool) -> ClusterTarget:
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    username, has_password, password = userinfo.partition(":")
+    username, password, hosts = _login_and_hosts(parts.netloc)
     if parts.path.strip("/") not in ("", "0"):
         raise InvalidUrlError(f"URL {url!r} names a database: a cluster has db 0 only ({_CLUSTER_FORM})")
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
@@ -170,9 +175,9 @@ def _cluster_target(url: str, parts: SplitResult, *, tls: bool) -> ClusterTarget
             f"URL {url!r} has unknown options {unknown}: a cluster URL takes none (rediss+cluster: ssl_*)"
         )
     return ClusterTarget(
-        nodes=tuple(_address(url, h, _REDIS_PORT, "node", _CLUSTER_FORM) for h in hosts.split(",")),
-        username=unquote(username) or None,
-        password=unquote(password) if has_password else None,
+        nodes=tuple(_address(url, h, _REDIS_PORT, "node", _CLUSTER_FORM) for h in hosts),
+        username=username,
+        password=password,
         tls=tuple(sorted(options.items())) if tls else None,
     )
 

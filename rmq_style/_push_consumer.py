@@ -696,9 +696,10 @@ class PushConsumer:
                     backoff.reset()
                 except _TRANSIENT as exc:  # first: CLUSTERDOWN is a ResponseError too
                     self._log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
-                    for q in self._queues.values():
-                        for st in q.streams:
-                            st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
+                    for q in self._queues.values() if only is None else (only,):
+                        if q.owned:  # (a queue handed on: the heartbeat's own-pending check)
+                            for st in q.streams:
+                                st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
                     await backoff.wait(self._stop)
                 except ResponseError as exc:
                     if not str(exc).startswith("NOGROUP"):

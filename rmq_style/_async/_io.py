@@ -45,8 +45,7 @@ LANE_IDLE_CHECK_S = 0.002
 AsyncClient = redis_asyncio.Redis
 # Redis (or, on a cluster, a node or the slots of one) away for now: worth another try later
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
-_TRANSIENT = TRANSIENT_ERRORS
-_ATTENTION = (NoScriptError, *_TRANSIENT)  # replies that are not a call's own outcome
+_ATTENTION = (NoScriptError, *TRANSIENT_ERRORS)  # replies that are not a call's own outcome
 
 
 def open_client(url: str) -> AsyncClient:
@@ -158,7 +157,7 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
     else:
         return replies  # the usual case, checked without building a list
     for reply in replies:
-        if isinstance(reply, _TRANSIENT):
+        if isinstance(reply, TRANSIENT_ERRORS):
             raise reply  # a cluster node away: as a whole pipeline fails on one server
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
@@ -329,7 +328,7 @@ async def drive_with_retries(
     while True:
         try:
             return await drive(client, make_flow())
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             if attempt >= retries:
                 raise BrokerUnavailableError(
                     f"Redis unreachable after {attempt + 1} attempt(s): {exc}; the operation may not have "
@@ -350,7 +349,7 @@ class ClientHolder:
         """Run *flow* once; a Redis that cannot be reached is BrokerUnavailableError, as for producers."""
         try:
             return await drive(self._client, flow)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             raise BrokerUnavailableError(
                 f"Redis unreachable: {exc}; the operation may not have taken effect"
             ) from exc

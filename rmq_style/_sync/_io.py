@@ -46,8 +46,7 @@ LANE_IDLE_CHECK_S = 0.002
 Client = redis_asyncio.Redis
 # Redis (or, on a cluster, a node or the slots of one) away for now: worth another try later
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
-_TRANSIENT = TRANSIENT_ERRORS
-_ATTENTION = (NoScriptError, *_TRANSIENT)  # replies that are not a call's own outcome
+_ATTENTION = (NoScriptError, *TRANSIENT_ERRORS)  # replies that are not a call's own outcome
 
 
 def open_client(url: str) -> Client:
@@ -159,7 +158,7 @@ def execute(client: Client, calls: Sequence[Call]) -> list[Any]:
     else:
         return replies  # the usual case, checked without building a list
     for reply in replies:
-        if isinstance(reply, _TRANSIENT):
+        if isinstance(reply, TRANSIENT_ERRORS):
             raise reply  # a cluster node away: as a whole pipeline fails on one server
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
@@ -330,7 +329,7 @@ def drive_with_retries(
     while True:
         try:
             return drive(client, make_flow())
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             if attempt >= retries:
                 raise BrokerUnavailableError(
                     f"Redis unreachable after {attempt + 1} attempt(s): {exc}; the operation may not have "
@@ -351,7 +350,7 @@ class ClientHolder:
         """Run *flow* once; a Redis that cannot be reached is BrokerUnavailableError, as for producers."""
         try:
             return drive(self._client, flow)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             raise BrokerUnavailableError(
                 f"Redis unreachable: {exc}; the operation may not have taken effect"
             ) from exc
