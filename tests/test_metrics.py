@@ -72,10 +72,10 @@ def test_counters_and_progress_match_what_happened(url: str) -> None:
     assert value("rmq_progress_up") == 1
 
 
-def test_handler_durations_histogram_counts_every_listener_call(fake_url: str) -> None:
-    with Admin(fake_url) as admin:
+def test_handler_durations_histogram_counts_every_listener_call(url: str) -> None:
+    with Admin(url) as admin:
         admin.create_topic("orders", queues=2)
-    app = App(fake_url)
+    app = App(url)
 
     @app.subscribe("orders", group="billing", max_reconsume_times=1)
     def bill(body: dict[str, Any]) -> None:
@@ -95,7 +95,7 @@ def test_handler_durations_histogram_counts_every_listener_call(fake_url: str) -
     def value(name: str, group: str, **labels: str) -> float | None:
         return registry.get_sample_value(f"rmq_consumer_handler_seconds_{name}", {"group": group, **labels})
 
-    with Producer(fake_url) as producer:
+    with Producer(url) as producer:
         producer.send_batch([Message("orders", {"n": n}, keys=[str(n)]) for n in range(8)])
     with AppTester(app) as tester:
         tester.drain()
