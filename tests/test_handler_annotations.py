@@ -21,6 +21,7 @@ ORDER = {"order_id": 1, "user": "ann"}
 ORDER_JSON = b'{"order_id":1,"user":"ann"}'
 BODIES: dict[str, Any] = {
     "bytes": b"now",
+    "binary": b"\xff\x00",  # not UTF-8
     "str": "now",
     "bytes-json": ORDER_JSON,
     "str-json": ORDER_JSON.decode(),
@@ -40,15 +41,35 @@ def expected(codec: str) -> dict[str, dict[str, Any]]:
         stored = {k: msgpack.packb(v) for k, v in structured.items()}
     raw = {"bytes": b"now", "str": b"now", "bytes-json": ORDER_JSON, "str-json": ORDER_JSON}
     text = {k: v.decode() for k, v in raw.items()}
+    raw["binary"], text["binary"] = b"\xff\x00", DEAD
     return {
         "bytes": raw | stored,
         "str": text | dict.fromkeys(structured, DEAD),
-        "dict": {"bytes": DEAD, "str": DEAD, "bytes-json": ORDER, "str-json": ORDER, "list": DEAD}
+        "dict": {
+            "bytes": DEAD,
+            "binary": DEAD,
+            "str": DEAD,
+            "bytes-json": ORDER,
+            "str-json": ORDER,
+            "list": DEAD,
+        }
         | {"dict": ORDER, "model": ORDER},
         "list": dict.fromkeys([*raw, "dict", "model"], DEAD) | {"list": [1, 2]},
-        "model": {"bytes": DEAD, "str": DEAD, "bytes-json": Order(**ORDER), "str-json": Order(**ORDER)}
+        "model": {
+            "bytes": DEAD,
+            "binary": DEAD,
+            "str": DEAD,
+            "bytes-json": Order(**ORDER),
+            "str-json": Order(**ORDER),
+        }
         | {"dict": Order(**ORDER), "list": DEAD, "model": Order(**ORDER)},
-        "any": {"bytes": b"now", "str": "now", "bytes-json": ORDER_JSON, "str-json": ORDER_JSON.decode()}
+        "any": {
+            "bytes": b"now",
+            "binary": b"\xff\x00",
+            "str": "now",
+            "bytes-json": ORDER_JSON,
+            "str-json": ORDER_JSON.decode(),
+        }
         | structured,
         "message": raw | stored,  # ReceivedMessage.body: the stored bytes
     }
