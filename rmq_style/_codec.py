@@ -28,6 +28,8 @@ M = TypeVar("M")
 
 RAW, TEXT, JSON, MSGPACK = "b", "s", "j", "m"
 _STRUCTURED = {"json": JSON, "msgpack": MSGPACK}
+_CONTENT_TYPES = (RAW, TEXT, JSON, MSGPACK)
+_ANY: tuple[Any, ...] = (Any, object)
 # one encoder, built once: json.dumps with non-default options builds a new one per call
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _JSON_ENCODE = _JSON_ENCODER.encode
@@ -123,8 +125,24 @@ def decode_value(content_type: str, data: bytes) -> Any:
 def decode_model(content_type: str, data: bytes, model: type[M]) -> M:
     """Decode and validate a body into *model* (a pydantic model or any type pydantic can validate).
 
+    ``bytes`` takes the body as stored, whatever its content type. ``str`` and
+    ``Any``/``object`` take a text or raw body as text (raw: if it is UTF-8);
+    every other type parses a text or raw body as JSON. A JSON or msgpack body
+    is decoded, then validated (a ``str`` handler takes a JSON string, not an object).
+
+    >>> decode_model("s", b"now", str), decode_model("j", b'{"id":1}', bytes)
+    ('now', b'{"id":1}')
+    >>> decode_model("s", b'{"id": 1}', dict), decode_model("b", b"now", object)
+    ({'id': 1}, b'now')
+
     Raises SerializationError whose ``__cause__`` is the pydantic ValidationError.
     """
+    if model is bytes and content_type in _CONTENT_TYPES:
+        return cast(M, data)
+    if model in _ANY:
+        return cast(M, decode_value(content_type, data))
+    if model is str and content_type in (RAW, TEXT):
+        return cast(M, decode_value(TEXT, data))
     try:
         if content_type in (JSON, RAW, TEXT):
             if isinstance(model, type) and issubclass(model, BaseModel):

@@ -15,13 +15,33 @@ from __future__ import annotations
 import threading
 import zlib
 
-from ._errors import QueueNotFoundError
+from ._errors import QueueNotFoundError, UsageError
 
 __all__ = ["RoundRobin", "check_queue_id", "queue_for_key"]
 
 
 def queue_for_key(sharding_key: str | bytes | int, queue_count: int) -> int:
-    data = sharding_key if isinstance(sharding_key, bytes) else str(sharding_key).encode()
+    """The queue of *sharding_key* (docs/storage.md: str as UTF-8, bytes as they are, int as decimal).
+
+    Other types are refused: their text (``True``, ``1.5``) is Python's, not a contract.
+
+    >>> queue_for_key(42, 8) == queue_for_key("42", 8), queue_for_key(bytearray(b"user-42"), 8)
+    (True, 3)
+    """
+    kind = type(sharding_key)
+    if kind is str:
+        data = sharding_key.encode()  # type: ignore[union-attr]
+    elif isinstance(sharding_key, bytes | bytearray | memoryview):
+        data = bytes(sharding_key)
+    elif isinstance(sharding_key, int) and kind is not bool:
+        data = b"%d" % sharding_key
+    elif isinstance(sharding_key, str):
+        data = str.encode(sharding_key)
+    else:
+        raise UsageError(
+            f"a sharding key is a str, bytes or int, not {kind.__name__} ({sharding_key!r}): "
+            "convert it to the text other producers of the topic use"
+        )
     return zlib.crc32(data) % queue_count
 
 

@@ -40,11 +40,12 @@ class Supervisor:
         concurrency: int | None = None,
         shutdown_timeout_s: float = 30.0,
         metrics_port: int | None = None,
+        app_dir: str = ".",
     ) -> None:
         self.app_path = app_path
         self.processes = processes
         self.shutdown_timeout_s = shutdown_timeout_s
-        self._args = [sys.executable, "-m", "rmq_style._worker", app_path]
+        self._args = [sys.executable, "-m", "rmq_style._worker", app_path, "--app-dir", app_dir]
         for group in only_groups or []:
             self._args += ["--only", group]
         if concurrency is not None:

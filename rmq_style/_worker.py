@@ -1,7 +1,7 @@
 """One worker process: import the app by dotted path, run it until SIGTERM/SIGINT, exit 0.
 
 Run by the supervisor as ``python -m rmq_style._worker module:app [--only GROUP ...]
-[--concurrency N] [--metrics-port P [--metrics-progress]]``.
+[--concurrency N] [--metrics-port P [--metrics-progress]] [--app-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import os
 import signal
 import sys
 from typing import Any, Protocol
@@ -23,6 +24,18 @@ log = structlog.get_logger("rmq_style.worker")
 class Runnable(Protocol):
     async def run(self, stop: asyncio.Event, *, only_groups: list[str] | None = None,
                   concurrency: int | None = None) -> None: ...  # fmt: skip
+
+
+def use_app_dir(app_dir: str) -> str:
+    """Put *app_dir* (absolute) first on sys.path, as uvicorn's --app-dir does; returns it.
+
+    A console script's sys.path[0] is its bin directory, not the working directory.
+    """
+    path = os.path.abspath(app_dir)
+    if path in sys.path:
+        sys.path.remove(path)
+    sys.path.insert(0, path)
+    return path
 
 
 def import_app(path: str) -> Any:
@@ -74,9 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=None)
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--metrics-progress", action="store_true")
+    parser.add_argument("--app-dir", default=".")
     args = parser.parse_args(argv)
     configure_logging()
-    sys.path.insert(0, ".")
+    use_app_dir(args.app_dir)
     app = import_app(args.app)
     if args.metrics_port is not None:
         from .metrics import serve_metrics  # noqa: PLC0415 - the prometheus extra

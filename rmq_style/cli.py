@@ -416,12 +416,16 @@ def worker(
         int | None,
         typer.Option(help="Prometheus metrics on this port, the next process on +1 (rmq_style[prometheus])"),
     ] = None,
+    app_dir: Annotated[
+        str, typer.Option(help="import MODULE from this directory (default: the working directory)")
+    ] = ".",
 ) -> None:
     """Run the App's handlers in worker processes; SIGTERM/SIGINT drains them and exits 0."""
     from ._supervisor import Supervisor  # noqa: PLC0415
-    from ._worker import configure_logging, import_app  # noqa: PLC0415
+    from ._worker import configure_logging, import_app, use_app_dir  # noqa: PLC0415
 
     configure_logging()
+    app_dir = use_app_dir(app_dir)  # absolute: the workers import from the same place
     import_app(app_path)  # fail fast, in the parent, on a wrong path
     if metrics_port is not None:
         import rmq_style.metrics  # noqa: F401, PLC0415 - fail fast without the prometheus extra
@@ -432,6 +436,7 @@ def worker(
         concurrency=concurrency,
         shutdown_timeout_s=shutdown_timeout,
         metrics_port=metrics_port,
+        app_dir=app_dir,
     )
     raise typer.Exit(supervisor.run())
 

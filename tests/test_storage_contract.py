@@ -90,14 +90,15 @@ def eval_send(r: Any, topic: str, queue: int, messages: list[tuple[str, list[byt
 
 
 def multi_send(r: Any, topic: str, queue: int, msg_id: str, values: list[bytes]) -> int:
-    """The fallback without scripts: WATCH, GET, MULTI, INCR, XADD, EXEC."""
+    """The fallback without scripts: WATCH, GET, TYPE, MULTI, INCR, XADD, EXEC (then give back on error)."""
     stream, seq_key, _ = queue_keys(topic, queue)
     names = [b"r", b"b", b"t", b"k", b"p", b"c", b"d"]
     while True:
         with r.pipeline(transaction=True) as pipe:
-            pipe.watch(seq_key)
+            pipe.watch(seq_key, stream)
             current = pipe.get(seq_key)
             assert current is not None, "queue does not exist"
+            assert pipe.type(stream) in (b"stream", b"none"), "broken layout"
             q = int(current)
             fields: dict[Any, Any] = {b"i": msg_id, b"q": q}
             fields.update(zip(names, values, strict=True))
@@ -105,10 +106,30 @@ def multi_send(r: Any, topic: str, queue: int, msg_id: str, values: list[bytes])
             pipe.incr(seq_key)
             pipe.xadd(stream, fields)  # never trims: the next script write that crosses 128 does
             try:
-                pipe.execute()
+                _, added = pipe.execute(raise_on_error=False)
             except WatchError:
                 continue  # another writer came first: read the counter again
+            if isinstance(added, Exception):
+                give_back(r, seq_key, q)
+                raise added
             return q
+
+
+def give_back(r: Any, seq_key: str, q: int) -> bool:
+    """EXEC ran the INCR but refused the XADD: give offset *q* back unless the counter moved on."""
+    while True:
+        with r.pipeline(transaction=True) as pipe:
+            pipe.watch(seq_key)
+            if int(pipe.get(seq_key) or -1) != q + 1:
+                pipe.unwatch()
+                return False  # another writer took q + 1: q stays a gap
+            pipe.multi()
+            pipe.decr(seq_key)
+            try:
+                pipe.execute()
+            except WatchError:
+                continue
+            return True
 
 
 # --- the checks ---------------------------------------------------------------------------
