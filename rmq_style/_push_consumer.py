@@ -30,7 +30,7 @@ from redis.exceptions import ResponseError
 from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute, is_cluster, open_client
 from ._calls import Call as RedisCall
-from ._calls import single
+from ._calls import command, single
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
 from ._handler_times import HandlerTimes
@@ -414,8 +414,11 @@ class PushConsumer:
         calls = [
             heartbeat_call(self.keys, self.group, s.topic, self.member, ms.member_expiry_ms) for s in subs
         ]
+        # the queue count too: an expanded topic's new queues are taken within one interval
+        calls += [command("HGET", self.keys.topic_meta(s.topic), "queues") for s in subs]
         replies = await execute(client, calls)
-        for sub, reply in zip(subs, replies, strict=True):
+        for sub, reply, count in zip(subs, replies, replies[len(subs) :], strict=False):
+            self._grow(sub, single(count))
             members = frozenset(m.decode() for m in single(reply))
             sub.members = members
             mine = set(my_queues(sub.topic, sub.queue_count, reply, self.member, ms.allocation))
@@ -429,6 +432,12 @@ class PushConsumer:
             new = [mq for mq in sorted(mine) if mq not in self._queues or not self._queues[mq].owned]
             if new:
                 await self._acquire(sub, new)
+
+    def _grow(self, sub: Subscription, count: bytes | None) -> None:
+        """Take in the topic's queue count (it only grows; missing while the topic is deleted)."""
+        if count is not None and int(count) > sub.queue_count:
+            self._log.info("topic.expanded", topic=sub.topic, queues=int(count), were=sub.queue_count)
+            sub.queue_count = int(count)
 
     def _start_position(self) -> tuple[str, str]:
         s = self.settings
