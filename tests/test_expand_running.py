@@ -178,3 +178,28 @@ def test_a_group_created_after_the_expansion_honours_consume_from_last(url: str)
 
     with capture_logs():
         asyncio.run(main())
+
+
+def test_a_broadcasting_lite_consumer_reads_new_queues_from_their_first_entry(
+    url: str,
+) -> None:
+    async def main() -> None:
+        await create_topic(url, "orders", OLD)
+        lite = AsyncLitePullConsumer(
+            url, "bcast", message_model="broadcasting", consume_from="last", instance_name="one"
+        )
+        await lite.subscribe("orders")
+        assert len(lite.assignment()) == OLD
+        async with AsyncAdmin(url) as admin:
+            await admin.expand_topic("orders", NEW)
+        sent = await _send_everywhere(url, 0)  # before it noticed: it rebalances inside poll only
+        got: list[str] = []
+        for _ in range(50):
+            got += [m.msg_id for m in await lite.poll(0.1)]
+            if len(got) >= len(sent):
+                break
+        await lite.close()
+        assert Counter(got) == Counter(sent)
+
+    with capture_logs():
+        asyncio.run(main())
