@@ -164,9 +164,9 @@ def _groups_of_flow(keys: Keys, topic: str, queue_count: int) -> Flow[list[str]]
     replies = yield calls
     found = {g for g, subscribed in zip(names, replies, strict=False) if single(subscribed)}
     for reply in replies[len(names) :]:
-        if isinstance(reply, Exception):
-            continue  # no such key: nothing was ever written or read there
-        for info in reply:
+        if isinstance(reply, Exception) and "no such key" in str(reply).lower():
+            continue  # nothing was ever written or read there
+        for info in single(reply):
             row = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=True))
             name = {_text(k): v for k, v in row.items()}["name"]
             found.add(_text(name))
