@@ -89,8 +89,8 @@ def test_delayed_messages_reach_concurrent_and_orderly_push_consumers_once(url: 
             for m in messages:
                 due_ms = due[m.msg_id]
                 assert due_ms is not None
-                # released by the server clock: not before it is due, and about when (~1 s)
-                assert due_ms <= _offset_ms(m) < due_ms + 1500, (group, m.msg_id, due_ms, m.offset)
+                # released by the server clock: not before it is due, and about when (a poll: 1 s)
+                assert due_ms <= _offset_ms(m) < due_ms + 2000, (group, m.msg_id, due_ms, m.offset)
         assert await _entries_of(url, "orders") == Counter(dict.fromkeys(due, 1))  # released once
 
     with capture_logs():
@@ -114,7 +114,7 @@ def test_a_push_consumer_wakes_when_the_first_held_message_is_due(url: str) -> N
         consumer.subscribe("orders", "*", on)
         async with consumer:
             await until(lambda: len(got) == 1, timeout=15, what="the delayed message")
-        assert result.deliver_at_ms <= _offset_ms(got[0]) < result.deliver_at_ms + 500
+        assert result.deliver_at_ms <= _offset_ms(got[0]) < result.deliver_at_ms + 1000  # not 10 s
 
     with capture_logs():
         asyncio.run(main())
