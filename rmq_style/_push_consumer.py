@@ -219,7 +219,6 @@ class PushConsumer:
             route = await _drive(self._client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
             sub.counts_trims = route.retention.mode == "maxlen"
-            sub.retention = route.retention
             replies = await execute(
                 self._client,
                 subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry),
@@ -414,11 +413,11 @@ class PushConsumer:
         calls = [
             heartbeat_call(self.keys, self.group, s.topic, self.member, ms.member_expiry_ms) for s in subs
         ]
-        # the queue count too: an expanded topic's new queues are taken within one interval
-        calls += [command("HGET", self.keys.topic_meta(s.topic), "queues") for s in subs]
+        # the route too: an expanded topic's new queues are taken within one interval
+        calls += [command("HGETALL", self.keys.topic_meta(s.topic)) for s in subs]
         replies = await execute(client, calls)
-        for sub, reply, count in zip(subs, replies, replies[len(subs) :], strict=False):
-            self._grow(sub, single(count))
+        for sub, reply, meta in zip(subs, replies, replies[len(subs) :], strict=False):
+            self._take_route(sub, single(meta))
             members = frozenset(m.decode() for m in single(reply))
             sub.members = members
             mine = set(my_queues(sub.topic, sub.queue_count, reply, self.member, ms.allocation))
@@ -433,11 +432,15 @@ class PushConsumer:
             if new:
                 await self._acquire(sub, new)
 
-    def _grow(self, sub: Subscription, count: bytes | None) -> None:
-        """Take in the topic's queue count (it only grows; missing while the topic is deleted)."""
-        if count is not None and int(count) > sub.queue_count:
-            self._log.info("topic.expanded", topic=sub.topic, queues=int(count), were=sub.queue_count)
-            sub.queue_count = int(count)
+    def _take_route(self, sub: Subscription, meta: dict[bytes, bytes]) -> None:
+        """Take in the topic's queue count (it only grows) and retention; the topic may be deleted."""
+        if not meta:
+            return
+        route = TopicRoute.from_meta(sub.topic, meta)
+        sub.retention = route.retention  # for the delayed-message release
+        if route.queue_count > sub.queue_count:
+            self._log.info("topic.expanded", topic=sub.topic, queues=route.queue_count, were=sub.queue_count)
+            sub.queue_count = route.queue_count
 
     def _start_position(self) -> tuple[str, str]:
         s = self.settings
