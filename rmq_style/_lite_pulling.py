@@ -113,6 +113,7 @@ class LitePullCore:
         self._mode: str | None = None
         self._subs: dict[str, TagFilter] = {}
         self._owned: dict[MessageQueue, _QueueState] = {}
+        self._counts: dict[str, int] = {}  # queue count of each subscribed topic at the last rebalance
         self._paused: set[MessageQueue] = set()
         self._next_rebalance = 0.0
         self._next_commit = clock() + settings.auto_commit_interval_ms / 1000
@@ -175,7 +176,16 @@ class LitePullCore:
             return
         routes: dict[str, TopicRoute] = {}
         for topic in self._subs:
-            routes[topic] = yield from self.routes.route_flow(topic)
+            # fresh each time: an expanded topic's new queues are taken within one interval
+            routes[topic] = yield from self.routes.route_flow(topic, refresh=True)
+        # queues added while we ran start at their first entry (nothing sent there is skipped)
+        grown = {
+            MessageQueue(t, q)
+            for t, r in routes.items()
+            if t in self._counts
+            for q in range(self._counts[t], r.queue_count)
+        }
+        self._counts = {t: r.queue_count for t, r in routes.items()}
         wanted: set[MessageQueue] = set()
         if self.settings.message_model == "broadcasting":
             for topic, route in routes.items():
@@ -187,9 +197,9 @@ class LitePullCore:
                 wanted.update(
                     my_queues(topic, route.queue_count, reply, self.member, self.settings.allocation)
                 )
-        yield from self._reassign_flow(wanted)
+        yield from self._reassign_flow(wanted, grown)
 
-    def _reassign_flow(self, wanted: set[MessageQueue]) -> Flow[None]:
+    def _reassign_flow(self, wanted: set[MessageQueue], grown: set[MessageQueue] | None = None) -> Flow[None]:
         dropped = [q for q in self._owned if q not in wanted]
         if dropped:
             yield from self.commit_flow(dropped)  # hand the queues over at our last position
@@ -198,17 +208,20 @@ class LitePullCore:
             log.info("queues_released", group=self.group, queues=[str(q) for q in dropped])
         added = sorted(q for q in wanted if q not in self._owned)
         for queue in added:
-            position = yield from self._start_position_flow(queue)
+            position = yield from self._start_position_flow(queue, first=queue in (grown or ()))
             self._owned[queue] = _QueueState(position, position, position)
         if added:
             log.info("queues_acquired", group=self.group, queues=[str(q) for q in added])
 
-    def _start_position_flow(self, queue: MessageQueue) -> Flow[Offset]:
-        """The group's stored position, or (stored now, unless a peer was faster) where consume_from says."""
+    def _start_position_flow(self, queue: MessageQueue, *, first: bool = False) -> Flow[Offset]:
+        """The group's stored position, or (stored now, unless a peer was faster) where consume_from says.
+
+        *first*: a queue the topic gained while we ran starts at its first entry.
+        """
         stored = yield from self.store.committed_flow(queue)
         if stored is not None:
             return stored
-        start = self.settings.consume_from
+        start = ConsumeFrom.FIRST if first else self.settings.consume_from
         if start == ConsumeFrom.TIMESTAMP:
             ts = self.settings.consume_timestamp_ms
             if ts is None:

@@ -297,22 +297,33 @@ def _send_script() -> Script:
 
 
 def release_due_call(
-    keys: Keys, route: TopicRoute, queue: int, limit: int = 1000, *, script_name: str = "release_due"
+    keys: Keys,
+    route: TopicRoute,
+    queue: int,
+    limit: int = 1000,
+    *,
+    script_name: str = "release_due",
+    everything: bool = False,
 ) -> Call:
-    """Move due delayed messages of one queue into its stream (reply: [moved, next due ms or -1]).
+    """Move due delayed messages of one queue into its stream (reply: [moved, next due ms or -1, now ms]).
 
     ``pull_prepare`` takes the same keys and arguments (and reports the queue's bounds too).
+    *everything*: release every held message, due or not (AppTester fast-forwarding delays).
     """
     qk = keys.queue(route.topic, queue)
     return run_script(
         script_name,
         (qk.delay, qk.delayed, qk.stream, qk.seq, qk.trimmed),
-        (limit, *route.retention.script_args),
+        (limit, *route.retention.script_args, *(("all",) if everything else ())),
     )
 
 
-def release_due_flow(keys: Keys, topic: str) -> Flow[int]:
-    """Move every queue's due delayed messages of *topic* into its stream; returns how many moved."""
+def release_due_flow(keys: Keys, topic: str, *, everything: bool = False) -> Flow[int]:
+    """Move every queue's due delayed messages of *topic* into its stream; returns how many moved.
+
+    *everything*: every held message, due or not.
+    """
     route = yield from route_flow(keys, topic)
-    replies = yield [release_due_call(keys, route, q) for q in range(route.queue_count)]
+    queues = range(route.queue_count)
+    replies = yield [release_due_call(keys, route, q, everything=everything) for q in queues]
     return sum(int(single(reply)[0]) for reply in replies)

@@ -29,7 +29,8 @@ from redis.exceptions import ResponseError
 
 from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute, is_cluster, open_client
-from ._calls import single
+from ._calls import Call as RedisCall
+from ._calls import command, single
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
 from ._handler_times import HandlerTimes
@@ -38,13 +39,14 @@ from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._offsets import parse_offset
 from ._orderly_queue import OrderlyRunner
+from ._producing import release_due_call
 from ._push_calls import create_groups_calls, fetch_command, prune_consumers_call, release_retries_call
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
 from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
 from ._push_settle import plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
-from ._topics import route_flow
+from ._topics import TopicRoute, route_flow
 from ._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 
 __all__ = ["PushConsumer", "PushStats"]
@@ -411,8 +413,11 @@ class PushConsumer:
         calls = [
             heartbeat_call(self.keys, self.group, s.topic, self.member, ms.member_expiry_ms) for s in subs
         ]
+        # the route too: an expanded topic's new queues are taken within one interval
+        calls += [command("HGETALL", self.keys.topic_meta(s.topic)) for s in subs]
         replies = await execute(client, calls)
-        for sub, reply in zip(subs, replies, strict=True):
+        for sub, reply, meta in zip(subs, replies, replies[len(subs) :], strict=False):
+            self._take_route(sub, single(meta))
             members = frozenset(m.decode() for m in single(reply))
             sub.members = members
             mine = set(my_queues(sub.topic, sub.queue_count, reply, self.member, ms.allocation))
@@ -426,6 +431,16 @@ class PushConsumer:
             new = [mq for mq in sorted(mine) if mq not in self._queues or not self._queues[mq].owned]
             if new:
                 await self._acquire(sub, new)
+
+    def _take_route(self, sub: Subscription, meta: dict[bytes, bytes]) -> None:
+        """Take in the topic's queue count (it only grows) and retention; the topic may be deleted."""
+        if not meta:
+            return
+        route = TopicRoute.from_meta(sub.topic, meta)
+        sub.retention = route.retention  # for the delayed-message release
+        if route.queue_count > sub.queue_count:
+            self._log.info("topic.expanded", topic=sub.topic, queues=route.queue_count, were=sub.queue_count)
+            sub.queue_count = route.queue_count
 
     def _start_position(self) -> tuple[str, str]:
         s = self.settings
@@ -959,25 +974,32 @@ class PushConsumer:
     # -- retries --------------------------------------------------------------------------------
 
     async def _retry_loop(self) -> None:
+        """Release the due retries of the owned queues and the due delayed messages of every queue owned.
+
+        Waits until the next one is due (by the server clock) or retry_poll_ms at most. A delayed
+        message is released into the topic's queue by a script, so of several groups owning that
+        queue the first one moves it and the others find nothing (never twice).
+        """
         client = self._client
         assert client is not None
         s = self.settings
         backoff = _Backoff(s.reconnect_backoff_ms, s.reconnect_backoff_max_ms)
         while not self._stop.is_set():
             owned = [q for q in self._queues.values() if q.owned]
+            delayed = [q.mq for q in owned] + (self._orderly.owned if self._orderly is not None else [])
             wait_ms = s.retry_poll_ms
             self._retry_wakeup.clear()
-            if owned:
+            if delayed:
+                calls = [release_retries_call(q.keys, self.group, _RELEASE_LIMIT) for q in owned]
+                calls += [self._release_due_call(mq) for mq in delayed]
                 try:
-                    replies = await execute(
-                        client, [release_retries_call(q.keys, self.group, _RELEASE_LIMIT) for q in owned]
-                    )
+                    replies = await execute(client, calls)
                     backoff.reset()
                 except _TRANSIENT as exc:
                     self._log.warning("consumer.redis_unavailable", task="retries", error=str(exc))
                     await backoff.wait(self._stop)
                     continue
-                for q, reply in zip(owned, replies, strict=True):
+                for q, reply in zip(owned, replies, strict=False):
                     if isinstance(reply, Exception):
                         self._log.error(
                             "retries.release_failed", topic=q.mq.topic, queue=q.mq.queue_id, error=str(reply)
@@ -991,8 +1013,29 @@ class PushConsumer:
                         wait_ms = 0
                     elif next_ms >= 0:
                         wait_ms = min(wait_ms, next_ms)
+                for mq, reply in zip(delayed, replies[len(owned) :], strict=True):
+                    wait_ms = min(wait_ms, self._delayed_wait_ms(mq, reply, s.retry_poll_ms))
             if wait_ms > 0:
                 await _wait_any(self._stop, self._retry_wakeup, wait_ms / 1000)
+
+    def _release_due_call(self, mq: MessageQueue) -> RedisCall:
+        sub = self._subs[mq.topic]
+        route = TopicRoute(mq.topic, sub.queue_count, sub.retention)
+        return release_due_call(self.keys, route, mq.queue_id, _RELEASE_LIMIT)
+
+    def _delayed_wait_ms(self, mq: MessageQueue, reply: Any, poll_ms: int) -> int:
+        """How long until the queue's next delayed message is due (its release_due reply)."""
+        if isinstance(reply, Exception):
+            self._log.error("delayed.release_failed", topic=mq.topic, queue=mq.queue_id, error=str(reply))
+            return poll_ms
+        moved, next_ms, now_ms = int(reply[0]), int(reply[1]), int(reply[2])
+        if moved:
+            self._log.debug("delayed.released", topic=mq.topic, queue=mq.queue_id, count=moved)
+        if moved >= _RELEASE_LIMIT:
+            return 0
+        if next_ms < 0 or (next_ms <= now_ms and not moved):
+            return poll_ms  # nothing held, or (a queue gone) nothing releasable: poll
+        return max(next_ms - now_ms, 0)
 
 
 async def _wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:

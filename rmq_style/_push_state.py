@@ -10,6 +10,7 @@ from ._filter import TagFilter
 from ._message import MessageQueue, ReceivedMessage
 from ._names import QueueKeys
 from ._push_core import Decision
+from ._topics import Retention
 
 __all__ = ["Delivery", "QueueState", "StreamState", "Subscription"]
 
@@ -24,6 +25,7 @@ class Subscription:
     queue_count: int = 0
     members: frozenset[str] = frozenset()
     counts_trims: bool = False  # maxlen retention: trims may remove entries the group has not read
+    retention: Retention = field(default_factory=Retention)  # the topic's, for the delayed-message release
 
 
 @dataclass(slots=True, eq=False)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from ._calls import Flow, command, single
+from ._calls import Call, Flow, command, run_script, single
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
 from ._names import LAYOUT_VERSION, Keys, check_topic
 
@@ -139,11 +139,42 @@ def expand_flow(keys: Keys, topic: str, queues: int) -> Flow[TopicRoute]:
             f"topic {topic!r} has {route.queue_count} queues; the queue count can only grow "
             "(removing queues would strand their messages)"
         )
-    calls = [command("SET", keys.queue(topic, q).seq, 0, "NX") for q in range(route.queue_count, queues)]
-    calls.append(command("HSET", keys.topic_meta(topic), "queues", queues))
+    groups = yield from _groups_of_flow(keys, topic, route.queue_count)
+    new = [keys.queue(topic, q) for q in range(route.queue_count, queues)]
+    calls: list[Call] = [command("SET", qk.seq, 0, "NX") for qk in new]
+    # the groups of the topic read a new queue from its first entry: what is sent there before
+    # their running consumers notice the queue (or while none runs) is not skipped; the queues
+    # are published (the count) only then. A group created later honours its consume_from.
+    calls += [
+        run_script("create_group", (qk.stream, qk.seq), (g, "after", "0-0")) for qk in new for g in groups
+    ]
     for reply in (yield calls):
         single(reply)
+    (reply,) = yield [command("HSET", keys.topic_meta(topic), "queues", queues)]
+    single(reply)
     return TopicRoute(topic, queues, route.retention)
+
+
+def _groups_of_flow(keys: Keys, topic: str, queue_count: int) -> Flow[list[str]]:
+    """The consumer groups of *topic*: subscribed to it, or with a position in one of its queues."""
+    (names,) = yield [command("SMEMBERS", keys.groups())]
+    names = sorted(n.decode() for n in single(names))
+    calls = [command("HEXISTS", keys.subscriptions(g), topic) for g in names]
+    calls += [command("XINFO", "GROUPS", keys.queue(topic, q).stream) for q in range(queue_count)]
+    replies = yield calls
+    found = {g for g, subscribed in zip(names, replies, strict=False) if single(subscribed)}
+    for reply in replies[len(names) :]:
+        if isinstance(reply, Exception) and "no such key" in str(reply).lower():
+            continue  # nothing was ever written or read there
+        for info in single(reply):
+            row = info if isinstance(info, dict) else dict(zip(info[::2], info[1::2], strict=True))
+            name = {_text(k): v for k, v in row.items()}["name"]
+            found.add(_text(name))
+    return sorted(found)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def list_flow(keys: Keys) -> Flow[list[TopicRoute]]:

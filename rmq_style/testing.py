@@ -36,6 +36,7 @@ __all__ = [
     "is_drained",
     "private_redis_url",
     "redis_server_available",
+    "release_delayed",
 ]
 
 
@@ -487,6 +488,18 @@ async def is_drained(app: Any) -> bool:
     return True
 
 
+async def release_delayed(app: Any) -> int:
+    """Move every delayed message of *app*'s topics into its queue now, due or not; how many moved."""
+    from ._async.admin import AsyncAdmin  # noqa: PLC0415
+    from ._producing import release_due_flow  # noqa: PLC0415
+
+    moved = 0
+    async with AsyncAdmin(app.url, namespace=app.settings.namespace) as admin:
+        for topic in sorted({s.topic for s in app.subscriptions}):
+            moved += await admin._drive(release_due_flow(admin.keys, topic, everything=True))
+    return moved
+
+
 class AppTester:
     """Runs an App's handlers in a background event loop, for tests (sync or async).
 
@@ -503,8 +516,9 @@ class AppTester:
     [(1, 0)]
 
     Retries come back after ``retry_delays_ms`` (1 ms: delays are
-    fast-forwarded); ``drain`` returns once every queue of every group is
-    consumed, acknowledged and has no retry waiting.
+    fast-forwarded), and ``drain`` releases delayed messages (``delay``,
+    ``deliver_at``, ``delay_level``) at once; it returns once every queue of
+    every group is consumed, acknowledged and has no retry waiting.
     """
 
     def __init__(
@@ -557,9 +571,12 @@ class AppTester:
             return producer.send(Message(topic, body, **message_fields), **options)
 
     def drain(self, timeout: float = 10.0) -> None:
-        """Block until every message sent so far is handled, retried to the end, or dead-lettered."""
+        """Block until every message sent so far is handled, retried to the end, or dead-lettered.
+
+        Delayed messages are released at once, whatever their due time (fast-forwarded).
+        """
         deadline = time.monotonic() + timeout
-        while not self._call(is_drained(self.app)):
+        while self._call(release_delayed(self.app)) or not self._call(is_drained(self.app)):
             if self._running.done():
                 self._running.result()
             if time.monotonic() > deadline:

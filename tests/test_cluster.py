@@ -258,3 +258,40 @@ def test_a_node_killed_and_restarted_under_load_loses_nothing() -> None:
             assert admin.dead_letters("billing", "orders") == []
             reports = admin.progress("billing", "orders")
             assert sum(r.progress.lag + r.progress.pending for r in reports) == 0
+
+
+def test_delayed_messages_and_an_expansion_reach_running_push_consumers(url: str) -> None:
+    """Releases of several queues (slots) in one round, groups created on new queues of other slots."""
+    got: dict[str, list[str]] = {"billing": [], "audit": []}
+
+    def listener(group: str) -> Any:
+        async def on(msg: ReceivedMessage) -> None:
+            got[group].append(msg.msg_id)
+
+        return on
+
+    async def main() -> list[str]:
+        settings = fast_settings(consume_from="last", orderly_lease_ms=1000)
+        concurrent = PushConsumer(url, "billing", settings)
+        concurrent.subscribe("orders", "*", listener("billing"))
+        orderly = PushConsumer(url, "audit", settings)
+        orderly.subscribe("orders", "*", listener("audit"), orderly=True)
+        async with concurrent, orderly:
+            await until(lambda: len(orderly.queues) == QUEUES, what="orderly queues locked")
+            async with AsyncAdmin(url) as admin:
+                await admin.expand_topic("orders", QUEUES + 4)
+            async with AsyncProducer(url) as producer:
+                sent = [
+                    (await producer.send(Message("orders", {"n": n}), queue_id=n, **delay)).msg_id
+                    for n in range(QUEUES + 4)
+                    for delay in ({}, {"delay": timedelta(milliseconds=200)})
+                ]
+            for group in got:
+                await until(lambda g=group: len(got[g]) >= len(sent), what=f"{group}: all")  # type: ignore[misc]
+            await until(lambda: concurrent.in_flight == 0, what="acks")
+        return sent
+
+    with capture_logs():
+        sent = asyncio.run(main())
+    for group, ids in got.items():
+        assert sorted(ids) == sorted(sent), group

@@ -74,7 +74,11 @@ class AsyncAdmin(ClientHolder):
         return await self._drive(describe_flow(self.keys, check_topic(topic)))
 
     async def expand_topic(self, topic: str, queues: int) -> TopicRoute:
-        """Raise the queue count; sharding keys then map to other queues."""
+        """Raise the queue count; sharding keys then map to other queues.
+
+        The topic's existing groups read the new queues from their first entry (running
+        consumers take them at their next rebalance); a group created later honours consume_from.
+        """
         return await self._drive(expand_flow(self.keys, check_topic(topic), queues))
 
     async def delete_topic(self, topic: str) -> None:
