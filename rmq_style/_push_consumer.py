@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import structlog
 from redis.exceptions import ResponseError
@@ -217,11 +217,14 @@ class PushConsumer:
             route = await _drive(self._client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
             sub.counts_trims = route.retention.mode == "maxlen"
+            kind: Literal["orderly", "concurrent"] = (
+                "orderly" if sub.topic in self._orderly_topics else "concurrent"
+            )
             replies = await execute(
                 self._client,
-                subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry),
+                subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry, kind),
             )
-            check_subscribe_replies(replies, self.group, sub.topic, sub.filter)
+            check_subscribe_replies(replies, self.group, sub.topic, sub.filter, kind)
         capacity = self.settings.pull_threshold_for_all
         if self._orderly_topics:
             self._orderly = OrderlyRunner(

@@ -23,7 +23,7 @@ SCRIPTS: dict[str, int] = {
     "schedule": 3,
     "release_due": 5,
     "heartbeat": 1,
-    "subscribe": 2,
+    "subscribe": 3,
     "pull_prepare": 5,
     "commit_offset": 2,
     "retry": 3,
