@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import structlog
@@ -57,6 +56,7 @@ from ._orderly_core import (
 )
 from ._push_calls import create_groups_calls, packed_record
 from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
+from ._push_pool import HandlerPool
 from ._push_settings import PushSettings
 from ._push_state import Subscription
 
@@ -387,6 +387,7 @@ class OrderlyRunner:
         settings: PushSettings,
         stats: Any,
         times: HandlerTimes,
+        pool: HandlerPool,
         client: AsyncClient,
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
@@ -397,14 +398,13 @@ class OrderlyRunner:
         self.settings = settings
         self.stats = stats
         self.times = times
+        self.pool = pool  # its budget and thread pool are shared with the concurrent listeners
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
-        self._slots = asyncio.Semaphore(settings.concurrency)
         self._timeout_s = settings.consume_timeout_ms / 1000
-        self._executor: ThreadPoolExecutor | None = None
         self._stop = asyncio.Event()
 
     @property
@@ -467,15 +467,15 @@ class OrderlyRunner:
                 args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
         except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
             return exc
-        async with self._slots:
+        async with self.pool.budget:  # one budget with the consumer's concurrent listener calls
             q.call_started = started = time.perf_counter()
             try:
                 if sub.is_async:
                     return cast(object, await sub.listener(*args))
                 loop = asyncio.get_running_loop()
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self.settings.concurrency, "rmq-orderly")
-                return cast(object, await loop.run_in_executor(self._executor, lambda: sub.listener(*args)))
+                return cast(
+                    object, await loop.run_in_executor(self.pool.threads(), lambda: sub.listener(*args))
+                )
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not q.timed_out or task is None or task.uncancel() > 0:
@@ -520,6 +520,4 @@ class OrderlyRunner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         return cut

@@ -226,6 +226,13 @@ class PushConsumer:
             )
             check_subscribe_replies(replies, self.group, sub.topic, sub.filter, kind)
         capacity = self.settings.pull_threshold_for_all
+        self._pool = HandlerPool(
+            self.settings.concurrency,
+            capacity,
+            self.settings.consume_timeout_ms / 1000,
+            self._on_done,
+            self.handler_times,
+        )
         if self._orderly_topics:
             self._orderly = OrderlyRunner(
                 group=self.group,
@@ -234,18 +241,12 @@ class PushConsumer:
                 settings=self.settings,
                 stats=self.stats,
                 times=self.handler_times,
+                pool=self._pool,  # one budget: orderly calls take slots of the same pool
                 client=self._client,
                 wait_client=open_client(self.url),
                 start_position=self._start_position,
             )
             self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.background_loop))
-        self._pool = HandlerPool(
-            self.settings.concurrency,
-            capacity,
-            self.settings.consume_timeout_ms / 1000,
-            self._on_done,
-            self.handler_times,
-        )
         await self._rebalance()
         await self._report_trims()  # a loss while no consumer ran is logged at start
         self._next_prune = time.monotonic() + self._prune_interval()
