@@ -399,6 +399,7 @@ class OrderlyRunner:
         self.stats = stats
         self.times = times
         self.pool = pool  # its budget and thread pool are shared with the concurrent listeners
+        self.budget = pool.shared()
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
@@ -467,7 +468,7 @@ class OrderlyRunner:
                 args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
         except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
             return exc
-        async with self.pool.budget:  # one budget with the consumer's concurrent listener calls
+        async with self.budget:  # one budget with the consumer's concurrent listener calls
             q.call_started = started = time.perf_counter()
             try:
                 if sub.is_async:

@@ -1,8 +1,9 @@
 """The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
 
-The limit is a Budget of ``concurrency`` slots shared with the consumer's
-orderly queue tasks, which take a slot around each of their listener calls
-(and use the same thread pool): one budget, whatever the mix of listener kinds.
+With orderly subscriptions too, the limit is a Budget of ``concurrency``
+slots (``shared()``) that the workers and the orderly queue tasks take a slot
+of around each listener call (sync ones in the same thread pool): one budget,
+whatever the mix of listener kinds.
 
 ``concurrency`` long-lived worker tasks take calls from one shared deque
 (``submit_many`` queues a fetched batch at once). One idle worker is woken
@@ -103,7 +104,7 @@ class HandlerPool:
         With *times*, each call's duration is counted there.
         """
         self.concurrency = concurrency
-        self.budget = Budget(concurrency)  # shared with the orderly queue tasks
+        self.budget: Budget | None = None  # shared(): a budget with the orderly queue tasks
         self.capacity = capacity  # the caller's flow control keeps the queue under this
         self._pending: deque[Call] = deque()
         self._idle: list[asyncio.Future[None]] = []  # one per worker waiting for calls
@@ -168,13 +169,14 @@ class HandlerPool:
                     if waiter.done() and not waiter.cancelled():
                         self._waking -= 1
                 continue
-            if budget.free > 0:
-                budget.free -= 1
-            else:  # orderly calls hold slots: wait for one
-                await budget.take()
-                if not pending:  # another worker took the calls meanwhile
-                    budget.give()
-                    continue
+            if budget is not None:  # shared with orderly calls: take a slot
+                if budget.free > 0:
+                    budget.free -= 1
+                else:
+                    await budget.take()
+                    if not pending:  # another worker took the calls meanwhile
+                        budget.give()
+                        continue
             call = pending.popleft()
             if pending and idle and not self._waking:
                 self._wake_one()  # the rest of the calls may need another worker
@@ -199,13 +201,24 @@ class HandlerPool:
                 outcome = exc
             finally:
                 current[slot] = None
-                if budget.waiters:
-                    budget.give()
-                else:
-                    budget.free += 1
+                if budget is not None:
+                    if budget.waiters:
+                        budget.give()
+                    else:
+                        budget.free += 1
             if observe is not None:
                 observe(perf_counter() - started)
             on_done(token, outcome)
+
+    def shared(self) -> Budget:
+        """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).
+
+        Without it the workers alone are the limit, and take no slot at all (the hot path).
+        """
+        assert not self._workers, "share the budget before start()"
+        if self.budget is None:
+            self.budget = Budget(self.concurrency)
+        return self.budget
 
     def threads(self) -> ThreadPoolExecutor:
         """The thread pool of sync listeners (the orderly ones run there too)."""
