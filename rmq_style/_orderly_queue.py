@@ -87,6 +87,7 @@ class OrderlyQueue:
         self.valid_until = 0.0
         self.release = asyncio.Event()  # no longer allocated, or stopping: hand the queue back
         self.acks: list[bytes] = []  # handled, acknowledged with the next write
+        self.retry = False  # the entries in hand (and self.acks) are of the group's retry stream
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
         self.task: asyncio.Task[None] | None = None
@@ -194,7 +195,7 @@ class OrderlyQueue:
         if self.locked:
             calls: list[Call] = []
             if self.acks:
-                calls.append(settle_call(self.keys, r.group, self.value, self.acks))
+                calls.append(settle_call(self.keys, r.group, self.value, self.acks, retry=self.retry))
             if not self.lost:
                 calls.append(release_call(self.keys, r.group, self.value))
             if calls:
@@ -217,14 +218,17 @@ class OrderlyQueue:
         r = self.runner
         acks, self.acks = self.acks, []
         reply = await self._write(
-            read_call(self.keys, r.group, r.member, self.value, r.settings.pull_batch_size, acks)
+            read_call(
+                self.keys, r.group, r.member, self.value, r.settings.pull_batch_size, acks, retry=self.retry
+            )
         )
         read = parse_read(reply)
+        self.retry = read.retry
         if read.held_offset is not None:
             self.held = (read.held_offset, read.held_attempts)
         elif self.held is not None and not self.held[1]:
             self.held = None
-        if read.entries and not read.pending:
+        if read.entries and not read.pending and not read.retry:
             self.last_id = read.entries[-1][0]
         return read
 
@@ -300,7 +304,9 @@ class OrderlyQueue:
                 self.acks.extend(entry_id for entry_id, _, _ in batch)
                 if failed:  # the queue flows again: clear the held record now
                     self.held = None
-                    await self._write(settle_call(self.keys, r.group, self.value, self._take_acks()))
+                    await self._write(
+                        settle_call(self.keys, r.group, self.value, self._take_acks(), retry=self.retry)
+                    )
                 return
             r.stats.failed += 1
             first_msg = messages[0]
@@ -339,6 +345,7 @@ class OrderlyQueue:
                     attempts=failed,
                     owner=r.member,
                     reason=decision.reason,
+                    retry=self.retry,
                 )
             )
             if await wait_event(self.release, s.suspend_current_queue_time_ms / 1000):
@@ -353,10 +360,20 @@ class OrderlyQueue:
     ) -> None:
         r = self.runner
         msg_id = fields.get(b"i", b"")
-        record = packed_record(fields, entry_id, failed)
+        # a replayed message keeps the offset it came from in the queue (field o)
+        origin = fields.get(b"o", entry_id) if self.retry else entry_id
+        record = packed_record(fields, origin, failed)
         reply = await self._write(
             dead_letter_call(
-                self.keys, r.group, self.value, entry_id, msg_id, record, reason, self._take_acks()
+                self.keys,
+                r.group,
+                self.value,
+                entry_id,
+                msg_id,
+                record,
+                reason,
+                self._take_acks(),
+                retry=self.retry,
             )
         )
         if reply not in (0, b"0"):

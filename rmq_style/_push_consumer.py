@@ -540,9 +540,10 @@ class PushConsumer:
             if q.owned:
                 live = q.sub.members | {self.member}
                 targets += [(s.key, live) for s in q.streams]
-        for mq in self._orderly.owned if self._orderly is not None else []:  # no retry stream there
+        for mq in self._orderly.owned if self._orderly is not None else []:
             live = self._subs[mq.topic].members | {self.member}
-            targets.append((self.keys.queue(mq.topic, mq.queue_id).stream, live))
+            qk = self.keys.queue(mq.topic, mq.queue_id)
+            targets += [(qk.stream, live), (qk.retry_stream(self.group), live)]  # rs: replays
         return targets
 
     async def _prune(self) -> None:

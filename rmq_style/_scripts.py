@@ -33,7 +33,7 @@ SCRIPTS: dict[str, int] = {
     "dlq_replay": 2,
     "lock_renew": 1,
     "lock_release": 1,
-    "orderly_read": 3,
+    "orderly_read": 4,
     "orderly_settle": 3,
     "orderly_dead_letter": 4,
     "prune_consumers": 1,
