@@ -486,6 +486,7 @@ class OrderlyRunner:
         except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
             return exc
         async with self.budget:  # one budget with the consumer's concurrent listener calls
+            q._check()  # the wait for a slot may have outlived the lease, or the queue must go
             q.call_started = started = time.perf_counter()
             try:
                 if sub.is_async:
