@@ -154,9 +154,9 @@ class LitePullCore:
         yield from self.routes.route_flow(topic, refresh=True)
         if self.settings.message_model == "clustering":
             calls = subscribe_calls(
-                self.keys, self.group, topic, tags, self.member, self.settings.member_expiry_ms
+                self.keys, self.group, topic, tags, self.member, self.settings.member_expiry_ms, "lite_pull"
             )
-            check_subscribe_replies((yield calls), self.group, topic, tags)
+            check_subscribe_replies((yield calls), self.group, topic, tags, "lite_pull")
         self._mode = "subscribe"
         self._subs[topic] = tags
         yield from self.rebalance_flow()

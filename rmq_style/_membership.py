@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Sequence
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
@@ -23,7 +24,10 @@ from ._filter import TagFilter
 from ._message import MessageQueue
 from ._names import Keys
 
-__all__ = ["MembershipSettings", "new_member_id"]
+__all__ = ["ListenerKind", "MembershipSettings", "new_member_id"]
+
+# How a member consumes a topic; members of one group must agree on it (subscribe.lua).
+ListenerKind = Literal["concurrent", "orderly", "lite_pull"]
 
 
 class MembershipSettings(BaseModel):
@@ -40,26 +44,34 @@ def new_member_id() -> str:
 
 
 def subscribe_calls(
-    keys: Keys, group: str, topic: str, expression: TagFilter, member: str, expiry_ms: int
+    keys: Keys,
+    group: str,
+    topic: str,
+    expression: TagFilter,
+    member: str,
+    expiry_ms: int,
+    kind: ListenerKind,
 ) -> list[Call]:
     return [
         run_script(
             "subscribe",
-            (keys.subscriptions(group), keys.members(group, topic)),
-            (topic, str(expression), member, expiry_ms),
+            (keys.subscriptions(group), keys.members(group, topic), keys.subscription_kinds(group)),
+            (topic, str(expression), member, expiry_ms, kind),
         ),
         command("SADD", keys.groups(), group),
     ]
 
 
-def check_subscribe_replies(replies: Sequence[object], group: str, topic: str, expression: TagFilter) -> None:
+def check_subscribe_replies(
+    replies: Sequence[object], group: str, topic: str, expression: TagFilter, kind: ListenerKind
+) -> None:
     first = replies[0]
     if isinstance(first, ResponseError) and str(first).startswith("SUBCONFLICT"):
-        current = str(first).partition(" ")[2]
+        current_kind, _, current = str(first).partition(" ")[2].partition(" ")
         raise SubscriptionConflictError(
-            f"group {group!r} already subscribes topic {topic!r} with {current!r}, not {str(expression)!r}: "
-            "members of one group must use the same expression (stop the old members first, or use "
-            "another group)"
+            f"group {group!r} already subscribes topic {topic!r} with {current!r} ({current_kind}), "
+            f"not {str(expression)!r} ({kind}): live members of one group must use the same expression "
+            "and listener kind (stop all the old members first to change it, or use another group)"
         ) from None
     for reply in replies:
         single(reply)

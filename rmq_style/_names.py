@@ -156,6 +156,10 @@ class Keys:
         """Hash topic -> subscription expression of the group (one per topic)."""
         return f"{self.prefix}:group:{{{group}}}:subs"
 
+    def subscription_kinds(self, group: str) -> str:
+        """Hash topic -> listener kind of the group's members (concurrent, orderly, lite_pull)."""
+        return f"{self.prefix}:group:{{{group}}}:kinds"
+
     def groups(self) -> str:
         """Set of all consumer group names."""
         return f"{self.prefix}:groups"

@@ -108,6 +108,7 @@ def is_fenced(reply: object) -> bool:
 @dataclass(frozen=True, slots=True)
 class OrderlyRead:
     pending: bool  # claimed from the group's pending entries (a takeover or a lost ack)
+    retry: bool  # entries of the group's retry stream (replayed dead letters)
     entries: list[tuple[bytes, dict[bytes, bytes]]]
     held_offset: bytes | None
     held_attempts: int
@@ -123,6 +124,7 @@ def parse_read(reply: Sequence[Any]) -> OrderlyRead:
         entries.append((entry_id, dict(zip(flat[::2], flat[1::2], strict=True))))
     return OrderlyRead(
         source == b"pending",
+        source == b"retry",
         entries,
         held_offset or None,
         int(held_attempts or 0),
@@ -130,10 +132,26 @@ def parse_read(reply: Sequence[Any]) -> OrderlyRead:
     )
 
 
-def read_call(qk: QueueKeys, group: str, member: str, value: str, count: int, acks: Sequence[bytes]) -> Call:
+def read_call(
+    qk: QueueKeys,
+    group: str,
+    member: str,
+    value: str,
+    count: int,
+    acks: Sequence[bytes],
+    *,
+    retry: bool = False,
+) -> Call:
+    """The next entries; *acks* are entries of the retry stream when *retry*, of the queue otherwise."""
     return run_script(
-        "orderly_read", (qk.stream, qk.lock(group), qk.held(group)), (group, member, value, count, *acks)
+        "orderly_read",
+        (qk.stream, qk.lock(group), qk.held(group), qk.retry_stream(group)),
+        (group, member, value, count, _flag(retry), *acks),
     )
+
+
+def _flag(retry: bool) -> str:
+    return "1" if retry else "0"
 
 
 def settle_call(
@@ -146,11 +164,13 @@ def settle_call(
     attempts: int = 0,
     owner: str = "",
     reason: str = "",
+    retry: bool = False,
 ) -> Call:
+    """Acknowledge *acks* (entries of the retry stream when *retry*) and record a blocked message."""
     return run_script(
         "orderly_settle",
-        (qk.stream, qk.lock(group), qk.held(group)),
-        (group, value, blocked, attempts, owner, reason, *acks),
+        (qk.retry_stream(group) if retry else qk.stream, qk.lock(group), qk.held(group)),
+        (group, value, blocked, attempts, owner, reason, _flag(retry), *acks),
     )
 
 
@@ -163,11 +183,14 @@ def dead_letter_call(
     record: bytes,
     reason: str,
     acks: Sequence[bytes],
+    *,
+    retry: bool = False,
 ) -> Call:
+    """Dead-letter *entry_id* (an entry of the retry stream when *retry*, as *acks* are)."""
     return run_script(
         "orderly_dead_letter",
-        (qk.stream, qk.dlq(group), qk.lock(group), qk.held(group)),
-        (group, entry_id, msg_id, record, qk.topic, qk.queue_id, reason, value, *acks),
+        (qk.retry_stream(group) if retry else qk.stream, qk.dlq(group), qk.lock(group), qk.held(group)),
+        (group, entry_id, msg_id, record, qk.topic, qk.queue_id, reason, value, _flag(retry), *acks),
     )
 
 

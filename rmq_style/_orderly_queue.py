@@ -26,7 +26,6 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import structlog
@@ -57,6 +56,7 @@ from ._orderly_core import (
 )
 from ._push_calls import create_groups_calls, packed_record
 from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
+from ._push_pool import HandlerPool
 from ._push_settings import PushSettings
 from ._push_state import Subscription
 
@@ -87,6 +87,7 @@ class OrderlyQueue:
         self.valid_until = 0.0
         self.release = asyncio.Event()  # no longer allocated, or stopping: hand the queue back
         self.acks: list[bytes] = []  # handled, acknowledged with the next write
+        self.retry = False  # the entries in hand (and self.acks) are of the group's retry stream
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
         self.task: asyncio.Task[None] | None = None
@@ -194,7 +195,7 @@ class OrderlyQueue:
         if self.locked:
             calls: list[Call] = []
             if self.acks:
-                calls.append(settle_call(self.keys, r.group, self.value, self.acks))
+                calls.append(settle_call(self.keys, r.group, self.value, self.acks, retry=self.retry))
             if not self.lost:
                 calls.append(release_call(self.keys, r.group, self.value))
             if calls:
@@ -217,14 +218,17 @@ class OrderlyQueue:
         r = self.runner
         acks, self.acks = self.acks, []
         reply = await self._write(
-            read_call(self.keys, r.group, r.member, self.value, r.settings.pull_batch_size, acks)
+            read_call(
+                self.keys, r.group, r.member, self.value, r.settings.pull_batch_size, acks, retry=self.retry
+            )
         )
         read = parse_read(reply)
+        self.retry = read.retry
         if read.held_offset is not None:
             self.held = (read.held_offset, read.held_attempts)
         elif self.held is not None and not self.held[1]:
             self.held = None
-        if read.entries and not read.pending:
+        if read.entries and not read.pending and not read.retry:
             self.last_id = read.entries[-1][0]
         return read
 
@@ -300,7 +304,9 @@ class OrderlyQueue:
                 self.acks.extend(entry_id for entry_id, _, _ in batch)
                 if failed:  # the queue flows again: clear the held record now
                     self.held = None
-                    await self._write(settle_call(self.keys, r.group, self.value, self._take_acks()))
+                    await self._write(
+                        settle_call(self.keys, r.group, self.value, self._take_acks(), retry=self.retry)
+                    )
                 return
             r.stats.failed += 1
             first_msg = messages[0]
@@ -339,6 +345,7 @@ class OrderlyQueue:
                     attempts=failed,
                     owner=r.member,
                     reason=decision.reason,
+                    retry=self.retry,
                 )
             )
             if await wait_event(self.release, s.suspend_current_queue_time_ms / 1000):
@@ -353,10 +360,20 @@ class OrderlyQueue:
     ) -> None:
         r = self.runner
         msg_id = fields.get(b"i", b"")
-        record = packed_record(fields, entry_id, failed)
+        # a replayed message keeps the offset it came from in the queue (field o)
+        origin = fields.get(b"o", entry_id) if self.retry else entry_id
+        record = packed_record(fields, origin, failed)
         reply = await self._write(
             dead_letter_call(
-                self.keys, r.group, self.value, entry_id, msg_id, record, reason, self._take_acks()
+                self.keys,
+                r.group,
+                self.value,
+                entry_id,
+                msg_id,
+                record,
+                reason,
+                self._take_acks(),
+                retry=self.retry,
             )
         )
         if reply not in (0, b"0"):
@@ -387,6 +404,7 @@ class OrderlyRunner:
         settings: PushSettings,
         stats: Any,
         times: HandlerTimes,
+        pool: HandlerPool,
         client: AsyncClient,
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
@@ -397,14 +415,14 @@ class OrderlyRunner:
         self.settings = settings
         self.stats = stats
         self.times = times
+        self.pool = pool  # its budget and thread pool are shared with the concurrent listeners
+        self.budget = pool.shared()
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
-        self._slots = asyncio.Semaphore(settings.concurrency)
         self._timeout_s = settings.consume_timeout_ms / 1000
-        self._executor: ThreadPoolExecutor | None = None
         self._stop = asyncio.Event()
 
     @property
@@ -467,15 +485,16 @@ class OrderlyRunner:
                 args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
         except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
             return exc
-        async with self._slots:
+        async with self.budget:  # one budget with the consumer's concurrent listener calls
+            q._check()  # the wait for a slot may have outlived the lease, or the queue must go
             q.call_started = started = time.perf_counter()
             try:
                 if sub.is_async:
                     return cast(object, await sub.listener(*args))
                 loop = asyncio.get_running_loop()
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self.settings.concurrency, "rmq-orderly")
-                return cast(object, await loop.run_in_executor(self._executor, lambda: sub.listener(*args)))
+                return cast(
+                    object, await loop.run_in_executor(self.pool.threads(), lambda: sub.listener(*args))
+                )
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not q.timed_out or task is None or task.uncancel() > 0:
@@ -520,6 +539,4 @@ class OrderlyRunner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
         return cut

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import structlog
 from redis.exceptions import ResponseError
@@ -219,12 +219,22 @@ class PushConsumer:
             route = await _drive(self._client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
             sub.counts_trims = route.retention.mode == "maxlen"
+            kind: Literal["orderly", "concurrent"] = (
+                "orderly" if sub.topic in self._orderly_topics else "concurrent"
+            )
             replies = await execute(
                 self._client,
-                subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry),
+                subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry, kind),
             )
-            check_subscribe_replies(replies, self.group, sub.topic, sub.filter)
+            check_subscribe_replies(replies, self.group, sub.topic, sub.filter, kind)
         capacity = self.settings.pull_threshold_for_all
+        self._pool = HandlerPool(
+            self.settings.concurrency,
+            capacity,
+            self.settings.consume_timeout_ms / 1000,
+            self._on_done,
+            self.handler_times,
+        )
         if self._orderly_topics:
             self._orderly = OrderlyRunner(
                 group=self.group,
@@ -233,18 +243,12 @@ class PushConsumer:
                 settings=self.settings,
                 stats=self.stats,
                 times=self.handler_times,
+                pool=self._pool,  # one budget: orderly calls take slots of the same pool
                 client=self._client,
                 wait_client=open_client(self.url),
                 start_position=self._start_position,
             )
             self._renew_task = asyncio.create_task(self._guard("renew", self._orderly.background_loop))
-        self._pool = HandlerPool(
-            self.settings.concurrency,
-            capacity,
-            self.settings.consume_timeout_ms / 1000,
-            self._on_done,
-            self.handler_times,
-        )
         await self._rebalance()
         await self._report_trims()  # a loss while no consumer ran is logged at start
         self._next_prune = time.monotonic() + self._prune_interval()
@@ -551,9 +555,10 @@ class PushConsumer:
             if q.owned:
                 live = q.sub.members | {self.member}
                 targets += [(s.key, live) for s in q.streams]
-        for mq in self._orderly.owned if self._orderly is not None else []:  # no retry stream there
+        for mq in self._orderly.owned if self._orderly is not None else []:
             live = self._subs[mq.topic].members | {self.member}
-            targets.append((self.keys.queue(mq.topic, mq.queue_id).stream, live))
+            qk = self.keys.queue(mq.topic, mq.queue_id)
+            targets += [(qk.stream, live), (qk.retry_stream(self.group), live)]  # rs: replays
         return targets
 
     async def _prune(self) -> None:

@@ -1,5 +1,10 @@
 """The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
 
+With orderly subscriptions too, the limit is a Budget of ``concurrency``
+slots (``shared()``) that the workers and the orderly queue tasks take a slot
+of around each listener call (sync ones in the same thread pool): one budget,
+whatever the mix of listener kinds.
+
 ``concurrency`` long-lived worker tasks take calls from one shared deque
 (``submit_many`` queues a fetched batch at once). One idle worker is woken
 at a time: a worker that takes a call wakes the next one if calls are left,
@@ -28,7 +33,7 @@ import structlog
 from ._handler_times import HandlerTimes
 from ._push_core import ConsumeTimeout
 
-__all__ = ["Call", "HandlerPool", "Work"]
+__all__ = ["Budget", "Call", "HandlerPool", "Work"]
 
 log = structlog.get_logger("rmq_style.push")
 
@@ -46,6 +51,45 @@ class Work:
     token: Any  # handed back to on_done
 
 
+class Budget:
+    """Slots for listener calls. A freed slot goes straight to the longest waiter (first come, first
+    served), so ``free > 0`` means nobody waits and taking a slot is one decrement."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, slots: int) -> None:
+        self.free = slots
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def take(self) -> None:
+        if self.free > 0:
+            self.free -= 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as we were cancelled: pass it on
+            raise
+
+    def give(self) -> None:
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+    async def __aenter__(self) -> None:
+        await self.take()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.give()
+
+
 class HandlerPool:
     def __init__(
         self,
@@ -60,6 +104,7 @@ class HandlerPool:
         With *times*, each call's duration is counted there.
         """
         self.concurrency = concurrency
+        self.budget: Budget | None = None  # shared(): a budget with the orderly queue tasks
         self.capacity = capacity  # the caller's flow control keeps the queue under this
         self._pending: deque[Call] = deque()
         self._idle: list[asyncio.Future[None]] = []  # one per worker waiting for calls
@@ -110,7 +155,7 @@ class HandlerPool:
 
     async def _worker(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
-        pending, idle = self._pending, self._idle
+        pending, idle, budget = self._pending, self._idle, self.budget
         current, timed_out = self._current, self._timed_out
         on_done = self._on_done
         observe = self._times.observe if self._times is not None else None
@@ -124,6 +169,14 @@ class HandlerPool:
                     if waiter.done() and not waiter.cancelled():
                         self._waking -= 1
                 continue
+            if budget is not None:  # shared with orderly calls: take a slot
+                if budget.free > 0:
+                    budget.free -= 1
+                else:
+                    await budget.take()
+                    if not pending:  # another worker took the calls meanwhile
+                        budget.give()
+                        continue
             call = pending.popleft()
             if pending and idle and not self._waking:
                 self._wake_one()  # the rest of the calls may need another worker
@@ -148,9 +201,28 @@ class HandlerPool:
                 outcome = exc
             finally:
                 current[slot] = None
+                if budget is not None:
+                    if budget.waiters:
+                        budget.give()
+                    else:
+                        budget.free += 1
             if observe is not None:
                 observe(perf_counter() - started)
             on_done(token, outcome)
+
+    def shared(self) -> Budget:
+        """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).
+
+        Without it the workers alone are the limit, and take no slot at all (the hot path).
+        """
+        assert not self._workers, "share the budget before start()"
+        if self.budget is None:
+            self.budget = Budget(self.concurrency)
+        return self.budget
+
+    def threads(self) -> ThreadPoolExecutor:
+        """The thread pool of sync listeners (the orderly ones run there too)."""
+        return self._threads()
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._executor is None:

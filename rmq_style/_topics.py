@@ -239,6 +239,7 @@ def delete_flow(keys: Keys, topic: str) -> Flow[None]:
         ]
         calls.append(command("DEL", qk.stream, qk.seq, qk.delay, qk.delayed, qk.trimmed, *per_group))
     calls += [command("HDEL", keys.subscriptions(g), topic) for g in group_names]
+    calls += [command("HDEL", keys.subscription_kinds(g), topic) for g in group_names]
     for reply in (yield calls):
         single(reply)
     return None

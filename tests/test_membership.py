@@ -9,7 +9,13 @@ from hypothesis import strategies as st
 from rmq_style import MessageQueue, SubscriptionConflictError
 from rmq_style._allocation import allocate_averagely, allocate_by_circle
 from rmq_style._filter import TagFilter
-from rmq_style._membership import check_subscribe_replies, heartbeat_call, my_queues, subscribe_calls
+from rmq_style._membership import (
+    ListenerKind,
+    check_subscribe_replies,
+    heartbeat_call,
+    my_queues,
+    subscribe_calls,
+)
 from rmq_style._names import Keys
 from rmq_style._sync._io import execute, open_client
 
@@ -45,10 +51,11 @@ def test_second_member_with_another_expression_is_refused(url: str) -> None:
     def subscribe(member: str, expression: str) -> None:
         f = TagFilter.parse(expression)
         check_subscribe_replies(
-            execute(client, subscribe_calls(keys, "billing", "orders", f, member, 60_000)),
+            execute(client, subscribe_calls(keys, "billing", "orders", f, member, 60_000, "concurrent")),
             "billing",
             "orders",
             f,
+            "concurrent",
         )
 
     subscribe("m1", "created || paid")
@@ -60,3 +67,23 @@ def test_second_member_with_another_expression_is_refused(url: str) -> None:
     subscribe("m3", "refunded")
     assert client.hget(keys.subscriptions("billing"), "orders") == b"refunded"
     assert client.smembers(keys.groups()) == {b"billing"}
+
+
+def test_second_member_with_another_listener_kind_is_refused(url: str) -> None:
+    client, keys = open_client(url), Keys()
+    f = TagFilter.parse("*")
+
+    def subscribe(member: str, kind: ListenerKind) -> None:
+        replies = execute(client, subscribe_calls(keys, "billing", "orders", f, member, 60_000, kind))
+        check_subscribe_replies(replies, "billing", "orders", f, kind)
+
+    subscribe("m1", "orderly")
+    subscribe("m1", "orderly")  # the same member again
+    for other in ("concurrent", "lite_pull"):
+        with pytest.raises(SubscriptionConflictError, match=rf"with '\*' \(orderly\), not '\*' \({other}\)"):
+            subscribe("m2", other)  # type: ignore[arg-type]
+    assert client.zrange(keys.members("billing", "orders"), 0, -1) == [b"m1"]
+    # the record follows the live members: once m1 left, the kind may change
+    execute(client, [heartbeat_call(keys, "billing", "orders", "m1", 60_000, join=False)])
+    subscribe("m2", "lite_pull")
+    assert client.hget(keys.subscription_kinds("billing"), "orders") == b"lite_pull"

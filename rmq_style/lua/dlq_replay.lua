@@ -5,7 +5,8 @@
 
   Input:
     KEYS[1] dlq      rmq:{T:i}:dlq:G
-    KEYS[2] retry    rmq:{T:i}:rs:G   the group reads it like the queue
+    KEYS[2] retry    rmq:{T:i}:rs:G   the group reads it like the queue (an orderly group's
+                                      lease holder: before the queue's next new entry)
     ARGV[1] the dead letter's entry id
 
   Output:

@@ -6,7 +6,7 @@
   hold the lease.
 
   Input:
-    KEYS[1] stream   rmq:{T:i}:s
+    KEYS[1] stream   rmq:{T:i}:s, or the group's retry stream rmq:{T:i}:rs:G for its entries
     KEYS[2] dlq      rmq:{T:i}:dlq:G
     KEYS[3] lock     rmq:{T:i}:lock:G     string "member/token"
     KEYS[4] held     rmq:{T:i}:held:G
@@ -18,7 +18,8 @@
     ARGV[6] queue id
     ARGV[7] reason
     ARGV[8] the caller's lock value
-    ARGV[9...] entry ids handled before it, acknowledged first
+    ARGV[9] '1' when KEYS[1] is the retry stream (its entries are deleted once acknowledged), '0' otherwise
+    ARGV[10...] entry ids handled before it, acknowledged first
 
   Output:
     the dead-letter entry id, or 0 when the entry was not pending (nothing written);
@@ -33,8 +34,8 @@ local fenced = rmq_check_lease(KEYS[3], ARGV[8])
 if fenced then
   return fenced
 end
-rmq_ack_from(KEYS[1], KEYS[4], ARGV[1], 9)
-local id = rmq_dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], '0', ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+rmq_ack_from(KEYS[1], KEYS[4], ARGV[1], 10, ARGV[9])
+local id = rmq_dead_letter(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[9], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 local blocked = redis.call('HGET', KEYS[4], 'offset')
 if blocked == ARGV[2] then
   redis.call('DEL', KEYS[4])

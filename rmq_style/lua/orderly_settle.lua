@@ -5,7 +5,7 @@
   counting. Fenced: refused when the caller does not hold the lease.
 
   Input:
-    KEYS[1] stream   rmq:{T:i}:s
+    KEYS[1] stream   rmq:{T:i}:s, or the group's retry stream rmq:{T:i}:rs:G for its entries
     KEYS[2] lock     rmq:{T:i}:lock:G     string "member/token"
     KEYS[3] held     rmq:{T:i}:held:G     hash owner offset attempts since reason
     ARGV[1] group
@@ -14,7 +14,8 @@
     ARGV[4] failed attempts of the blocked message so far
     ARGV[5] owner (member id)
     ARGV[6] reason of the last failure
-    ARGV[7...] entry ids to acknowledge
+    ARGV[7] '1' when KEYS[1] is the retry stream (acknowledged entries are deleted), '0' otherwise
+    ARGV[8...] entry ids to acknowledge
 
   Output:
     number of entries acknowledged; error FENCED when the caller does not hold the lease
@@ -26,7 +27,7 @@ local fenced = rmq_check_lease(KEYS[2], ARGV[2])
 if fenced then
   return fenced
 end
-local n = rmq_ack_from(KEYS[1], KEYS[3], ARGV[1], 7)
+local n = rmq_ack_from(KEYS[1], KEYS[3], ARGV[1], 8, ARGV[7])
 if ARGV[3] ~= '' then
   local since = redis.call('HGET', KEYS[3], 'since')
   if redis.call('HGET', KEYS[3], 'offset') ~= ARGV[3] or not since then

@@ -7,8 +7,9 @@ local function rmq_check_lease(lock, value)
   return nil
 end
 
--- Acknowledge ARGV[first..] on `stream`; clear the held record when the held entry is among them.
-local function rmq_ack_from(stream, held, group, first)
+-- Acknowledge ARGV[first..] on `stream` (and delete them with `delete` == '1': retry stream
+-- entries are copies); clear the held record when the held entry is among them.
+local function rmq_ack_from(stream, held, group, first, delete)
   if #ARGV < first then
     return 0
   end
@@ -17,6 +18,9 @@ local function rmq_ack_from(stream, held, group, first)
     ids[#ids + 1] = ARGV[i]
   end
   local n = redis.call('XACK', stream, group, unpack(ids))
+  if delete == '1' then
+    redis.call('XDEL', stream, unpack(ids))
+  end
   local blocked = redis.call('HGET', held, 'offset')
   if blocked then
     for _, id in ipairs(ids) do
