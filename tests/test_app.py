@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rmq_style import Admin, App, ConfigurationError, DeadLetter, Message, ReceivedMessage
 from rmq_style.testing import AppTester
@@ -77,7 +77,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     app = App()
     assert (app.url, app.settings.concurrency) == ("memory://from-env", 7)
     monkeypatch.setenv("RMQ_CONCURRENCY", "0")
-    with pytest.raises(Exception, match="greater than or equal to 1"):
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
         App()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from rmq_style import Admin, App, Message, Producer, ReceivedMessage
@@ -48,12 +49,19 @@ def test_demo_runs_on_real_redis(real_url: str) -> None:
     assert "billed 60 of 61 orders" in out
 
 
-def test_examples_produce_runs(fake_url: str) -> None:
+def test_examples_produce_runs(fake_url: str, capsys: pytest.CaptureFixture[str]) -> None:
     import runpy
 
     module = runpy.run_path("examples/produce.py")
     module["main"](fake_url)
     module["main"](fake_url)  # a second run finds the topic created
+    printed = [line.split() for line in capsys.readouterr().out.splitlines()]
+    assert len(printed) == 20 and len({words[0] for words in printed}) == 20  # a msg id each
+    with Admin(fake_url) as admin:
+        queues = admin.describe_topic("orders").queues
+    assert len(queues) == 8 and sum(q.length for q in queues) == 20
+    per_user = {(n % 10 % 3, words[1]) for n, words in enumerate(printed)}  # a user's orders: one queue
+    assert len(per_user) == 3
 
 
 def test_pull_progress_reset_and_dead_letter_commands(fake_url: str) -> None:

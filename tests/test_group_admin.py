@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rmq_style import Admin, App, Message, Producer, ReceivedMessage, TopicNotFoundError
+from rmq_style import Admin, App, Message, Producer, ReceivedMessage, TopicNotFoundError, UsageError
 from rmq_style.testing import AppTester
 
 
@@ -90,7 +90,7 @@ def test_reset_offset_to_first_last_and_timestamp(url: str) -> None:
         assert admin.progress("billing", "orders")[0].progress.lag == 5
         admin.reset_offset("billing", "orders", cut)
         assert admin.progress("billing", "orders")[0].progress.lag == 2
-        with pytest.raises(Exception, match="'first', 'last' or a timestamp"):
+        with pytest.raises(UsageError, match="'first', 'last' or a timestamp"):
             admin.reset_offset("billing", "orders", "middle")  # type: ignore[arg-type]
 
 
