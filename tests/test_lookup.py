@@ -60,11 +60,11 @@ def test_the_scan_is_bounded_per_queue(url: str) -> None:
             admin.find_messages("orders")
 
 
-def test_find_through_the_cli(fake_url: str) -> None:
-    sent = setup(fake_url)
-    result = CliRunner().invoke(app, ["find", "orders", "--key", "order-7", "--url", fake_url, "--json"])
+def test_find_through_the_cli(url: str) -> None:
+    sent = setup(url)
+    result = CliRunner().invoke(app, ["find", "orders", "--key", "order-7", "--url", url, "--json"])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert (row["msg_id"], row["queue"], row["offset"], row["body"]) == (*sent[7], {"n": 7})
-    table = CliRunner().invoke(app, ["find", "orders", "--tag", "paid", "--limit", "3", "--url", fake_url])
+    table = CliRunner().invoke(app, ["find", "orders", "--tag", "paid", "--limit", "3", "--url", url])
     assert table.exit_code == 0 and "3 message(s) of orders" in table.output
