@@ -768,7 +768,7 @@ class PushConsumer:
                     stream.scan_from = entry_id
                     if entry_id in in_flight:
                         continue  # being handled or settled right now
-                if fields is None:
+                if not fields:  # trimmed while pending: nil fields, which redis-py reads as {}
                     self._register_lost(stream, entry_id)
                     continue
                 body_size = len(fields.get(b"d") or b"")
