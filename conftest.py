@@ -17,13 +17,12 @@ structlog.configure(
 )
 
 
-# The package's pytest plugin, loaded here rather than by its entry point (turned off by
-# `-p no:rmq_style` in pyproject.toml), so that coverage has started when rmq_style is imported.
-pytest_plugins = ["rmq_style.pytest_plugin"]
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """The coverage floor (fail_under) holds for a full run only, not for a chosen file or -k."""
+    """Load the package's plugin; the coverage floor (fail_under) holds for a full run only."""
+    # loaded here rather than by its entry point (turned off by `-p no:rmq_style` in pyproject.toml),
+    # so that coverage has started when rmq_style is imported; with addopts overridden it is loaded
+    if not config.pluginmanager.has_plugin("rmq_style"):
+        config.pluginmanager.import_plugin("rmq_style.pytest_plugin")
     full = config.args_source is pytest.Config.ArgsSource.TESTPATHS
     cov = config.pluginmanager.get_plugin("_cov")  # pytest-cov's, holding the options it started with
     if cov is not None and (not full or config.option.keyword or config.option.markexpr):
