@@ -28,7 +28,7 @@ async def _server_ms(url: str) -> int:
     return int(seconds) * 1000 + int(micros) // 1000
 
 
-def test_consume_from_timestamp_starts_a_new_group_at_that_time(url: str) -> None:
+def test_consume_from_timestamp_starts_a_new_group_exactly_at_that_time(url: str) -> None:
     async def main() -> tuple[list[int], list[int]]:
         await create_topic(url, queues=2)
         await send(url, [Message("orders", {"n": n}) for n in range(4)])
