@@ -39,20 +39,20 @@ def test_consume_from_timestamp_starts_a_new_group_exactly_at_that_time(url: str
         at = datetime.fromtimestamp(cut / 1000, UTC)
         got: dict[str, list[int]] = {"billing": [], "audit": []}
 
-        async def consume(group: str, settings: PushSettings, extra: int) -> None:
+        async def consume(group: str, settings: PushSettings, before: int, extra: int) -> None:
             async def listener(msg: ReceivedMessage) -> None:
                 got[group].append(msg.value()["n"])
 
             consumer = PushConsumer(url, group, settings)
             consumer.subscribe("orders", "*", listener)
             async with consumer:
-                await until(lambda: len(got[group]) >= 6 and consumer.in_flight == 0, what=group)
+                await until(lambda: len(got[group]) == before and consumer.in_flight == 0, what=group)
                 await send(url, [Message("orders", {"n": extra})])  # the group goes on after its start
                 await until(lambda: extra in got[group], what=f"{group}: a new message")
 
-        await consume("billing", fast_settings(consume_from="timestamp", consume_timestamp=at), 10)
+        await consume("billing", fast_settings(consume_from="timestamp", consume_timestamp=at), 6, 10)
         # no consume_timestamp: 30 min ago, so every message here
-        await consume("audit", fast_settings(consume_from="timestamp"), 11)
+        await consume("audit", fast_settings(consume_from="timestamp"), 11, 11)
         return sorted(got["billing"]), sorted(got["audit"])
 
     billing, audit = asyncio.run(main())
