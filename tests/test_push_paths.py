@@ -1,5 +1,5 @@
-"""Paths of docs/push.md no other test reaches, on both backends: where a new group starts, flow
-control, the shutdown deadline, settle errors, a group lost while settling, own entries trimmed away.
+"""Paths of docs/push.md no other test reached, on both backends: where a new group starts
+(consume_from='timestamp'), PushSettings validation, flow control, the shutdown deadline.
 """
 
 from __future__ import annotations
