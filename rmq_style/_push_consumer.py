@@ -135,6 +135,7 @@ class PushConsumer:
         self._queues: dict[MessageQueue, QueueState] = {}
         self._streams: dict[bytes, StreamState] = {}
         self._total = 0
+        self._turn = 0  # the queue _readable starts from, moved on each call
         self._settle_buffer: list[Delivery] = []
         self._client: AsyncClient | None = None
         self._fetch_client: AsyncClient | None = None
@@ -594,7 +595,11 @@ class PushConsumer:
         room = s.pull_threshold_for_all - self._total - sum(extra.values())
         now = time.monotonic()
         out = []
-        for q in self._queues.values() if only is None else (only,):
+        queues = list(self._queues.values()) if only is None else [only]
+        if len(queues) > 1:  # when room runs out, the queues at the end must not always be the ones left out
+            self._turn = (self._turn + 1) % len(queues)
+            queues = queues[self._turn :] + queues[: self._turn]
+        for q in queues:
             if not q.owned:
                 # a queue gone to another member: only our own entries stranded there, read by a scan
                 out += [st for st in q.streams if st.scan_from is not None]
@@ -783,7 +788,7 @@ class PushConsumer:
                     stream.scan_from = entry_id
                     if entry_id in in_flight:
                         continue  # being handled or settled right now
-                if fields is None:
+                if not fields:  # trimmed while pending: nil fields, which redis-py reads as {}
                     self._register_lost(stream, entry_id)
                     continue
                 body_size = len(fields.get(b"d") or b"")

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from rmq_style import Admin, App, ConfigurationError, DeadLetter, Message, ReceivedMessage
 from rmq_style.testing import AppTester
@@ -55,20 +55,20 @@ def test_lambda_handlers_need_annotations() -> None:
         app.subscribe("a", group="g")(lambda m: None)
 
 
-def test_start_fails_on_unknown_topic_and_unknown_group(fake_url: str) -> None:
-    app = App(fake_url)
+def test_start_fails_on_unknown_topic_and_unknown_group(url: str) -> None:
+    app = App(url)
 
     @app.subscribe("missing", group="g")
     def handler(msg: ReceivedMessage) -> None: ...
 
     with pytest.raises(ConfigurationError, match="topic 'missing', which does not exist"):
         asyncio.run(app.run(asyncio.Event()))
-    with Admin(fake_url) as admin:
+    with Admin(url) as admin:
         admin.create_topic("missing")
     with pytest.raises(ConfigurationError, match=r"no handlers for group\(s\) \['other'\]"):
         asyncio.run(app.run(asyncio.Event(), only_groups=["other"]))
     with pytest.raises(ConfigurationError, match="no handlers"):
-        asyncio.run(App(fake_url).check())
+        asyncio.run(App(url).check())
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +77,7 @@ def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
     app = App()
     assert (app.url, app.settings.concurrency) == ("memory://from-env", 7)
     monkeypatch.setenv("RMQ_CONCURRENCY", "0")
-    with pytest.raises(Exception, match="greater than or equal to 1"):
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
         App()
 
 
@@ -113,8 +113,8 @@ def test_handlers_get_what_they_annotate_and_outcomes_are_settled(url: str) -> N
     assert dead[4].reason.startswith("SerializationError") and dead[4].message.reconsume_times == 0
 
 
-def test_batch_handler_receives_lists(fake_url: str) -> None:
-    app = App(fake_url, auto_create_topics=True)
+def test_batch_handler_receives_lists(url: str) -> None:
+    app = App(url, auto_create_topics=True)
     batches: list[list[int]] = []
 
     @app.subscribe("orders", group="g", batch=50)
@@ -132,8 +132,8 @@ def test_batch_handler_receives_lists(fake_url: str) -> None:
     assert max(len(b) for b in batches) > 1
 
 
-def test_tester_dead_letter_assertion_fails_with_the_reasons(fake_url: str) -> None:
-    app = App(fake_url, auto_create_topics=True)
+def test_tester_dead_letter_assertion_fails_with_the_reasons(url: str) -> None:
+    app = App(url, auto_create_topics=True)
 
     @app.subscribe("orders", group="g", max_reconsume_times=0)
     def handle(msg: ReceivedMessage) -> None:

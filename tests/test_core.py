@@ -24,6 +24,7 @@ from rmq_style import (
 from rmq_style._calls import ScriptCall
 from rmq_style._codec import decode_model, decode_value, encode_body
 from rmq_style._delay import DELAY_LEVELS_MS, delay_level_ms
+from rmq_style._errors import UsageError
 from rmq_style._handlers import inspect_handler
 from rmq_style._message import pack_fields, unpack_fields
 from rmq_style._offsets import MAX_SEQ, Offset, parse_offset
@@ -86,7 +87,7 @@ def test_retry_schedule_follows_rocketmq_levels() -> None:
     assert [schedule.delay_ms(r) for r in range(16)] == list(DELAY_LEVELS_MS[2:])
     assert schedule.delay_ms(99) == 7_200_000
     assert delay_level_ms(1) == 1000 and delay_level_ms(30) == 7_200_000
-    with pytest.raises(Exception, match="delay level"):
+    with pytest.raises(UsageError, match="delay level"):
         delay_level_ms(0)
 
 

@@ -7,6 +7,7 @@ import time
 
 import fakeredis
 import pytest
+from redis.exceptions import ResponseError
 
 from rmq_style._connection import memory_server
 from rmq_style._fakeredis_fix import AFFECTED, apply, is_applied
@@ -58,5 +59,5 @@ def test_history_read_with_block_answers_at_once(fake: fakeredis.FakeRedis) -> N
 
 
 def test_missing_stream_says_nogroup(fake: fakeredis.FakeRedis) -> None:
-    with pytest.raises(Exception, match=r"^NOGROUP"):
+    with pytest.raises(ResponseError, match=r"^NOGROUP"):
         fake.xreadgroup("g", "c", {"missing": ">"}, count=1)

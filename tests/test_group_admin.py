@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from rmq_style import Admin, App, Message, Producer, ReceivedMessage, TopicNotFoundError
+from rmq_style import Admin, App, Message, Producer, ReceivedMessage, TopicNotFoundError, UsageError
 from rmq_style.testing import AppTester
 
 
@@ -26,18 +26,18 @@ def make_app(
     return app
 
 
-def test_progress_dead_letters_and_replay(url: str) -> None:
-    with Admin(url) as admin:
+def test_progress_dead_letters_and_replay(front: Any, url: str) -> None:
+    with front.Admin(url) as admin:
         admin.create_topic("orders", queues=2)
     outcomes = {3: "fail", 7: "fail"}
     seen: list[tuple[int, int]] = []
     ids: dict[int, set[str]] = {}
     app = make_app(url, outcomes, seen, ids)
-    with Producer(url) as producer:
+    with front.Producer(url) as producer:
         producer.send_batch([Message("orders", {"n": n}) for n in range(10)])
     with AppTester(app) as tester:
         tester.drain()
-        with Admin(url) as admin:
+        with front.Admin(url) as admin:
             rows = admin.progress("billing")
             assert [
                 (r.progress.queue.queue_id, r.progress.max_queue_offset, r.progress.lag) for r in rows
@@ -56,7 +56,7 @@ def test_progress_dead_letters_and_replay(url: str) -> None:
             assert admin.replay_dead_letters("billing", dead) == 2
             assert admin.replay_dead_letters("billing", dead) == 0  # replayed once only
         tester.drain()
-        with Admin(url) as admin:
+        with front.Admin(url) as admin:
             assert admin.dead_letters("billing") == []
             assert sum(r.dead_letters for r in admin.progress("billing")) == 0
     replayed = [(n, r) for n, r in seen if n in (3, 7)]
@@ -76,8 +76,8 @@ def test_progress_before_any_consumer_shows_full_lag(url: str) -> None:
         assert admin.progress("nobody") == []
 
 
-def test_reset_offset_to_first_last_and_timestamp(url: str) -> None:
-    with Admin(url) as admin, Producer(url) as producer:
+def test_reset_offset_to_first_last_and_timestamp(front: Any, url: str) -> None:
+    with front.Admin(url) as admin, front.Producer(url) as producer:
         admin.create_topic("orders", queues=1)
         producer.send_batch([Message("orders", n) for n in range(3)])
         cut = int(time.time() * 1000) + 1
@@ -90,7 +90,7 @@ def test_reset_offset_to_first_last_and_timestamp(url: str) -> None:
         assert admin.progress("billing", "orders")[0].progress.lag == 5
         admin.reset_offset("billing", "orders", cut)
         assert admin.progress("billing", "orders")[0].progress.lag == 2
-        with pytest.raises(Exception, match="'first', 'last' or a timestamp"):
+        with pytest.raises(UsageError, match="'first', 'last' or a timestamp"):
             admin.reset_offset("billing", "orders", "middle")  # type: ignore[arg-type]
 
 
@@ -119,8 +119,8 @@ def test_progress_shows_the_orderly_owner_and_a_held_queue(url: str) -> None:
         assert rows[1].progress.pending >= 1 and rows[0].held is None
 
 
-def test_purge_dead_letters_all_or_older_than_a_time(url: str) -> None:
-    with Admin(url) as admin:
+def test_purge_dead_letters_all_or_older_than_a_time(front: Any, url: str) -> None:
+    with front.Admin(url) as admin:
         admin.create_topic("orders", queues=2)
         admin.create_topic("refunds", queues=1)
     app = App(url)
@@ -133,7 +133,7 @@ def test_purge_dead_letters_all_or_older_than_a_time(url: str) -> None:
     def refund(body: dict[str, Any]) -> None:
         raise RuntimeError("always")
 
-    with Producer(url) as producer, AppTester(app) as tester, Admin(url) as admin:
+    with front.Producer(url) as producer, AppTester(app) as tester, front.Admin(url) as admin:
         producer.send_batch([Message("orders", {"n": n}) for n in range(4)])
         tester.drain()
         cut = _server_ms(url) + 1

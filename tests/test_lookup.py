@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -28,9 +29,9 @@ def setup(url: str) -> list[tuple[str, int, str]]:
     return [(r.msg_id, r.queue.queue_id, r.offset or "") for r in results]
 
 
-def test_find_by_key_msg_id_and_tag(url: str) -> None:
+def test_find_by_key_msg_id_and_tag(front: Any, url: str) -> None:
     sent = setup(url)
-    with Admin(url) as admin:
+    with front.Admin(url) as admin:
         (hit,) = admin.find_messages("orders", key="order-42")
         assert (hit.msg_id, hit.queue_id, hit.offset) == sent[42] and hit.value() == {"n": 42}
         (by_id,) = admin.find_messages("orders", msg_id=sent[123][0])
@@ -49,9 +50,9 @@ def test_find_by_key_msg_id_and_tag(url: str) -> None:
         assert admin.find_messages("orders", key="order-999") == []
 
 
-def test_the_scan_is_bounded_per_queue(url: str) -> None:
+def test_the_scan_is_bounded_per_queue(front: Any, url: str) -> None:
     sent = setup(url)
-    with Admin(url) as admin:
+    with front.Admin(url) as admin:
         # order-0 is the oldest message of its queue: out of reach of a short scan, found by a long one
         assert admin.find_messages("orders", key="order-0", scan=10) == []
         assert [m.msg_id for m in admin.find_messages("orders", key="order-0", scan=75)] == [sent[0][0]]
@@ -60,11 +61,11 @@ def test_the_scan_is_bounded_per_queue(url: str) -> None:
             admin.find_messages("orders")
 
 
-def test_find_through_the_cli(fake_url: str) -> None:
-    sent = setup(fake_url)
-    result = CliRunner().invoke(app, ["find", "orders", "--key", "order-7", "--url", fake_url, "--json"])
+def test_find_through_the_cli(url: str) -> None:
+    sent = setup(url)
+    result = CliRunner().invoke(app, ["find", "orders", "--key", "order-7", "--url", url, "--json"])
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert (row["msg_id"], row["queue"], row["offset"], row["body"]) == (*sent[7], {"n": 7})
-    table = CliRunner().invoke(app, ["find", "orders", "--tag", "paid", "--limit", "3", "--url", fake_url])
+    table = CliRunner().invoke(app, ["find", "orders", "--tag", "paid", "--limit", "3", "--url", url])
     assert table.exit_code == 0 and "3 message(s) of orders" in table.output

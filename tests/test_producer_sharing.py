@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 
 import pytest
 import redis
@@ -86,7 +87,9 @@ def test_a_send_cancelled_mid_round_trip_leaves_the_producer_usable(real_url: st
             server.client_pause(60_000, all=False)  # writes wait: the send stays mid round trip
             try:
                 task = asyncio.ensure_future(producer.send(Message("shared", b"cancelled")))
+                deadline = time.monotonic() + 10
                 while server.info("clients")["blocked_clients"] == 0:
+                    assert time.monotonic() < deadline, "the send never reached the paused server"
                     await asyncio.sleep(0.005)
                 task.cancel()
                 with pytest.raises(asyncio.CancelledError):

@@ -262,6 +262,15 @@ def test_a_position_read_up_to_stays_legal_when_only_entries_before_it_are_trimm
         assert [m.queue_offset for m in rest.messages] == [6, 7, 8, 9]
 
 
+def pulled_within(consumer: Any, timeout: float) -> list[Any]:
+    """The values of the first pull from offset 0-0 that returns messages, polling up to *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while not (messages := consumer.pull(Q0, "0-0").messages):
+        assert time.monotonic() < deadline, "nothing pulled in time"
+        time.sleep(0.005)
+    return [m.value() for m in messages]
+
+
 def test_delayed_messages_are_released_within_bounds_ttl(front: Any, url: str) -> None:
     setup(front, url)
     with (
@@ -271,11 +280,10 @@ def test_delayed_messages_are_released_within_bounds_ttl(front: Any, url: str) -
         assert cached.pull(Q0, "0-0").status == PullStatus.NO_NEW_MSG
         with front.Producer(url) as producer:
             producer.send(Message("orders", "soon"), queue_id=0, delay=timedelta(milliseconds=1))
-        time.sleep(0.01)
-        # bounds_ttl_ms=0 checks before every read: the due message is released and read at once
-        assert [m.value() for m in checked.pull(Q0, "0-0").messages] == ["soon"]
-        time.sleep(0.2)  # past the cached consumer's bounds_ttl_ms
-        assert [m.value() for m in cached.pull(Q0, "0-0").messages] == ["soon"]
+        # bounds_ttl_ms=0 checks before every read: the message is released and read once due (1 ms)
+        assert pulled_within(checked, 5) == ["soon"]
+        # the cached consumer sees it once its bounds are older than bounds_ttl_ms
+        assert pulled_within(cached, 5) == ["soon"]
     with pytest.raises(UsageError, match="bounds_ttl_ms"):
         front.PullConsumer(url, "g", bounds_ttl_ms=-1)
 

@@ -232,7 +232,7 @@ def test_batch_listener_gets_lists(url: str) -> None:
     run(main())
 
 
-def test_new_group_from_last_skips_history_and_from_timestamp_is_exact(url: str) -> None:
+def test_new_group_from_last_skips_history_and_from_first_reads_it(url: str) -> None:
     async def main() -> None:
         await create_topic(url, queues=1)
         await send(url, [Message("orders", {"id": 0})])

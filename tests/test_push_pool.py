@@ -7,6 +7,7 @@ from typing import Any
 
 from rmq_style._push_core import ConsumeTimeout
 from rmq_style._push_pool import HandlerPool, Work
+from tests.pushkit import until
 
 
 def test_a_batch_spreads_over_exactly_concurrency_workers_when_listeners_suspend() -> None:
@@ -27,12 +28,11 @@ def test_a_batch_spreads_over_exactly_concurrency_workers_when_listeners_suspend
             return i
 
         pool.submit_many([(listener, True, (i,), i) for i in range(20)])
-        for _ in range(50):
-            await asyncio.sleep(0)
-        assert running == 5 and peak == 5 and pool.running == 5
+        # 0 2 4 6 8 done, 1 3 5 7 9 suspended in all five workers, 10..19 queued
+        await until(lambda: len(done) == 5 and running == 5, what="five workers suspended")
+        assert peak == 5 and pool.running == 5 and sorted(token for token, _ in done) == [0, 2, 4, 6, 8]
         release.set()
-        for _ in range(100):
-            await asyncio.sleep(0)
+        await until(lambda: len(done) == 20, what="every call done")
         assert sorted(token for token, _ in done) == list(range(20)) and peak == 5
         assert all(outcome == token for token, outcome in done)
         assert await pool.close(1) == 0
@@ -45,7 +45,6 @@ def test_listeners_that_do_not_suspend_are_run_by_one_worker_in_turn() -> None:
         done: list[Any] = []
         pool = HandlerPool(20, 1000, 60, lambda token, outcome: done.append(token))
         pool.start()
-        await asyncio.sleep(0)
         tasks: set[asyncio.Task[Any] | None] = set()
 
         async def listener(i: int) -> None:
@@ -53,8 +52,7 @@ def test_listeners_that_do_not_suspend_are_run_by_one_worker_in_turn() -> None:
 
         pool.submit_many([(listener, True, (i,), i) for i in range(256)])
         pool.submit(Work(listener, True, (256,), 256))
-        for _ in range(10):
-            await asyncio.sleep(0)
+        await until(lambda: len(done) == 257, what="every call done")
         assert done == list(range(257)) and len(tasks) <= 2
         await pool.close(1)
 
@@ -77,18 +75,12 @@ def test_timeouts_failures_and_sync_listeners_report_their_outcome() -> None:
             return "ok"
 
         pool.submit_many([(slow, True, (), "slow"), (fails, True, (), "fails"), (sync, False, (), "sync")])
-        for _ in range(100):
-            if len(outcomes) == 3:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(outcomes) == 3, what="three outcomes")
         assert isinstance(outcomes["slow"], ConsumeTimeout)
         assert isinstance(outcomes["fails"], ValueError) and outcomes["sync"] == "ok"
         # the worker that timed out goes on working
         pool.submit_many([(fails, True, (), "again"), (sync, False, (), "sync2")])
-        for _ in range(100):
-            if len(outcomes) == 5:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: len(outcomes) == 5, what="five outcomes")
         assert isinstance(outcomes["again"], ValueError) and outcomes["sync2"] == "ok"
         await pool.close(1)
 
@@ -106,9 +98,9 @@ def test_close_waits_for_running_calls_and_starts_no_queued_one() -> None:
             await gate.wait()
 
         pool.submit_many([(listener, True, (i,), i) for i in range(5)])
-        await asyncio.sleep(0.01)
+        await until(lambda: pool.running == 2, what="two calls running")
         closing = asyncio.ensure_future(pool.close(5))
-        await asyncio.sleep(0.01)
+        await until(lambda: pool._closing, what="close started")
         gate.set()
         assert await closing == 0
         assert sorted(done) == [0, 1]  # the three queued calls were never started
@@ -126,7 +118,7 @@ def test_close_cuts_calls_off_at_the_deadline() -> None:
             await asyncio.sleep(60)
 
         pool.submit(Work(forever, True, (), 1))
-        await asyncio.sleep(0.01)
+        await until(lambda: pool.running == 1, what="the call running")
         assert await pool.close(0.05) == 1 and done == []
 
     asyncio.run(main())

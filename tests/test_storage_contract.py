@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from redis.exceptions import WatchError
+from redis.exceptions import ResponseError, WatchError
 
 from rmq_style import Admin, Keys, Message, Producer
 from rmq_style._message import decode_entry, pack_fields
@@ -244,7 +244,7 @@ def test_a_foreign_send_to_a_missing_queue_writes_nothing(url: str) -> None:
     with Admin(url) as admin:
         admin.create_topic("orders", queues=2)
     r = open_client(url)
-    with pytest.raises(Exception, match="NOTOPIC"):
+    with pytest.raises(ResponseError, match="NOTOPIC"):
         r.eval(expanded("send"), 3, *queue_keys("orders", 5), "minid", 1000, 1, "x" * 32, *([b""] * 7))
     assert not r.exists("rmq:{orders:5}:s")
 
