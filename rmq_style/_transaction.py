@@ -20,7 +20,6 @@ import structlog
 from pydantic import Field
 from redis.exceptions import ResponseError
 
-from ._allocation import STRATEGIES
 from ._calls import Call, Flow, command, run_script, single
 from ._errors import RmqError, TopicNotFoundError, UsageError
 from ._membership import new_member_id
@@ -79,6 +78,9 @@ class TransactionSettings(ProducerSettings):
     check_lease_ms: int = Field(60_000, gt=0, description="a check must answer within this (its lease)")
     check_poll_ms: int = Field(1000, gt=0, description="how often an instance looks for due checks")
     check_batch: int = Field(32, gt=0, description="half messages leased per queue and look")
+    check_in_background: bool = Field(
+        True, description="False: no check loop, call check_once() yourself (tests, a scheduler)"
+    )
     member_expiry_ms: int = Field(6000, gt=0, description="an instance silent this long is gone")
     resolved_memory_ms: int = Field(
         3_600_000, gt=0, description="how long a resolution is remembered (repeated answers are idempotent)"
@@ -249,16 +251,16 @@ class TransactionCore:
             run_script("heartbeat", (members_key,), (self.member, s.member_expiry_ms, "1")),
             command("SMEMBERS", self.keys.tx_topics(self.group)),
         ]
-        members = sorted(m.decode() for m in single(replies[0]))
-        queues: list[MessageQueue] = []
+        single(replies[0])  # the live instances: for operators (`tx` view); checks need no share
+        mine: list[MessageQueue] = []
         for topic in sorted(t.decode() for t in single(replies[1])):
             try:
                 route = (yield from self.producer.routes_flow([topic]))[topic]
             except TopicNotFoundError:
                 continue  # deleted with its half messages
-            queues += [MessageQueue(topic, q) for q in range(route.queue_count)]
-        # every live instance takes a share; the leases make an overlap (a member joining) harmless
-        mine = STRATEGIES["averagely"](queues, members, self.member) if self.member in members else queues
+            # every live instance looks at every queue: the lease of each check makes it exclusive,
+            # and no half message waits for a dead instance's share to be given away
+            mine += [MessageQueue(topic, q) for q in range(route.queue_count)]
         if not mine:
             return []
         self._claims += 1

@@ -85,7 +85,8 @@ class AsyncTransactionProducer(ClientHolder):
 
     async def start(self) -> None:
         """Join the group's live instances and run its due checks in the background (until close)."""
-        await self._runner.start()
+        if self.settings.check_in_background:
+            await self._runner.start()
 
     async def __aenter__(self) -> Self:
         await self.start()

@@ -86,7 +86,8 @@ class TransactionProducer(ClientHolder):
 
     def start(self) -> None:
         """Join the group's live instances and run its due checks in the background (until close)."""
-        self._runner.start()
+        if self.settings.check_in_background:
+            self._runner.start()
 
     def __enter__(self) -> Self:
         self.start()
