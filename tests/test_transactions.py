@@ -322,3 +322,40 @@ def test_members_and_topics_are_recorded(url: str) -> None:
             assert members == [producer.member.encode()]
         finally:
             r.close()
+
+
+def test_tx_commands_list_show_resume_commit_and_roll_back(fake_url: str) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from rmq_style.cli import app
+
+    def invoke(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--url", fake_url], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    make_topic(fake_url, queues=2)
+    with TransactionProducer(fake_url, "orders-tx", lambda m: UNKNOWN, check_max=1, **FAST) as producer:
+        ids = [producer.begin().send(Message("orders", {"n": n}), queue_id=n).msg_id for n in range(2)]
+        third = producer.begin().send(Message("orders", {"n": 2}), queue_id=0).msg_id
+        listed = json.loads(invoke("tx", "list", "--group", "orders-tx", "--json"))
+        assert sorted((r["msg_id"], r["status"], r["checks"]) for r in listed) == sorted(
+            [(ids[0], "pending", 0), (ids[1], "pending", 0), (third, "pending", 0)])  # fmt: skip
+        view = json.loads(invoke("tx", "progress", "--group", "orders-tx", "--json"))
+        assert [(v["queue"], v["pending"], v["max_checks"], v["discarded"]) for v in view] == [
+            (0, 2, 0, 0), (1, 1, 0, 0)]  # fmt: skip
+        assert "orders-tx" in invoke("tx", "list", "--group", "orders-tx")
+        producer.check_once()
+        producer.check_once()  # check_max 1: discarded at the second look
+        discarded = json.loads(invoke("tx", "list", "--group", "orders-tx", "--discarded", "--json"))
+        assert {r["msg_id"] for r in discarded} == {*ids, third}
+        shown = json.loads(invoke("tx", "show", ids[0], "--group", "orders-tx"))
+        assert (shown["body"], shown["status"], shown["checks"]) == ({"n": 0}, "discarded", 1)
+        assert "queue offset 0" in invoke("tx", "commit", ids[0], "--group", "orders-tx")
+        invoke("tx", "rollback", ids[1], "--group", "orders-tx")
+        invoke("tx", "resume", third, "--group", "orders-tx")
+        listed = json.loads(invoke("tx", "list", "--group", "orders-tx", "--json"))
+        assert [(r["msg_id"], r["status"], r["checks"]) for r in listed] == [(third, "pending", 0)]
+    assert [v[:2] for v in visible(fake_url)] == [(0, {"n": 0})] and visible(fake_url, 1) == []
