@@ -359,3 +359,29 @@ def test_tx_commands_list_show_resume_commit_and_roll_back(fake_url: str) -> Non
         listed = json.loads(invoke("tx", "list", "--group", "orders-tx", "--json"))
         assert [(r["msg_id"], r["status"], r["checks"]) for r in listed] == [(third, "pending", 0)]
     assert [v[:2] for v in visible(fake_url)] == [(0, {"n": 0})] and visible(fake_url, 1) == []
+
+
+@pytest.mark.cluster
+@pytest.mark.real_only
+def test_a_transaction_on_a_cluster_url() -> None:
+    from rmq_style.testing import ClusterGroup
+
+    with ClusterGroup() as cluster:
+        url = cluster.url
+        make_topic(url, queues=8)  # queues spread over the three nodes
+        with TransactionProducer(url, "orders-tx", lambda m: COMMIT, **FAST) as producer:
+            committed = [
+                producer.send_in_transaction(Message("orders", {"n": q}), lambda m, arg: COMMIT, queue_id=q)
+                for q in range(8)
+            ]
+            rolled = producer.send_in_transaction(Message("orders", 9), lambda m, arg: ROLLBACK, queue_id=3)
+            left = producer.begin().send(Message("orders", {"n": 10}), queue_id=5)  # to the check-back
+            with Admin(url) as admin:
+                assert [r.msg_id for r in admin.pending_transactions("orders-tx")] == [left.msg_id]
+                report = producer.check_once()
+                assert (report.checked, report.committed) == (1, 1)
+                assert admin.pending_transactions("orders-tx") == []
+        assert rolled.send_result is None
+        assert [c.send_result.queue_offset for c in committed] == [0] * 8  # type: ignore[union-attr]
+        assert [v[:2] for v in visible(url, 5)] == [(0, {"n": 5}), (1, {"n": 10})]
+        assert [v[:2] for v in visible(url, 3)] == [(0, {"n": 3})]
