@@ -385,3 +385,36 @@ def test_a_transaction_on_a_cluster_url() -> None:
         assert [c.send_result.queue_offset for c in committed] == [0] * 8  # type: ignore[union-attr]
         assert [v[:2] for v in visible(url, 5)] == [(0, {"n": 5}), (1, {"n": 10})]
         assert [v[:2] for v in visible(url, 3)] == [(0, {"n": 3})]
+
+
+def test_app_workers_that_declare_a_checker_run_the_check_back(url: str) -> None:
+    from rmq_style import App
+
+    make_topic(url)
+    app = App(url)
+    asked: list[str] = []
+
+    @app.transaction_checker("orders-tx", check_poll_ms=20)
+    async def check(message: HalfMessage) -> TransactionState:
+        asked.append(message.msg_id)
+        return COMMIT
+
+    with TransactionProducer(url, "orders-tx", lambda m: UNKNOWN, **FAST) as producer:  # never checks
+        half = producer.begin().send(Message("orders", {"n": 1}))
+
+    async def run_worker() -> None:
+        stop, ready = asyncio.Event(), asyncio.Event()
+        worker = asyncio.create_task(app.run(stop, ready=ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        deadline = time.monotonic() + 10
+        while not asked:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        stop.set()
+        await worker
+
+    asyncio.run(run_worker())
+    assert asked == [half.msg_id]
+    until(lambda: [v[:2] for v in visible(url)] == [(0, {"n": 1})])
+    with app.transaction_producer("orders-tx") as again:
+        assert again.settings.check_poll_ms == 20
