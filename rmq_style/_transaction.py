@@ -190,6 +190,8 @@ class TransactionCore:
         self.keys = Keys(settings.namespace)
         self.member = new_member_id()
         self._claims = 0
+        self._queue_keys: dict[MessageQueue, tuple[str, str, str, str, str, str]] = {}
+        self._topics: set[str] = set()  # topics this instance added to the group's set (again every look)
 
     def half_plan(
         self,
@@ -202,6 +204,16 @@ class TransactionCore:
         immunity = immunity_ms(self.settings, check_immunity)
         return self.producer.plan([message], sharding_key=sharding_key, queue_id=queue_id), immunity
 
+    def queue_keys(self, queue: MessageQueue) -> tuple[str, str, str, str, str, str]:
+        """half, half checks, discarded, stream, seq, trimmed of *queue* (tx_commit's keys), made once."""
+        found = self._queue_keys.get(queue)
+        if found is None:
+            if len(self._queue_keys) >= 4096:
+                self._queue_keys.clear()
+            qk = self.keys.queue(queue.topic, queue.queue_id)
+            found = self._queue_keys[queue] = (*half_keys(qk, self.group), qk.stream, qk.seq, qk.trimmed)
+        return found
+
     def half_flow(self, planned: tuple[SendPlan, int]) -> Flow[HalfMessage]:
         """Store the planned message as a half message (a retry with the same msg id stores it once)."""
         plan, immunity = planned
@@ -209,16 +221,21 @@ class TransactionCore:
         route = (yield from self.producer.routes_flow([topic]))[topic]
         key = plan.sharding_key if plan.sharding_keys is None else plan.sharding_keys[0]
         queue = MessageQueue(topic, self.producer._queue_for(topic, route.queue_count, key, plan.queue_id))
-        qk = self.keys.queue(topic, queue.queue_id)
+        qkeys = self.queue_keys(queue)
         msg_id, fields = entry[0], [v if isinstance(v, bytes) else str(v).encode() for v in entry[1:]]
         store = run_script(
             "tx_half",
-            (qk.half(self.group), qk.half_checks(self.group), qk.seq),
+            (qkeys[0], qkeys[1], qkeys[4]),
             (msg_id, pack_fields(fields), immunity),
         )
-        replies = yield [command("SADD", self.keys.tx_topics(self.group), topic), store]
-        single(replies[0])
-        stored = tx_error(replies[1], msg_id, "store", topic)
+        if topic in self._topics:  # the hot path: one script call, one round trip
+            (reply,) = yield [store]
+        else:  # the first half message to this topic: checkers find the topic's queues by this set
+            replies = yield [command("SADD", self.keys.tx_topics(self.group), topic), store]
+            single(replies[0])
+            reply = replies[1]
+            self._topics.add(topic)
+        stored = tx_error(reply, msg_id, "store", topic)
         return HalfMessage(queue, msg_id, int(stored[0]), fields, 0)
 
     def end_flow(
@@ -226,19 +243,19 @@ class TransactionCore:
     ) -> Flow[SendResult | None]:
         """Commit (the SendResult of the visible message) or roll back (None) one half message."""
         route = (yield from self.producer.routes_flow([queue.topic]))[queue.topic]
-        qk = self.keys.queue(queue.topic, queue.queue_id)
+        qkeys = self.queue_keys(queue)
         memory = self.settings.resolved_memory_ms
         if state is TransactionState.COMMIT:
             call = run_script(
                 "tx_commit",
-                (*half_keys(qk, self.group), qk.stream, qk.seq, qk.trimmed),
+                qkeys,
                 (msg_id, source, memory, *route.retention.script_args),
             )
             (reply,) = yield [call]
             entry_id, q, _again = tx_error(reply, msg_id, "commit", queue.topic)
             return SendResult(msg_id, queue, entry_id.decode(), int(q))
         if state is TransactionState.ROLLBACK:
-            (reply,) = yield [run_script("tx_rollback", half_keys(qk, self.group), (msg_id, source, memory))]
+            (reply,) = yield [run_script("tx_rollback", qkeys[:3], (msg_id, source, memory))]
             tx_error(reply, msg_id, "roll back", queue.topic)
             return None
         raise UsageError("end a transaction with COMMIT or ROLLBACK")
@@ -246,12 +263,15 @@ class TransactionCore:
     def claim_flow(self) -> Flow[list[Claim]]:
         """Heartbeat, then lease the due half messages of this instance's share of the group's queues."""
         s = self.settings
-        members_key = self.keys.producers(self.group)
-        replies = yield [
-            run_script("heartbeat", (members_key,), (self.member, s.member_expiry_ms, "1")),
-            command("SMEMBERS", self.keys.tx_topics(self.group)),
-        ]
-        single(replies[0])  # the live instances: for operators (`tx` view); checks need no share
+        members_key, topics_key = self.keys.producers(self.group), self.keys.tx_topics(self.group)
+        calls: list[Call] = [run_script("heartbeat", (members_key,), (self.member, s.member_expiry_ms, "1"))]
+        if self._topics:  # a Redis that lost the set (restart without persistence) learns it again
+            calls.append(command("SADD", topics_key, *sorted(self._topics)))
+        calls.append(command("SMEMBERS", topics_key))
+        replies = yield calls
+        for reply in replies[:-1]:
+            single(reply)  # the live instances are for operators (`tx` view); checks need no share
+        replies = [replies[0], replies[-1]]
         mine: list[MessageQueue] = []
         for topic in sorted(t.decode() for t in single(replies[1])):
             try:

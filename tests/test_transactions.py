@@ -218,9 +218,7 @@ def test_operators_commit_or_roll_back_discarded_messages(url: str) -> None:
             pending = admin.pending_transactions("orders-tx")
             assert {p.msg_id for p in pending} == {first.msg_id, second.msg_id}
             assert all(p.check_times == 0 and p.age_ms >= 0 for p in pending)
-            producer.check_once()
-            producer.check_once()  # the 2nd look discards both (check_max 1)
-            assert len(admin.discarded_transactions("orders-tx")) == 2
+            until(lambda: producer.check_once() and len(admin.discarded_transactions("orders-tx")) == 2)
             assert admin.commit_transaction("orders-tx", first.msg_id).queue_offset == 0
             admin.rollback_transaction("orders-tx", second.msg_id)
             assert admin.discarded_transactions("orders-tx") == []
@@ -347,8 +345,8 @@ def test_tx_commands_list_show_resume_commit_and_roll_back(fake_url: str) -> Non
         assert [(v["queue"], v["pending"], v["max_checks"], v["discarded"]) for v in view] == [
             (0, 2, 0, 0), (1, 1, 0, 0)]  # fmt: skip
         assert "orders-tx" in invoke("tx", "list", "--group", "orders-tx")
-        producer.check_once()
-        producer.check_once()  # check_max 1: discarded at the second look
+        with Admin(fake_url) as admin:  # check_max 1: discarded at the look after the first check
+            until(lambda: producer.check_once() and len(admin.discarded_transactions("orders-tx")) == 3)
         discarded = json.loads(invoke("tx", "list", "--group", "orders-tx", "--discarded", "--json"))
         assert {r["msg_id"] for r in discarded} == {*ids, third}
         shown = json.loads(invoke("tx", "show", ids[0], "--group", "orders-tx"))
@@ -418,3 +416,23 @@ def test_app_workers_that_declare_a_checker_run_the_check_back(url: str) -> None
     until(lambda: [v[:2] for v in visible(url)] == [(0, {"n": 1})])
     with app.transaction_producer("orders-tx") as again:
         assert again.settings.check_poll_ms == 20
+
+
+def test_the_producers_end_after_another_instance_checked_is_refused_and_the_check_decides(url: str) -> None:
+    make_topic(url)
+    answer = [UNKNOWN]
+    with (
+        TransactionProducer(url, "orders-tx", lambda m: UNKNOWN, **FAST) as slow,
+        TransactionProducer(url, "orders-tx", lambda m: answer[0], **FAST) as other,
+    ):
+
+        def execute(message: HalfMessage, arg: Any) -> TransactionState:
+            assert other.check_once().unknown == 1  # another process checks while this one still runs
+            return COMMIT
+
+        result = slow.send_in_transaction(Message("orders", {"n": 1}), execute)
+        assert (result.state, result.checked, result.send_result) == (COMMIT, True, None)
+        assert visible(url) == []
+        answer[0] = COMMIT  # the next check (1 ms later) commits
+        until(lambda: other.check_once().committed == 1)
+    assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]

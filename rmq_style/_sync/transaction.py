@@ -111,13 +111,13 @@ class TransactionProducer(ClientHolder):
         message = refuse_extras(message, ())
         self.start()
         half = self._store(message, sharding_key, queue_id, check_immunity)
-        bound = log.bind(group=self.group, msg_id=half.msg_id, queue=str(half.queue))
+        ids = {"group": self.group, "msg_id": half.msg_id, "queue": str(half.queue)}  # bound when logged
         self._executing.add(half.msg_id)
         try:
             try:
                 state = as_state(self._runner.invoke(execute, half, arg))
             except Exception as exc:  # noqa: BLE001 - an exception is UNKNOWN (RocketMQ's rule)
-                bound.warning("transaction.execute_failed", error=repr(exc))
+                log.warning("transaction.execute_failed", **ids, error=repr(exc))
                 state = TransactionState.UNKNOWN
             if state is TransactionState.UNKNOWN:
                 return TransactionSendResult(half.msg_id, half.queue, state)
@@ -126,7 +126,7 @@ class TransactionProducer(ClientHolder):
             except TransactionStateError as exc:
                 if exc.code != "TXCHECKED":
                     raise
-                bound.warning("transaction.end_after_check", state=str(state))
+                log.warning("transaction.end_after_check", **ids, state=str(state))
                 return TransactionSendResult(half.msg_id, half.queue, state, checked=True)
             return TransactionSendResult(half.msg_id, half.queue, state, sent)
         finally:
