@@ -83,7 +83,7 @@ class TransactionSettings(ProducerSettings):
     )
     member_expiry_ms: int = Field(6000, gt=0, description="an instance silent this long is gone")
     resolved_memory_ms: int = Field(
-        3_600_000, gt=0, description="how long a resolution is remembered (repeated answers are idempotent)"
+        60_000, gt=0, description="how long a resolution is remembered (a repeated answer is idempotent)"
     )
 
 

@@ -18,7 +18,7 @@ from ._transaction import HalfMessage, TransactionState, TransactionStateError, 
 __all__ = ["HalfRecord", "TxQueueReport"]
 
 # how long an operator's resolution is remembered (a producer answering later gets the same outcome)
-_ADMIN_MEMORY_MS = 3_600_000
+_ADMIN_MEMORY_MS = 60_000
 
 
 @dataclass(frozen=True, slots=True)

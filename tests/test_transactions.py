@@ -436,3 +436,28 @@ def test_the_producers_end_after_another_instance_checked_is_refused_and_the_che
         answer[0] = COMMIT  # the next check (1 ms later) commits
         until(lambda: other.check_once().committed == 1)
     assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]
+
+
+def test_resolutions_are_forgotten_after_their_memory(url: str) -> None:
+    make_topic(url)
+    r = open_client(url)
+    qk = Keys().queue("orders", 0)
+    half_key, due_key = qk.half("orders-tx"), qk.half_checks("orders-tx")
+
+    def memory_runs_out() -> None:  # a resolution's score is when it is forgotten (docs/storage.md)
+        r.zadd(due_key, dict.fromkeys(r.zrange(due_key, 0, -1), 0))
+
+    try:
+        with TransactionProducer(url, "orders-tx", lambda m: UNKNOWN, **FAST) as producer:
+            for n in range(3):
+                producer.send_in_transaction(Message("orders", n), lambda m, arg: COMMIT)
+            assert r.hlen(half_key) == 3  # remembered: a repeated commit is idempotent
+            memory_runs_out()
+            producer.send_in_transaction(Message("orders", 3), lambda m, arg: ROLLBACK)
+            assert r.hlen(half_key) == 2  # each resolution forgets up to two older ones
+            memory_runs_out()
+            assert producer.check_once().checked == 0  # and each check look forgets the rest
+            assert r.hlen(half_key) == 0 and r.zcard(due_key) == 0
+    finally:
+        r.close()
+    assert [v[:2] for v in visible(url)] == [(0, 0), (1, 1), (2, 2)]

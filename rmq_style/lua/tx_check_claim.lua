@@ -12,26 +12,22 @@
 
   Output:
     {discarded, forgotten, msg id 1, token 1, checks 1, stored ms 1, packed r b t k p c d 1, ...}
-    (checks counts this check; forgotten: resolutions past their memory, removed)
+    (checks counts this check; forgotten: resolutions past their memory removed first, at most 1000)
 ]]
 --@include clock
 --@include append
 --@include half
 
 local now = rmq_now_ms()
+local out = {0, rmq_half_forget(KEYS[1], KEYS[2], now, 1000)}
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
-local out = {0, 0}
 for _, msg_id in ipairs(due) do
   local packed = redis.call('HGET', KEYS[1], msg_id)
   if not packed then
     redis.call('ZREM', KEYS[2], msg_id)
-  else
+  elseif not rmq_half_resolved(packed) then
     local rec = rmq_unpack(packed)
-    if rec[1] ~= 'h' then
-      redis.call('HDEL', KEYS[1], msg_id)
-      redis.call('ZREM', KEYS[2], msg_id)
-      out[2] = out[2] + 1
-    elseif tonumber(rec[2]) >= tonumber(ARGV[3]) then
+    if tonumber(rec[2]) >= tonumber(ARGV[3]) then
       rec[1], rec[5], rec[6] = 'd', '', now
       redis.call('HSET', KEYS[3], msg_id, rmq_pack(rec))
       redis.call('HDEL', KEYS[1], msg_id)

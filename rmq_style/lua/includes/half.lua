@@ -11,9 +11,32 @@ local function rmq_pack(values)
   return table.concat(parts)
 end
 
--- The record of a resolved half message, kept until `forget_at` for idempotent answers.
+-- Whether a packed record is a resolution ('c' or 'r'): read from its first field only.
+local function rmq_half_resolved(packed)
+  local head = string.sub(packed, 1, 3)
+  return head == '1:c' or head == '1:r'
+end
+
+-- Forget at most `limit` resolutions past their memory among the first due members of `due`;
+-- returns how many. Pending members (due for a check) are left to tx_check_claim.
+local function rmq_half_forget(half, due, now, limit)
+  local forgotten = 0
+  for _, msg_id in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', now, 'LIMIT', 0, limit)) do
+    local packed = redis.call('HGET', half, msg_id)
+    if not packed or rmq_half_resolved(packed) then
+      redis.call('HDEL', half, msg_id)
+      redis.call('ZREM', due, msg_id)
+      forgotten = forgotten + 1
+    end
+  end
+  return forgotten
+end
+
+-- The record of a resolved half message, kept `forget_ms` for idempotent answers. Each
+-- resolution forgets up to two older ones, so resolutions never pile up, checked or not.
 local function rmq_half_resolve(half, due, msg_id, rec, state, source, now, forget_ms, entry_id, q)
   redis.call('HSET', half, msg_id,
     rmq_pack({state, rec[2], rec[3], rec[4], source, now, entry_id or '', q or ''}))
   redis.call('ZADD', due, now + tonumber(forget_ms), msg_id)
+  rmq_half_forget(half, due, now, 2)
 end
