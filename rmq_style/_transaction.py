@@ -26,6 +26,7 @@ from ._membership import new_member_id
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult, pack_fields, unpack_fields
 from ._names import Keys, QueueKeys, check_group
 from ._producing import ProducerCore, ProducerSettings, SendPlan, ShardingKey
+from ._topics import route_flow
 
 __all__ = [
     "HalfMessage",
@@ -126,8 +127,9 @@ class TransactionSendResult:
     """The outcome of ``send_in_transaction``.
 
     *state* is what the local transaction answered; *send_result* is set once the
-    message is committed (visible, with its queue offset). With UNKNOWN, or when a
-    check took over first (*checked*), the check-back decides later.
+    message is committed (visible, with its queue offset). Without it the check-back
+    decides later: the state was UNKNOWN, a check took over first (*checked*), or
+    Redis could not be reached for the end (logged).
     """
 
     msg_id: str
@@ -274,10 +276,10 @@ class TransactionCore:
         replies = [replies[0], replies[-1]]
         mine: list[MessageQueue] = []
         for topic in sorted(t.decode() for t in single(replies[1])):
-            try:
-                route = (yield from self.producer.routes_flow([topic]))[topic]
+            try:  # read each look, never created (auto_create_topics): a deleted topic stays deleted
+                route = yield from route_flow(self.keys, topic)
             except TopicNotFoundError:
-                continue  # deleted with its half messages
+                continue
             # every live instance looks at every queue: the lease of each check makes it exclusive,
             # and no half message waits for a dead instance's share to be given away
             mine += [MessageQueue(topic, q) for q in range(route.queue_count)]

@@ -461,3 +461,21 @@ def test_resolutions_are_forgotten_after_their_memory(url: str) -> None:
     finally:
         r.close()
     assert [v[:2] for v in visible(url)] == [(0, 0), (1, 1), (2, 2)]
+
+
+@pytest.mark.real_only
+def test_redis_away_at_the_end_leaves_the_message_to_the_check_back(private_redis: Any) -> None:
+    url = private_redis.url
+    make_topic(url)
+    options = {**FAST, "retries": 1, "retry_backoff_ms": 10}
+    with TransactionProducer(url, "orders-tx", lambda m: COMMIT, **options) as producer:
+
+        def execute(message: HalfMessage, arg: Any) -> TransactionState:
+            private_redis.kill()  # the local transaction commits, then Redis is away (AOF: nothing lost)
+            return COMMIT
+
+        result = producer.send_in_transaction(Message("orders", {"n": 1}), execute)
+        assert (result.state, result.send_result, result.checked) == (COMMIT, None, False)
+        private_redis.start()
+        until(lambda: producer.check_once().committed == 1)
+    assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]

@@ -10,7 +10,7 @@ from typing import Any, Self, cast
 import structlog
 
 from .._calls import Flow
-from .._errors import UsageError
+from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import ShardingKey
 from .._transaction import (
@@ -127,6 +127,9 @@ class AsyncTransactionProducer(ClientHolder):
                     raise
                 log.warning("transaction.end_after_check", **ids, state=str(state))
                 return TransactionSendResult(half.msg_id, half.queue, state, checked=True)
+            except BrokerUnavailableError as exc:  # the local transaction is done: the check-back ends it
+                log.warning("transaction.end_unreachable", **ids, state=str(state), error=str(exc))
+                return TransactionSendResult(half.msg_id, half.queue, state)
             return TransactionSendResult(half.msg_id, half.queue, state, sent)
         finally:
             self._executing.discard(half.msg_id)
@@ -168,6 +171,8 @@ class AsyncTransactionProducer(ClientHolder):
         try:
             await self._runner.stop()
             await self._drive(self._leave())
+        except BrokerUnavailableError as exc:  # its heartbeat expires instead
+            log.warning("transaction.leave_failed", group=self.group, member=self.member, error=str(exc))
         finally:
             await super().close()
 
