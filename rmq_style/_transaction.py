@@ -11,6 +11,7 @@ the queue offset is taken at commit time and consumers cannot tell the differenc
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -145,6 +146,11 @@ class Claim:
 
     message: HalfMessage
     token: str
+    expires: float  # time.monotonic() by which the check must have answered (its lease, with a margin)
+
+    @property
+    def expired(self) -> bool:
+        return time.monotonic() >= self.expires
 
 
 def half_keys(qk: QueueKeys, group: str) -> tuple[str, str, str]:
@@ -293,14 +299,17 @@ class TransactionCore:
             for mq in mine
         ]
         claims: list[Claim] = []
-        for mq, reply in zip(mine, (yield calls), strict=True):
+        replies = yield calls
+        # a check not begun by then is skipped: the lease may be another instance's by then
+        expires = time.monotonic() + s.check_lease_ms * 0.8 / 1000
+        for mq, reply in zip(mine, replies, strict=True):
             got = single(reply)
             if int(got[0]):
                 log.error("transaction.discarded", group=self.group, queue=str(mq), count=int(got[0]))
             for j in range(2, len(got), 5):
                 msg_id, token, checks, stored, packed = got[j : j + 5]
                 half = HalfMessage(mq, msg_id.decode(), int(stored), unpack_fields(packed), int(checks))
-                claims.append(Claim(half, token.decode()))
+                claims.append(Claim(half, token.decode(), expires))
         return claims
 
     def unknown_call(self, claim: Claim, *, defer: bool) -> Call:

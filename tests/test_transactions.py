@@ -365,3 +365,35 @@ def test_resolutions_are_forgotten_after_their_memory(url: str) -> None:
     finally:
         r.close()
     assert [v[:2] for v in visible(url)] == [(0, 0), (1, 1), (2, 2)]
+
+
+def test_a_check_whose_lease_ran_out_before_it_began_is_skipped(url: str) -> None:
+    make_topic(url)
+    entered, release = threading.Event(), threading.Event()
+    checked: list[int] = []
+
+    def check(message: HalfMessage) -> TransactionState:
+        checked.append(message.value())
+        if len(checked) == 1:  # the first check is slow: longer than the lease of the second
+            entered.set()
+            assert release.wait(10)
+        return COMMIT
+
+    options = {**FAST, "check_lease_ms": 200}
+    with (
+        TransactionProducer(url, "orders-tx", check, **options) as slow,
+        TransactionProducer(url, "orders-tx", lambda m: COMMIT, **options) as other,
+    ):
+        for n in range(2):
+            slow.begin().send(Message("orders", n), queue_id=0)
+        reports: list[Any] = []
+        worker = threading.Thread(target=lambda: reports.append(slow.check_once()))
+        worker.start()
+        assert entered.wait(10)
+        # both leases ran out (the slow check outlived its own: check_lease_ms is its time limit)
+        until(lambda: other.check_once().committed == 2)
+        release.set()
+        worker.join(10)
+    # the slow instance never began the second check; its late COMMIT of the first is idempotent
+    assert len(checked) == 1 and (reports[0].committed, reports[0].expired) == (1, 1)
+    assert sorted(v[1] for v in visible(url)) == [0, 1]

@@ -41,6 +41,7 @@ class CheckReport:
     rolled_back: int = 0
     unknown: int = 0
     deferred: int = 0
+    expired: int = 0  # leased but not checked in time (checked again at a later look)
 
 
 class AsyncTransactionProducer(ClientHolder):
@@ -144,6 +145,9 @@ class AsyncTransactionProducer(ClientHolder):
         report = CheckReport()
         for claim in await self._drive(self._core.claim_flow()):
             half = claim.message
+            if claim.expired:  # slow checks before it: its lease may have passed to another instance
+                report.expired += 1
+                continue
             defer = half.msg_id in self._executing
             if defer:  # the local transaction still runs here: its own end decides
                 state = TransactionState.UNKNOWN
