@@ -397,3 +397,17 @@ def test_a_check_whose_lease_ran_out_before_it_began_is_skipped(url: str) -> Non
     # the slow instance never began the second check; its late COMMIT of the first is idempotent
     assert len(checked) == 1 and (reports[0].committed, reports[0].expired) == (1, 1)
     assert sorted(v[1] for v in visible(url)) == [0, 1]
+
+
+def test_a_retried_half_store_keeps_the_first_one(url: str) -> None:
+    make_topic(url)
+    with TransactionProducer(url, "orders-tx", lambda m: UNKNOWN, **FAST) as producer:
+        planned = producer._core.half_plan(Message("orders", {"n": 1}), None, 0, None)
+        first = producer._drive(producer._core.half_flow(planned))
+        r = open_client(url)
+        until(lambda: int(r.time()[0]) * 1000 + int(r.time()[1]) // 1000 > first.store_timestamp)
+        r.close()
+        again = producer._drive(producer._core.half_flow(planned))  # as after a lost reply
+        assert (again.msg_id, again.store_timestamp) == (first.msg_id, first.store_timestamp)
+        with Admin(url) as admin:
+            assert [p.msg_id for p in admin.pending_transactions("orders-tx")] == [first.msg_id]

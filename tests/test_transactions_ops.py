@@ -124,3 +124,36 @@ def test_redis_away_at_the_end_leaves_the_message_to_the_check_back(private_redi
         private_redis.start()
         until(lambda: producer.check_once().committed == 1)
     assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]
+
+
+def test_push_consumers_get_committed_messages_like_sent_ones(url: str) -> None:
+    from rmq_style import AsyncTransactionProducer, PushConsumer, ReceivedMessage
+    from tests.pushkit import create_topic, fast_settings
+    from tests.pushkit import until as async_until
+
+    got: list[tuple[Any, int, int]] = []
+
+    async def main() -> None:
+        await create_topic(url, queues=2)
+
+        async def listener(msg: ReceivedMessage) -> None:
+            got.append((msg.value(), msg.queue_offset, msg.reconsume_times))
+
+        consumer = PushConsumer(url, "billing", fast_settings())
+        consumer.subscribe("orders", "*", listener)
+        async with (
+            consumer,
+            AsyncTransactionProducer(url, "orders-tx", lambda m: COMMIT, **FAST) as producer,
+        ):
+            for n in range(4):
+                decision = COMMIT if n % 2 == 0 else ROLLBACK
+                await producer.send_in_transaction(
+                    Message("orders", n), lambda m, arg: arg, decision, queue_id=0
+                )
+            tx = await producer.begin()
+            await tx.send(Message("orders", 4), queue_id=1)  # left to the check-back
+            assert (await producer.check_once()).committed == 1
+            await async_until(lambda: len(got) == 3, what="three committed messages")
+
+    asyncio.run(main())
+    assert sorted(got) == [(0, 0, 0), (2, 1, 0), (4, 0, 0)]

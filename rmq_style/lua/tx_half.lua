@@ -10,18 +10,20 @@
     ARGV[3] immunity ms: the first check comes this long after the store
 
   Output:
-    {server ms of the store, 'new' | 'again'} ('again': a retried send, the record stands)
+    {server ms of the store, 'new' | 'again'} ('again': a retried store; the first one stands)
     error 'NOTOPIC' when the queue does not exist (nothing written)
 ]]
 --@include clock
+--@include append
 --@include half
 
 if redis.call('EXISTS', KEYS[3]) == 0 then
   return redis.error_reply('NOTOPIC queue does not exist')
 end
 local now = rmq_now_ms()
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then
-  return {now, 'again'}
+local stored = redis.call('HGET', KEYS[1], ARGV[1])
+if stored then
+  return {tonumber(rmq_unpack(stored)[4]), 'again'}
 end
 redis.call('HSET', KEYS[1], ARGV[1], rmq_pack({'h', 0, ARGV[3], now, '', now}) .. ARGV[2])
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
