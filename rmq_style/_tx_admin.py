@@ -15,7 +15,7 @@ from ._names import Keys, check_group
 from ._topics import TopicRoute, route_flow
 from ._transaction import HalfMessage, TransactionState, TransactionStateError, half_keys, tx_error
 
-__all__ = ["HalfRecord", "TxQueueReport"]
+__all__ = ["HalfRecord", "TxQueueReport", "instances_flow"]
 
 # how long an operator's resolution is remembered (a producer answering later gets the same outcome)
 _ADMIN_MEMORY_MS = 60_000
@@ -128,6 +128,19 @@ def report_flow(keys: Keys, group: str, topic: str | None = None) -> Flow[list[T
             )
         )
     return out
+
+
+def instances_flow(keys: Keys, group: str) -> Flow[dict[str, int]]:
+    """The producer group's checking instances -> ms since their last heartbeat (server clock)."""
+    replies = yield [
+        command("TIME"),
+        command("ZRANGE", keys.producers(check_group(group)), 0, -1, "WITHSCORES"),
+    ]
+    seconds, micros = single(replies[0])
+    now = int(seconds) * 1000 + int(micros) // 1000
+    flat = single(replies[1])
+    pairs = flat.items() if isinstance(flat, dict) else zip(flat[::2], flat[1::2], strict=True)
+    return {m.decode(): max(0, now - int(float(score))) for m, score in pairs}
 
 
 def _find_flow(keys: Keys, group: str, msg_id: str) -> Flow[HalfRecord]:

@@ -562,6 +562,7 @@ def tx_progress(
     """Per queue: pending half messages, the oldest one's age, the most checks, discarded ones."""
     with Admin(url) as admin:
         reports = admin.transaction_report(group, topic)
+        instances = admin.transaction_instances(group)
     data = [
         {"topic": r.queue.topic, "queue": r.queue.queue_id, "pending": r.pending,
          "oldest_age_s": None if r.oldest_age_ms is None else round(r.oldest_age_ms / 1000, 1),
@@ -569,12 +570,14 @@ def tx_progress(
         for r in reports
     ]  # fmt: skip
     if as_json:
-        _emit_json(data)
+        _emit_json({"queues": data, "instances": instances})
         return
     columns = list(data[0]) if data else ["topic"]
     console.print(
         _table(f"transactions of producer group {group}", columns, [[d[c] for c in columns] for d in data])
     )
+    seen = ", ".join(f"{m} ({age / 1000:.1f} s ago)" for m, age in sorted(instances.items()))
+    console.print(f"checking instances (last heartbeat): {seen or 'none: half messages wait for one'}")
 
 
 def main() -> None:

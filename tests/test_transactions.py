@@ -99,6 +99,10 @@ def test_usage_errors_are_clear(url: str) -> None:
             tx.commit()
         with pytest.raises(UsageError, match="cannot be delayed"):
             tx.send(Message("orders", 1), delay=timedelta(seconds=5))
+        with pytest.raises(UsageError, match="cannot be delayed"):
+            producer.send_in_transaction(Message("orders", 1), lambda m, arg: COMMIT, delay_level=3)
+        with pytest.raises(UsageError, match="must not be negative"):
+            tx.send(Message("orders", 1), check_immunity=timedelta(seconds=-1))
         with pytest.raises(UsageError, match="one message per transaction"):
             tx.send([Message("orders", 1), Message("orders", 2)])  # type: ignore[arg-type]
         tx.send(Message("orders", 1))
@@ -411,3 +415,17 @@ def test_a_retried_half_store_keeps_the_first_one(url: str) -> None:
         assert (again.msg_id, again.store_timestamp) == (first.msg_id, first.store_timestamp)
         with Admin(url) as admin:
             assert [p.msg_id for p in admin.pending_transactions("orders-tx")] == [first.msg_id]
+
+
+def test_check_immunity_delays_the_first_check_of_one_message(url: str) -> None:
+    make_topic(url)
+    with TransactionProducer(url, "orders-tx", lambda m: COMMIT, **FAST) as producer:
+        immune = producer.begin().send(Message("orders", 1), check_immunity=timedelta(minutes=5))
+        due = producer.begin().send(Message("orders", 2))  # transaction_timeout_ms 0: due at once
+        report = producer.check_once()
+        assert (report.checked, report.committed) == (1, 1)
+        with Admin(url) as admin:
+            (waiting,) = admin.pending_transactions("orders-tx")
+        assert waiting.msg_id == immune.msg_id and waiting.check_times == 0
+        assert waiting.next_check_ms == immune.store_timestamp + 300_000
+    assert [v[2] for v in visible(url)] == [due.msg_id]

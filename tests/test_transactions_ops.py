@@ -32,11 +32,17 @@ def test_tx_commands_list_show_resume_commit_and_roll_back(fake_url: str) -> Non
         assert sorted((r["msg_id"], r["status"], r["checks"]) for r in listed) == sorted(
             [(ids[0], "pending", 0), (ids[1], "pending", 0), (third, "pending", 0)])  # fmt: skip
         view = json.loads(invoke("tx", "progress", "--group", "orders-tx", "--json"))
+        assert view["instances"] == {}  # no look yet: no live instance (the half messages wait)
+        view = view["queues"]
         assert [(v["queue"], v["pending"], v["max_checks"], v["discarded"]) for v in view] == [
             (0, 2, 0, 0), (1, 1, 0, 0)]  # fmt: skip
         assert "orders-tx" in invoke("tx", "list", "--group", "orders-tx")
         with Admin(fake_url) as admin:  # check_max 1: discarded at the look after the first check
             until(lambda: producer.check_once() and len(admin.discarded_transactions("orders-tx")) == 3)
+        # each look was a heartbeat: the producer is a live instance now
+        assert list(json.loads(invoke("tx", "progress", "--group", "orders-tx", "--json"))["instances"]) == [
+            producer.member]  # fmt: skip
+        assert "checking instances" in invoke("tx", "progress", "--group", "orders-tx")
         discarded = json.loads(invoke("tx", "list", "--group", "orders-tx", "--discarded", "--json"))
         assert {r["msg_id"] for r in discarded} == {*ids, third}
         shown = json.loads(invoke("tx", "show", ids[0], "--group", "orders-tx"))

@@ -102,13 +102,17 @@ class AsyncTransactionProducer(ClientHolder):
         sharding_key: ShardingKey | None = None,
         queue_id: int | None = None,
         check_immunity: timedelta | None = None,
+        delay: timedelta | None = None,
+        deliver_at: datetime | None = None,
+        delay_level: int | None = None,
     ) -> TransactionSendResult:
         """Store *message* as a half message, run ``execute(message, arg)``, then end the transaction.
 
         COMMIT makes the message visible, ROLLBACK drops it; None, UNKNOWN or an
         exception leave it to the check-back (the exception is logged, not raised).
+        A delay (refused: RocketMQ clears it) or a list of messages is a UsageError.
         """
-        message = refuse_extras(message, ())
+        message = refuse_extras(message, (delay, deliver_at, delay_level))
         await self.start()
         half = await self._store(message, sharding_key, queue_id, check_immunity)
         ids = {"group": self.group, "msg_id": half.msg_id, "queue": str(half.queue)}  # bound when logged

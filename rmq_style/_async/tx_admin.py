@@ -8,7 +8,15 @@ from .._calls import Flow
 from .._message import SendResult
 from .._names import Keys
 from .._transaction import TransactionState
-from .._tx_admin import HalfRecord, TxQueueReport, records_flow, report_flow, resolve_flow, resume_flow
+from .._tx_admin import (
+    HalfRecord,
+    TxQueueReport,
+    instances_flow,
+    records_flow,
+    report_flow,
+    resolve_flow,
+    resume_flow,
+)
 
 __all__ = ["AsyncTransactionAdmin"]
 
@@ -42,6 +50,14 @@ class AsyncTransactionAdmin:
     async def transaction_report(self, group: str, topic: str | None = None) -> list[TxQueueReport]:
         """Per queue: pending half messages, the oldest one's age, the most checks, discarded ones."""
         return await self._drive(report_flow(self.keys, group, topic))
+
+    async def transaction_instances(self, group: str) -> dict[str, int]:
+        """Instances of producer *group* that check (heartbeats), with ms since their last heartbeat.
+
+        An instance silent for longer than its ``member_expiry_ms`` (6 s) is gone; with none
+        live, half messages wait for their checks.
+        """
+        return await self._drive(instances_flow(self.keys, group))
 
     async def resume_transaction(self, group: str, msg_id: str) -> None:
         """Checks of a discarded half message start again (check count 0)."""

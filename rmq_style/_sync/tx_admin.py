@@ -9,7 +9,15 @@ from .._calls import Flow
 from .._message import SendResult
 from .._names import Keys
 from .._transaction import TransactionState
-from .._tx_admin import HalfRecord, TxQueueReport, records_flow, report_flow, resolve_flow, resume_flow
+from .._tx_admin import (
+    HalfRecord,
+    TxQueueReport,
+    instances_flow,
+    records_flow,
+    report_flow,
+    resolve_flow,
+    resume_flow,
+)
 
 __all__ = ["TransactionAdmin"]
 
@@ -43,6 +51,14 @@ class TransactionAdmin:
     def transaction_report(self, group: str, topic: str | None = None) -> list[TxQueueReport]:
         """Per queue: pending half messages, the oldest one's age, the most checks, discarded ones."""
         return self._drive(report_flow(self.keys, group, topic))
+
+    def transaction_instances(self, group: str) -> dict[str, int]:
+        """Instances of producer *group* that check (heartbeats), with ms since their last heartbeat.
+
+        An instance silent for longer than its ``member_expiry_ms`` (6 s) is gone; with none
+        live, half messages wait for their checks.
+        """
+        return self._drive(instances_flow(self.keys, group))
 
     def resume_transaction(self, group: str, msg_id: str) -> None:
         """Checks of a discarded half message start again (check count 0)."""
