@@ -56,7 +56,19 @@ class AsyncCheckRunner:
 
     @staticmethod
     async def invoke(func: Callable[..., Any], *args: Any) -> Any:
+        """The local transaction: called in the caller's task (awaited if it is async)."""
         result = func(*args)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    @staticmethod
+    async def check(func: Callable[..., Any], *args: Any) -> Any:
+        """A checker: awaited if async, else run in a worker thread so the event loop (a worker's
+        consumers) keeps going (RocketMQ runs checks on its own executor too)."""
+        if inspect.iscoroutinefunction(func):
+            return await func(*args)
+        result = await asyncio.to_thread(func, *args)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -95,3 +107,7 @@ class CheckRunner:
     @staticmethod
     def invoke(func: Callable[..., Any], *args: Any) -> Any:
         return func(*args)
+
+    @staticmethod
+    def check(func: Callable[..., Any], *args: Any) -> Any:
+        return func(*args)  # already off the caller's thread when the loop runs it

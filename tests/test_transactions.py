@@ -429,3 +429,22 @@ def test_check_immunity_delays_the_first_check_of_one_message(url: str) -> None:
         assert waiting.msg_id == immune.msg_id and waiting.check_times == 0
         assert waiting.next_check_ms == immune.store_timestamp + 300_000
     assert [v[2] for v in visible(url)] == [due.msg_id]
+
+
+def test_an_async_producers_plain_checker_runs_off_the_event_loop(url: str) -> None:
+    threads: list[int] = []
+
+    def check(message: HalfMessage) -> TransactionState:  # blocking I/O would stall the loop
+        threads.append(threading.get_ident())
+        return COMMIT
+
+    async def main() -> int:
+        async with AsyncAdmin(url) as admin:
+            await admin.create_topic("orders", queues=1)
+        async with AsyncTransactionProducer(url, "orders-tx", check, **FAST) as producer:
+            tx = await producer.begin()
+            await tx.send(Message("orders", 1))
+            return (await producer.check_once()).committed
+
+    assert asyncio.run(main()) == 1
+    assert threads and threads[0] != threading.get_ident()

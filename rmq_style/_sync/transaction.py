@@ -160,7 +160,7 @@ class TransactionProducer(ClientHolder):
             else:
                 report.checked += 1
                 try:
-                    state = as_state(self._runner.invoke(self._checker, half))
+                    state = as_state(self._runner.check(self._checker, half))
                 except Exception as exc:  # noqa: BLE001 - an exception is UNKNOWN: checked again later
                     log.warning(
                         "transaction.check_failed", group=self.group, msg_id=half.msg_id, error=repr(exc)
