@@ -88,7 +88,8 @@ class App:
         self.settings = settings
         self._subscriptions: list[HandlerSubscription] = []
         self.consumers: dict[str, PushConsumer] = {}  # group -> its consumer, while run() runs
-        self._checkers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}  # producer group ->
+        # producer group -> its checker and TransactionSettings fields (@transaction_checker)
+        self._checkers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"<App url={self.settings.url!r} handlers={len(self._subscriptions)}>"
@@ -155,6 +156,7 @@ class App:
         ``transaction_producer(group)`` uses it. *options*: TransactionSettings fields.
         """
         check_group(group)
+        TransactionSettings(**options)  # a wrong option fails here, not in a worker
 
         def decorate(func: F) -> F:
             if group in self._checkers:
