@@ -257,13 +257,13 @@ class TransactionCore:
             call = run_script(
                 "tx_commit",
                 qkeys,
-                (msg_id, source, memory, *route.retention.script_args),
+                (msg_id, source, memory, *route.retention.script_args, self.member),
             )
             (reply,) = yield [call]
             entry_id, q, _again = tx_error(reply, msg_id, "commit", queue.topic)
             return SendResult(msg_id, queue, entry_id.decode(), int(q))
         if state is TransactionState.ROLLBACK:
-            (reply,) = yield [run_script("tx_rollback", qkeys[:3], (msg_id, source, memory))]
+            (reply,) = yield [run_script("tx_rollback", qkeys[:3], (msg_id, source, memory, self.member))]
             tx_error(reply, msg_id, "roll back", queue.topic)
             return None
         raise UsageError("end a transaction with COMMIT or ROLLBACK")

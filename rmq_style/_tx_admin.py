@@ -166,10 +166,11 @@ def resolve_flow(keys: Keys, group: str, msg_id: str, state: TransactionState) -
     if state is TransactionState.COMMIT:
         route = yield from route_flow(keys, mq.topic)
         keys6 = (*half_keys(qk, group), qk.stream, qk.seq, qk.trimmed)
-        args = (msg_id, "admin", _ADMIN_MEMORY_MS, *route.retention.script_args)
+        args = (msg_id, "admin", _ADMIN_MEMORY_MS, *route.retention.script_args, "")
         (reply,) = yield [run_script("tx_commit", keys6, args)]
         entry_id, q, _again = tx_error(reply, msg_id, "commit", mq.topic)
         return SendResult(msg_id, mq, entry_id.decode(), int(q))
-    (reply,) = yield [run_script("tx_rollback", half_keys(qk, group), (msg_id, "admin", _ADMIN_MEMORY_MS))]
+    undo = (msg_id, "admin", _ADMIN_MEMORY_MS, "")
+    (reply,) = yield [run_script("tx_rollback", half_keys(qk, group), undo)]
     tx_error(reply, msg_id, "roll back", mq.topic)
     return None

@@ -155,6 +155,24 @@ def test_a_check_during_the_local_transaction_is_deferred(url: str) -> None:
     assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]
 
 
+def test_the_producers_end_is_accepted_while_its_own_instance_holds_a_deferred_check(url: str) -> None:
+    make_topic(url)
+    with TransactionProducer(url, "orders-tx", lambda m: ROLLBACK, **FAST) as producer:
+        claims: list[Any] = []
+
+        def execute(message: HalfMessage, arg: Any) -> TransactionState:
+            # this instance's check loop has leased the message, and not yet said it defers
+            claims.extend(producer._drive(producer._core.claim_flow()))
+            return COMMIT
+
+        result = producer.send_in_transaction(Message("orders", {"n": 1}), execute)
+        assert result.send_result is not None and not result.checked
+        (claim,) = claims
+        assert claim.message.msg_id == result.msg_id
+        producer._drive(producer._core.answer_flow(claim, UNKNOWN, defer=True))  # finds it committed
+    assert [v[:2] for v in visible(url)] == [(0, {"n": 1})]
+
+
 def test_two_instances_never_check_the_same_message_at_once(url: str) -> None:
     make_topic(url)
     entered, release = threading.Event(), threading.Event()

@@ -12,7 +12,7 @@ import structlog
 from .._calls import Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
-from .._producing import ShardingKey
+from .._producing import SendPlan, ShardingKey
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -114,10 +114,13 @@ class AsyncTransactionProducer(ClientHolder):
         """
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         await self.start()
-        half = await self._store(message, sharding_key, queue_id, check_immunity)
-        ids = {"group": self.group, "msg_id": half.msg_id, "queue": str(half.queue)}  # bound when logged
-        self._executing.add(half.msg_id)
+        planned = self._core.half_plan(message, sharding_key, queue_id, check_immunity)
+        msg_id = planned[0].entries[0][0]
+        # marked before the store: a check due at once (a timeout of 0) is deferred, not answered
+        self._executing.add(msg_id)
         try:
+            half = await self._store(planned)
+            ids = {"group": self.group, "msg_id": msg_id, "queue": str(half.queue)}  # bound when logged
             try:
                 state = as_state(await self._runner.invoke(execute, half, arg))
             except Exception as exc:  # noqa: BLE001 - an exception is UNKNOWN (RocketMQ's rule)
@@ -137,7 +140,7 @@ class AsyncTransactionProducer(ClientHolder):
                 return TransactionSendResult(half.msg_id, half.queue, state)
             return TransactionSendResult(half.msg_id, half.queue, state, sent)
         finally:
-            self._executing.discard(half.msg_id)
+            self._executing.discard(msg_id)
 
     async def begin(self) -> AsyncTransaction:
         """The explicit form: ``tx = begin(); tx.send(message); ...; tx.commit()`` (or ``rollback()``)."""
@@ -187,17 +190,10 @@ class AsyncTransactionProducer(ClientHolder):
     def _leave(self) -> Flow[None]:
         yield [self._core.leave_call()]
 
-    async def _store(
-        self,
-        message: Message,
-        sharding_key: ShardingKey | None,
-        queue_id: int | None,
-        check_immunity: timedelta | None,
-    ) -> HalfMessage:
+    async def _store(self, planned: tuple[SendPlan, int]) -> HalfMessage:
         core, s = self._core, self.settings
-        plan = core.half_plan(message, sharding_key, queue_id, check_immunity)
         return await drive_with_retries(
-            self._client, lambda: core.half_flow(plan), s.retries, s.retry_backoff_ms
+            self._client, lambda: core.half_flow(planned), s.retries, s.retry_backoff_ms
         )
 
     async def _end(
@@ -240,7 +236,8 @@ class AsyncTransaction:
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         if self.message is not None:
             raise UsageError("one message per transaction: begin another transaction for the next one")
-        self.message = await self._producer._store(message, sharding_key, queue_id, check_immunity)
+        planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
+        self.message = await self._producer._store(planned)
         return self.message
 
     async def commit(self) -> SendResult:

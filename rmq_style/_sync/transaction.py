@@ -13,7 +13,7 @@ import structlog
 from .._calls import Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
-from .._producing import ShardingKey
+from .._producing import SendPlan, ShardingKey
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -115,10 +115,13 @@ class TransactionProducer(ClientHolder):
         """
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         self.start()
-        half = self._store(message, sharding_key, queue_id, check_immunity)
-        ids = {"group": self.group, "msg_id": half.msg_id, "queue": str(half.queue)}  # bound when logged
-        self._executing.add(half.msg_id)
+        planned = self._core.half_plan(message, sharding_key, queue_id, check_immunity)
+        msg_id = planned[0].entries[0][0]
+        # marked before the store: a check due at once (a timeout of 0) is deferred, not answered
+        self._executing.add(msg_id)
         try:
+            half = self._store(planned)
+            ids = {"group": self.group, "msg_id": msg_id, "queue": str(half.queue)}  # bound when logged
             try:
                 state = as_state(self._runner.invoke(execute, half, arg))
             except Exception as exc:  # noqa: BLE001 - an exception is UNKNOWN (RocketMQ's rule)
@@ -138,7 +141,7 @@ class TransactionProducer(ClientHolder):
                 return TransactionSendResult(half.msg_id, half.queue, state)
             return TransactionSendResult(half.msg_id, half.queue, state, sent)
         finally:
-            self._executing.discard(half.msg_id)
+            self._executing.discard(msg_id)
 
     def begin(self) -> Transaction:
         """The explicit form: ``tx = begin(); tx.send(message); ...; tx.commit()`` (or ``rollback()``)."""
@@ -188,17 +191,10 @@ class TransactionProducer(ClientHolder):
     def _leave(self) -> Flow[None]:
         yield [self._core.leave_call()]
 
-    def _store(
-        self,
-        message: Message,
-        sharding_key: ShardingKey | None,
-        queue_id: int | None,
-        check_immunity: timedelta | None,
-    ) -> HalfMessage:
+    def _store(self, planned: tuple[SendPlan, int]) -> HalfMessage:
         core, s = self._core, self.settings
-        plan = core.half_plan(message, sharding_key, queue_id, check_immunity)
         return drive_with_retries(
-            self._client, lambda: core.half_flow(plan), s.retries, s.retry_backoff_ms
+            self._client, lambda: core.half_flow(planned), s.retries, s.retry_backoff_ms
         )
 
     def _end(
@@ -241,7 +237,8 @@ class Transaction:
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         if self.message is not None:
             raise UsageError("one message per transaction: begin another transaction for the next one")
-        self.message = self._producer._store(message, sharding_key, queue_id, check_immunity)
+        planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
+        self.message = self._producer._store(planned)
         return self.message
 
     def commit(self) -> SendResult:

@@ -12,6 +12,7 @@
     ARGV[2] source: 'client' (the producer) | 'check' (a check answered) | 'admin' (an operator)
     ARGV[3] ms to remember the resolution (an answer repeated within it is idempotent)
     ARGV[4] trim mode, ARGV[5] trim value (as in send)
+    ARGV[6] the ending instance's id: a lease of its own (a check it defers) does not count
 
   Output:
     {entry id, queue offset, 'new' | 'again'} ('again': committed before, same entry)
@@ -46,7 +47,7 @@ if rec[1] == 'c' then
 elseif rec[1] == 'r' then
   return redis.error_reply('TXROLLEDBACK rolled back before')
 end
-if source == 'client' and (tonumber(rec[2]) > 0 or rec[5] ~= '') then
+if source == 'client' and rmq_half_checked(rec, ARGV[6]) then
   return redis.error_reply('TXCHECKED checked already: the check-back decides')
 end
 if redis.call('EXISTS', KEYS[5]) == 0 then

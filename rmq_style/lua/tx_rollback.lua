@@ -8,6 +8,7 @@
     ARGV[1] msg id
     ARGV[2] source: 'client' | 'check' | 'admin' (as in tx_commit)
     ARGV[3] ms to remember the resolution
+    ARGV[4] the ending instance's id (as in tx_commit)
 
   Output:
     'new' | 'again' ('again': rolled back before)
@@ -36,7 +37,7 @@ if rec[1] == 'r' then
 elseif rec[1] == 'c' then
   return redis.error_reply('TXCOMMITTED committed before')
 end
-if source == 'client' and (tonumber(rec[2]) > 0 or rec[5] ~= '') then
+if source == 'client' and rmq_half_checked(rec, ARGV[4]) then
   return redis.error_reply('TXCHECKED checked already: the check-back decides')
 end
 if from_dead then

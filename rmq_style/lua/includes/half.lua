@@ -11,6 +11,17 @@ local function rmq_pack(values)
   return table.concat(parts)
 end
 
+-- Whether a check took a pending record over from its producer: a check began (not one
+-- of the producer's own instance, which defers while the local transaction runs).
+local function rmq_half_checked(rec, member)
+  local own = member ~= '' and string.sub(rec[5], 1, #member + 1) == member .. '/'
+  local checks = tonumber(rec[2])
+  if own then
+    checks = checks - 1
+  end
+  return checks > 0 or (rec[5] ~= '' and not own)
+end
+
 -- Whether a packed record is a resolution ('c' or 'r'): read from its first field only.
 local function rmq_half_resolved(packed)
   local head = string.sub(packed, 1, 3)
