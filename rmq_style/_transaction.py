@@ -269,7 +269,7 @@ class TransactionCore:
         raise UsageError("end a transaction with COMMIT or ROLLBACK")
 
     def claim_flow(self) -> Flow[list[Claim]]:
-        """Heartbeat, then lease the due half messages of this instance's share of the group's queues."""
+        """Heartbeat, then lease the due half messages of every queue of the group's topics."""
         s = self.settings
         members_key, topics_key = self.keys.producers(self.group), self.keys.tx_topics(self.group)
         calls: list[Call] = [run_script("heartbeat", (members_key,), (self.member, s.member_expiry_ms, "1"))]
@@ -279,9 +279,8 @@ class TransactionCore:
         replies = yield calls
         for reply in replies[:-1]:
             single(reply)  # the live instances are for operators (`tx` view); checks need no share
-        replies = [replies[0], replies[-1]]
         mine: list[MessageQueue] = []
-        for topic in sorted(t.decode() for t in single(replies[1])):
+        for topic in sorted(t.decode() for t in single(replies[-1])):
             try:  # read each look, never created (auto_create_topics): a deleted topic stays deleted
                 route = yield from route_flow(self.keys, topic)
             except TopicNotFoundError:
