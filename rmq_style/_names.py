@@ -172,6 +172,10 @@ class Keys:
         """Set of all consumer group names."""
         return f"{self.prefix}:groups"
 
+    def producer_groups(self) -> str:
+        """Set of all producer groups that sent transactional messages."""
+        return f"{self.prefix}:pgroups"
+
     def tx_topics(self, group: str) -> str:
         """Set of the topics producer group *group* sent transactional messages to."""
         return f"{self.prefix}:pgroup:{{{group}}}:topics"

@@ -239,9 +239,14 @@ class TransactionCore:
         if topic in self._topics:  # the hot path: one script call, one round trip
             (reply,) = yield [store]
         else:  # the first half message to this topic: checkers find the topic's queues by this set
-            replies = yield [command("SADD", self.keys.tx_topics(self.group), topic), store]
+            replies = yield [
+                command("SADD", self.keys.producer_groups(), self.group),
+                command("SADD", self.keys.tx_topics(self.group), topic),
+                store,
+            ]
             single(replies[0])
-            reply = replies[1]
+            single(replies[1])
+            reply = replies[2]
             self._topics.add(topic)
         stored = tx_error(reply, msg_id, "store", topic)
         return HalfMessage(queue, msg_id, int(stored[0]), fields, 0)
@@ -273,7 +278,8 @@ class TransactionCore:
         s = self.settings
         members_key, topics_key = self.keys.producers(self.group), self.keys.tx_topics(self.group)
         calls: list[Call] = [run_script("heartbeat", (members_key,), (self.member, s.member_expiry_ms, "1"))]
-        if self._topics:  # a Redis that lost the set (restart without persistence) learns it again
+        if self._topics:  # a Redis that lost the sets (restart without persistence) learns them again
+            calls.append(command("SADD", self.keys.producer_groups(), self.group))
             calls.append(command("SADD", topics_key, *sorted(self._topics)))
         calls.append(command("SMEMBERS", topics_key))
         replies = yield calls

@@ -65,3 +65,22 @@ def test_a_retried_half_store_keeps_the_first_one(url: str) -> None:
         assert (again.msg_id, again.store_timestamp) == (first.msg_id, first.store_timestamp)
         with Admin(url) as admin:
             assert [p.msg_id for p in admin.pending_transactions("orders-tx")] == [first.msg_id]
+
+
+def test_delete_topic_deletes_its_half_messages(url: str) -> None:
+    make_topic(url, queues=2)
+    with TransactionProducer(url, "orders-tx", lambda m: COMMIT, **FAST) as producer:
+        producer.begin().send(Message("orders", 1), queue_id=1)  # left pending
+        with Admin(url) as admin:
+            admin.delete_topic("orders")
+            admin.create_topic("orders", queues=2)  # a new topic of the same name
+            assert admin.pending_transactions("orders-tx") == []
+        assert producer.check_once().checked == 0  # nothing of the old topic is checked, or committed
+    r = open_client(url)
+    try:
+        qk = Keys().queue("orders", 1)
+        assert not r.exists(qk.half("orders-tx"), qk.half_checks("orders-tx"), qk.tx_discarded("orders-tx"))
+        assert r.smembers(Keys().producer_groups()) == {b"orders-tx"}
+    finally:
+        r.close()
+    assert visible(url, 1) == []
