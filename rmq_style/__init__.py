@@ -31,6 +31,7 @@ from ._async.admin import AsyncAdmin
 from ._async.lite_pull import AsyncLitePullConsumer
 from ._async.producer import AsyncProducer
 from ._async.pull import AsyncPullConsumer
+from ._async.transaction import AsyncTransaction, AsyncTransactionProducer, CheckReport
 from ._delay import DELAY_LEVELS_MS, RetrySchedule
 from ._errors import (
     BrokerRefusedError,
@@ -65,7 +66,15 @@ from ._sync.admin import Admin
 from ._sync.lite_pull import LitePullConsumer
 from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
+from ._sync.transaction import Transaction, TransactionProducer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
+from ._transaction import (
+    HalfMessage,
+    TransactionSendResult,
+    TransactionSettings,
+    TransactionState,
+    TransactionStateError,
+)
 from .app import App, HandlerSubscription
 from .settings import AppSettings
 
@@ -79,14 +88,18 @@ __all__ = [
     "AsyncLitePullConsumer",
     "AsyncProducer",
     "AsyncPullConsumer",
+    "AsyncTransaction",
+    "AsyncTransactionProducer",
     "BrokerRefusedError",
     "BrokerUnavailableError",
+    "CheckReport",
     "ConfigurationError",
     "ConsumeFrom",
     "ConsumeResult",
     "ConsumeTimeout",
     "DeadLetter",
     "FencedError",
+    "HalfMessage",
     "HandlerSubscription",
     "InvalidNameError",
     "InvalidOffsetError",
@@ -121,6 +134,12 @@ __all__ = [
     "TopicInfo",
     "TopicNotFoundError",
     "TopicRoute",
+    "Transaction",
+    "TransactionProducer",
+    "TransactionSendResult",
+    "TransactionSettings",
+    "TransactionState",
+    "TransactionStateError",
     "UsageError",
     "parse_offset",
     "queue_for_key",

@@ -123,6 +123,18 @@ class QueueKeys:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"
 
+    def half(self, group: str) -> str:
+        """Hash msg id -> half (transactional) message record of producer group *group*."""
+        return f"{self.tag}:half:{group}"
+
+    def half_checks(self, group: str) -> str:
+        """Sorted set msg id -> next check, lease end or forget time of the group's half messages."""
+        return f"{self.tag}:halfdue:{group}"
+
+    def tx_discarded(self, group: str) -> str:
+        """Hash msg id -> half message of the group discarded after its last check."""
+        return f"{self.tag}:txdead:{group}"
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
@@ -163,3 +175,15 @@ class Keys:
     def groups(self) -> str:
         """Set of all consumer group names."""
         return f"{self.prefix}:groups"
+
+    def producer_groups(self) -> str:
+        """Set of all producer groups that sent transactional messages."""
+        return f"{self.prefix}:pgroups"
+
+    def tx_topics(self, group: str) -> str:
+        """Set of the topics producer group *group* sent transactional messages to."""
+        return f"{self.prefix}:pgroup:{{{group}}}:topics"
+
+    def producers(self, group: str) -> str:
+        """Sorted set of the producer group's checking instances, scored by last heartbeat (server ms)."""
+        return f"{self.prefix}:pgroup:{{{group}}}:members"

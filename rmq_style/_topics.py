@@ -220,8 +220,12 @@ def describe_flow(keys: Keys, topic: str) -> Flow[TopicInfo]:
 
 def delete_flow(keys: Keys, topic: str) -> Flow[None]:
     route = yield from route_flow(keys, topic)
-    (groups,) = yield [command("SMEMBERS", keys.groups())]
+    groups, producer_groups = yield [
+        command("SMEMBERS", keys.groups()),
+        command("SMEMBERS", keys.producer_groups()),
+    ]
     group_names = [g.decode() for g in single(groups)]
+    tx_groups = [g.decode() for g in single(producer_groups)]  # their half messages go too
     calls = [command("DEL", keys.topic_meta(topic)), command("SREM", keys.topics, topic)]
     for q in range(route.queue_count):
         qk = keys.queue(topic, q)
@@ -237,9 +241,11 @@ def delete_flow(keys: Keys, topic: str) -> Flow[None]:
                 qk.broadcast(g),
             )
         ]
+        per_group += [k for g in tx_groups for k in (qk.half(g), qk.half_checks(g), qk.tx_discarded(g))]
         calls.append(command("DEL", qk.stream, qk.seq, qk.delay, qk.delayed, qk.trimmed, *per_group))
     calls += [command("HDEL", keys.subscriptions(g), topic) for g in group_names]
     calls += [command("HDEL", keys.subscription_kinds(g), topic) for g in group_names]
+    calls += [command("SREM", keys.tx_topics(g), topic) for g in tx_groups]
     for reply in (yield calls):
         single(reply)
     return None

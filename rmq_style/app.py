@@ -29,6 +29,7 @@ import structlog
 from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
+from ._async.transaction import AsyncTransactionProducer
 from ._errors import BrokerUnavailableError, ConfigurationError, TopicExistsError, TopicNotFoundError
 from ._filter import TagFilter
 from ._handlers import HandlerSpec, inspect_handler
@@ -40,6 +41,8 @@ from ._push_settings import PushSettings
 from ._sync.admin import Admin
 from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
+from ._sync.transaction import TransactionProducer
+from ._transaction import TransactionSettings
 from .settings import AppSettings
 
 __all__ = ["App", "HandlerSubscription"]
@@ -85,6 +88,8 @@ class App:
         self.settings = settings
         self._subscriptions: list[HandlerSubscription] = []
         self.consumers: dict[str, PushConsumer] = {}  # group -> its consumer, while run() runs
+        # producer group -> its checker and TransactionSettings fields (@transaction_checker)
+        self._checkers: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
 
     def __repr__(self) -> str:
         return f"<App url={self.settings.url!r} handlers={len(self._subscriptions)}>"
@@ -144,6 +149,37 @@ class App:
 
         return decorate
 
+    def transaction_checker(self, group: str, **options: Any) -> Callable[[F], F]:
+        """Declare *func* the checker of producer group *group*: ``check(message) -> TransactionState``.
+
+        Workers of the app then take part in the group's check-back (docs/transactions.md), and
+        ``transaction_producer(group)`` uses it. *options*: TransactionSettings fields.
+        """
+        check_group(group)
+        TransactionSettings(**options)  # a wrong option fails here, not in a worker
+
+        def decorate(func: F) -> F:
+            if group in self._checkers:
+                raise ConfigurationError(f"producer group {group!r} has a checker already")
+            self._checkers[group] = (func, options)
+            return func
+
+        return decorate
+
+    def _checker(self, group: str) -> tuple[Callable[..., Any], TransactionSettings]:
+        if group not in self._checkers:
+            raise ConfigurationError(f"no checker for producer group {group!r}: use @app.transaction_checker")
+        func, options = self._checkers[group]
+        base = self._producer_settings().model_dump()
+        return func, TransactionSettings(**{**base, **options})
+
+    def transaction_producer(self, group: str) -> TransactionProducer:
+        """A transactional producer of *group*, with the group's declared checker."""
+        return TransactionProducer(self.url, group, *self._checker(group))
+
+    def async_transaction_producer(self, group: str) -> AsyncTransactionProducer:
+        return AsyncTransactionProducer(self.url, group, *self._checker(group))
+
     # producers and consumers -------------------------------------------------
 
     def _producer_settings(self) -> ProducerSettings:
@@ -197,6 +233,7 @@ class App:
         """The same handlers with other settings (e.g. another URL, for tests)."""
         twin = App(settings=self.settings.model_copy(update=settings))
         twin._subscriptions = list(self._subscriptions)
+        twin._checkers = dict(self._checkers)
         return twin
 
     def consumer(self, group: str, *, concurrency: int | None = None, **extra: Any) -> PushConsumer:
@@ -209,7 +246,7 @@ class App:
 
     async def check(self) -> None:
         """Fail early: every subscribed topic must exist (auto_create_topics creates the missing ones)."""
-        if not self._subscriptions:
+        if not self._subscriptions and not self._checkers:
             raise ConfigurationError("the app has no handlers: decorate functions with @app.subscribe")
         async with AsyncAdmin(self.url, namespace=self.settings.namespace) as admin:
             for topic in sorted({s.topic for s in self._subscriptions}):
@@ -272,17 +309,21 @@ class App:
             groups = sorted(set(only_groups))
         consumers = [self.consumer(g, concurrency=concurrency, **consumer_settings) for g in groups]
         started: list[PushConsumer] = []
+        checking = [self.async_transaction_producer(g) for g in sorted(self._checkers)]
         try:
             for consumer in consumers:
                 await consumer.start()
                 started.append(consumer)
                 self.consumers[consumer.group] = consumer
+            for producer in checking:  # the app's share of its producer groups' check-back
+                await producer.start()
             log.info("app.running", groups=groups)
             if ready is not None:
                 ready.set()
             await stop.wait()
         finally:
             await asyncio.gather(*(c.stop() for c in started))
+            await asyncio.gather(*(p.close() for p in checking))
             self.consumers = {}
             log.info("app.stopped", groups=groups)
 

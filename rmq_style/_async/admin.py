@@ -32,11 +32,12 @@ from .._topics import (
     route_flow,
 )
 from ._io import AsyncClient, ClientHolder
+from .tx_admin import AsyncTransactionAdmin
 
 __all__ = ["AsyncAdmin"]
 
 
-class AsyncAdmin(ClientHolder):
+class AsyncAdmin(ClientHolder, AsyncTransactionAdmin):
     """Topic administration.
 
     >>> import asyncio

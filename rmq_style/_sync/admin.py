@@ -33,11 +33,12 @@ from .._topics import (
     route_flow,
 )
 from ._io import Client, ClientHolder
+from .tx_admin import TransactionAdmin
 
 __all__ = ["Admin"]
 
 
-class Admin(ClientHolder):
+class Admin(ClientHolder, TransactionAdmin):
     """Topic administration.
 
     >>> import time
