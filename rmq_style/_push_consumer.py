@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute, is_cluster, open_client
 from ._calls import single
+from ._entry_check import rejection, shown
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
 from ._handler_times import HandlerTimes
@@ -738,6 +739,7 @@ class PushConsumer:
         The hot path of the consumer: one pass per entry, no call that is not needed.
         """
         batch_size = self.settings.consume_message_batch_max_size
+        max_size = self.settings.max_message_size
         pool = self._pool
         assert pool is not None
         returned: set[int] = set()
@@ -770,13 +772,12 @@ class PushConsumer:
                 in_flight.add(entry_id)
                 count += 1
                 size += body_size
-                try:
-                    msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
-                    d = Delivery(stream, entry_id, fields, body_size, msg)
-                except (ValueError, TypeError) as exc:
-                    d = Delivery(stream, entry_id, fields, body_size)
-                    self._settle(d, DeadLetterIt(f"undecodable entry: {describe_error(exc)}"))
+                problem = rejection(fields, max_size)
+                if problem is not None:  # never handed to a listener (docs/storage.md, field validity)
+                    self._settle(Delivery(stream, entry_id, fields, body_size), DeadLetterIt(problem))
                     continue
+                msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
+                d = Delivery(stream, entry_id, fields, body_size, msg)
                 if tags is not None and msg.tag not in tags:
                     self.stats.filtered += 1
                     self._settle(d, _ACK)
@@ -848,10 +849,15 @@ class PushConsumer:
         for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:
                 continue
-            if outcome is None:
-                self._succeed(d)
-            else:
-                self._fail(d, outcome)
+            try:
+                if outcome is None:
+                    self._succeed(d)
+                else:
+                    self._fail(d, outcome)
+            except Exception as exc:  # noqa: BLE001 - contained: one message never stops the pool
+                self._log.exception("message.outcome_failed", offset=d.entry_id.decode())
+                if d.decision is None:
+                    self._settle(d, DeadLetterIt(f"settling failed: {describe_error(exc)}"))
 
     def _succeed(self, d: Delivery) -> None:
         self.stats.consumed += 1
@@ -878,7 +884,7 @@ class PushConsumer:
     def _event(self, d: Delivery) -> Any:
         m = d.message
         return self._log.bind(
-            msg_id=m.msg_id if m else (d.fields.get(b"i") or b"").decode(),
+            msg_id=shown(d.fields.get(b"i") or b"") if m is None else m.msg_id,
             topic=d.stream.queue.mq.topic,
             queue=d.stream.queue.mq.queue_id,
             offset=d.origin_offset.decode(),

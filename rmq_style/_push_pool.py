@@ -150,7 +150,10 @@ class HandlerPool:
                 current[slot] = None
             if observe is not None:
                 observe(perf_counter() - started)
-            on_done(token, outcome)
+            try:
+                on_done(token, outcome)
+            except Exception:  # a bookkeeping bug must not take this worker's slot away
+                log.exception("handler.outcome_failed")
 
     def _threads(self) -> ThreadPoolExecutor:
         if self._executor is None:
