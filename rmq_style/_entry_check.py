@@ -23,7 +23,6 @@ the field, and is never handed to a listener.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 
 __all__ = ["MAX_MSG_ID_BYTES", "entry_problem", "raw", "rejection", "shown", "size_problem"]
@@ -33,7 +32,6 @@ _NUMBERS = ((b"q", "queue offset"), (b"r", "reconsume times"), (b"b", "born time
 _TEXTS = ((b"t", "tag"), (b"k", "keys"))
 _CONTENT_TYPES = frozenset((b"b", b"s", b"j", b"m"))
 _MAX_DIGITS = 18  # fits a signed 64-bit integer, as other languages read it
-_OFFSET = re.compile(rb"\d{1,20}-\d{1,20}\Z")
 _SHOWN_BYTES = 40
 
 
@@ -83,9 +81,6 @@ def entry_problem(fields: Mapping[bytes, bytes]) -> str | None:
         problem = _properties_problem(properties)
         if problem is not None:
             return f"field 'p' (properties) {problem}: {raw(properties)}"
-    origin = get(b"o")
-    if origin is not None and not _OFFSET.match(origin):
-        return f"field 'o' (origin offset) is not an entry id: {raw(origin)}"
     return None
 
 

@@ -887,7 +887,7 @@ class PushConsumer:
             msg_id=shown(d.fields.get(b"i") or b"") if m is None else m.msg_id,
             topic=d.stream.queue.mq.topic,
             queue=d.stream.queue.mq.queue_id,
-            offset=d.origin_offset.decode(),
+            offset=shown(d.origin_offset),
         )
 
     def _settle(self, d: Delivery, decision: Any) -> None:
