@@ -30,7 +30,7 @@ __all__ = ["MAX_MSG_ID_BYTES", "entry_problem", "raw", "rejection", "shown", "si
 MAX_MSG_ID_BYTES = 128
 _NUMBERS = ((b"q", "queue offset"), (b"r", "reconsume times"), (b"b", "born timestamp"))
 _TEXTS = ((b"t", "tag"), (b"k", "keys"))
-_CONTENT_TYPES = frozenset((b"b", b"s", b"j", b"m"))
+_CONTENT_TYPES = frozenset((b"b", b"s", b"j", b"m", b""))  # empty: raw bytes, as missing
 _MAX_DIGITS = 18  # fits a signed 64-bit integer, as other languages read it
 _SHOWN_BYTES = 40
 
@@ -57,6 +57,32 @@ def entry_problem(fields: Mapping[bytes, bytes]) -> str | None:
 
     Unknown fields are ignored; a missing field other than ``i`` reads as its default.
     """
+    return None if _common(fields, -1) else _problem(fields)
+
+
+def _common(fields: Mapping[bytes, bytes], max_size: int) -> bool:
+    """Whether *fields* are those of a plain good message (no properties; within *max_size* unless -1).
+
+    Every consumer runs this on every entry it reads: the common case, in one expression.
+    """
+    get = fields.get
+    msg_id, q, r, b, tag, keys = get(b"i"), get(b"q"), get(b"r"), get(b"b"), get(b"t"), get(b"k")
+    return bool(
+        msg_id
+        and len(msg_id) <= MAX_MSG_ID_BYTES
+        and msg_id.isascii()
+        and (not q or (q.isdigit() and len(q) <= _MAX_DIGITS))
+        and (not r or r == b"0" or (r.isdigit() and len(r) <= _MAX_DIGITS))
+        and (not b or (b.isdigit() and len(b) <= _MAX_DIGITS))
+        and (not tag or tag.isascii())
+        and (not keys or keys.isascii())
+        and get(b"c", b"") in _CONTENT_TYPES
+        and not get(b"p")
+        and (max_size < 0 or len(get(b"d") or b"") + len(keys or b"") <= max_size)
+    )
+
+
+def _problem(fields: Mapping[bytes, bytes]) -> str | None:
     get = fields.get
     msg_id = get(b"i")
     if not msg_id:
@@ -74,7 +100,7 @@ def entry_problem(fields: Mapping[bytes, bytes]) -> str | None:
         if value and not _is_text(value):
             return f"field {name.decode()!r} ({what}) is not UTF-8 text: {raw(value)}"
     content_type = get(b"c")
-    if content_type and content_type not in _CONTENT_TYPES:
+    if content_type not in _CONTENT_TYPES and content_type is not None:
         return f"field 'c' (content type) is not one of b, s, j, m: {raw(content_type)}"
     properties = get(b"p")
     if properties:
@@ -108,7 +134,9 @@ def size_problem(fields: Mapping[bytes, bytes], max_size: int) -> str | None:
 
 def rejection(fields: Mapping[bytes, bytes], max_size: int) -> str | None:
     """Why a consumer dead-letters this entry on first delivery (None: hand it to the listener)."""
-    problem = entry_problem(fields)
+    if _common(fields, max_size):
+        return None
+    problem = _problem(fields)
     if problem is not None:
         return f"undecodable entry: {problem}"
     problem = size_problem(fields, max_size)
