@@ -231,7 +231,7 @@ def cli(*args: str) -> str:
 def test_cli_views_of_entries_that_do_not_decode(url: str) -> None:
     asyncio.run(create_topic(url, queues=1))
     stream_entries = [
-        entry(i=b"\xff\xfe", t=b"paid", k=b"order-1"),
+        entry(i=b"\xff\xfe", q=b"zero", t=b"paid", k=b"order-1"),
         entry(q=b"x", r=b"often", t=b"[/bold]", k=b"order-1 \xff", c=b"\xfe", p=b"{not json"),
         entry(c=b"j", d=b"\xff{"),
     ]
@@ -249,6 +249,7 @@ def test_cli_views_of_entries_that_do_not_decode(url: str) -> None:
 
     asyncio.run(write_dead())
     u = ("--url", url)
+    assert json.loads(cli("topic", "describe", "orders", *u, "--json"))["queues"][0]["length"] == 3
     pulled = json.loads(cli("pull", "orders", "--queue", "0", *u, "--json"))
     rows = pulled["messages"]
     assert [r["msg_id"] for r in rows] == ["<undecodable b'\\xff\\xfe'>", MSG_ID.decode(), MSG_ID.decode()]
