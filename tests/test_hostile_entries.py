@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from rmq_style import App, Keys, Message, MessageTooLargeError, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
+from rmq_style._push_pool import HandlerPool
 from rmq_style.cli import app as cli_app
 from tests.pushkit import create_topic, dead_letters, fast_settings, send, until
 
@@ -151,6 +152,32 @@ def test_a_failure_while_settling_is_contained(url: str) -> None:
     asyncio.run(main())
 
 
+def test_the_pool_keeps_a_worker_whose_outcome_callback_raised() -> None:
+    """The pool's last line: whatever on_done raises is logged, and the worker takes the next call."""
+
+    async def main() -> None:
+        done: list[int] = []
+
+        def on_done(token: int, outcome: object) -> None:
+            if token < 3:
+                raise ValueError(f"bookkeeping of {token} failed")
+            done.append(token)
+
+        async def listener(i: int) -> None:
+            await asyncio.sleep(0)
+
+        pool = HandlerPool(2, 100, 60, on_done)
+        pool.start()
+        with capture_logs() as logs:
+            pool.submit_many([(listener, True, (i,), i) for i in range(8)])
+            await until(lambda: len(done) == 5, timeout=5, what="the calls after the failures")
+        assert [e["event"] for e in logs] == ["handler.outcome_failed"] * 3
+        assert all(not w.done() for w in pool._workers)
+        assert await pool.close(1) == 0
+
+    asyncio.run(main())
+
+
 # -- 8: an orderly queue dead-letters it and goes on -----------------------------------------------
 
 
@@ -182,6 +209,38 @@ def test_orderly_queue_dead_letters_an_undecodable_entry_and_goes_on(url: str) -
         errors.check()
 
     run(main())
+
+
+def test_an_orderly_queue_task_that_fails_is_logged_and_started_again(url: str) -> None:
+    """A bug in the orderly runtime is logged (not "Task exception was never retrieved"); it goes on."""
+
+    async def main() -> None:
+        errors = LoopErrors()
+        await create_topic(url, queues=1)
+        seen: list[str] = []
+
+        async def listener(msg: ReceivedMessage) -> None:
+            seen.append(msg.msg_id)
+
+        consumer = PushConsumer(url, "billing", fast_settings(orderly_lease_ms=1000))
+        consumer.subscribe("orders", "*", listener, orderly=True)
+        with capture_logs() as logs:
+            async with consumer:
+                assert consumer._orderly is not None
+                call, failures = consumer._orderly.call, [RuntimeError("a bug in the runtime")]
+
+                async def failing_once(*args: Any) -> object:
+                    if failures:
+                        raise failures.pop()
+                    return await call(*args)
+
+                consumer._orderly.call = failing_once  # type: ignore[method-assign]
+                ids = await send(url, [Message("orders", {"id": i}) for i in range(3)])
+                await until(lambda: seen == ids, what="the messages, after the queue was started again")
+        assert [e["event"] for e in logs].count("queue.task_crashed") == 1
+        errors.check()
+
+    asyncio.run(main())
 
 
 # -- 9: a tag that does not decode, with a tag filter ----------------------------------------------
