@@ -289,7 +289,7 @@ class ReceivedMessage:
         """
         try:
             return getattr(self, name)
-        except (ValueError, TypeError):  # not UTF-8 (UnicodeDecodeError), not a number, not JSON
+        except (ValueError, TypeError, RecursionError):  # not UTF-8 (UnicodeDecodeError), a number, JSON
             return f"<undecodable {shown_raw(self._fields.get(_FIELD_OF[name]) or b'')}>"
 
     def _identity(self) -> tuple[Any, ...]:

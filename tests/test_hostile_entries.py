@@ -293,6 +293,7 @@ def test_cli_views_of_entries_that_do_not_decode(url: str) -> None:
         entry(i=b"\xff\xfe", q=b"zero", t=b"paid", k=b"order-1"),
         entry(q=b"x", r=b"often", t=b"[/bold]", k=b"order-1 \xff", c=b"\xfe", p=b"{not json"),
         entry(c=b"j", d=b"\xff{"),
+        entry(c=b"j", d=b"[" * 100_000),  # nested too deep for json
     ]
     asyncio.run(xadd(url, stream_entries))
     keys = Keys().queue("orders", 0)
@@ -308,18 +309,18 @@ def test_cli_views_of_entries_that_do_not_decode(url: str) -> None:
 
     asyncio.run(write_dead())
     u = ("--url", url)
-    assert json.loads(cli("topic", "describe", "orders", *u, "--json"))["queues"][0]["length"] == 3
+    assert json.loads(cli("topic", "describe", "orders", *u, "--json"))["queues"][0]["length"] == 4
     pulled = json.loads(cli("pull", "orders", "--queue", "0", *u, "--json"))
     rows = pulled["messages"]
-    assert [r["msg_id"] for r in rows] == ["<undecodable b'\\xff\\xfe'>", MSG_ID.decode(), MSG_ID.decode()]
+    assert [r["msg_id"] for r in rows] == ["<undecodable b'\\xff\\xfe'>", *[MSG_ID.decode()] * 3]
     assert (
         rows[1]["queue_offset"] == "<undecodable b'x'>"
         and rows[1]["reconsume_times"] == "<undecodable b'often'>"
     )
     assert rows[1]["keys"].startswith("<undecodable") and rows[1]["tag"] == "[/bold]"
     problems = [r.get("problem", "").split(" is ")[0] for r in rows]
-    assert problems == ["field 'i' (msg id)", "field 'q' (queue offset)", ""]
-    assert rows[2]["body"] == repr(b"\xff{")
+    assert problems == ["field 'i' (msg id)", "field 'q' (queue offset)", "", ""]
+    assert rows[2]["body"] == repr(b"\xff{") and rows[3]["body"] == repr(b"[" * 200)
     table = cli("pull", "orders", "--queue", "0", *u)
     assert "<undecodable" in table and "[/bold]" in table
     for query in (
@@ -340,6 +341,27 @@ def test_cli_views_of_entries_that_do_not_decode(url: str) -> None:
         f"ReceivedMessage(msg_id='{MSG_ID.decode()}', topic='orders', queue_id=0, offset='1-0', "
         "queue_offset=\"<undecodable b'x'>\""
     )
+
+
+def test_a_body_nested_too_deep_is_bad_input_dead_lettered_on_first_delivery(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        await xadd(url, [entry(c=b"j", d=b"[" * 100_000)])
+        calls: list[int] = []
+
+        async def listener(msg: ReceivedMessage) -> None:
+            calls.append(msg.reconsume_times)
+            msg.value()
+
+        consumer = PushConsumer(url, "billing", fast_settings())
+        consumer.subscribe("orders", "*", listener)
+        async with consumer:
+            await until(lambda: consumer.stats.dead_lettered == 1, what="the dead letter")
+        assert calls == [0]  # bad input: never retried
+        (dead,) = await dead_letters(url, "billing", queues=1)
+        assert dead["reason"].startswith("SerializationError: undecodable body (content type 'j')")
+
+    run(main())
 
 
 # -- 11: one size rule for producers and consumers -------------------------------------------------
