@@ -43,7 +43,7 @@ from ._push_calls import create_groups_calls, fetch_command, prune_consumers_cal
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
 from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
-from ._push_settle import plan_round
+from ._push_settle import SettleRound, plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
 from ._topics import route_flow
 from ._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
@@ -907,7 +907,7 @@ class PushConsumer:
                 await wait_event(self._settle_wakeup, 0.5)
                 continue
             batch, self._settle_buffer = self._settle_buffer, []
-            round_ = plan_round(self.group, batch)
+            round_ = self._plan(batch)
             try:
                 replies = await execute(client, round_.calls)
             except _TRANSIENT as exc:
@@ -925,6 +925,27 @@ class PushConsumer:
                 # left pending in Redis: our own-PEL re-read delivers it again
                 self._event(d).error("message.settle_failed", error=str(error))
                 self._release(d)
+
+    def _plan(self, batch: list[Delivery]) -> SettleRound:
+        """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
+        try:
+            return plan_round(self.group, batch)
+        except Exception:  # noqa: BLE001 - a bug or an unforeseen value: contain it to its message
+            planned = []
+            for d in batch:
+                try:
+                    plan_round(self.group, [d])
+                except Exception as exc:  # noqa: BLE001 - logged, then dead-lettered
+                    self._event(d).exception("message.settle_failed")
+                    d.decision = DeadLetterIt(f"settling failed: {describe_error(exc)}")
+                    try:
+                        plan_round(self.group, [d])
+                    except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
+                        self._event(d).error("message.left_pending")
+                        self._release(d)
+                        continue
+                planned.append(d)
+            return plan_round(self.group, planned)
 
     def _account(self, d: Delivery, outcome: str) -> None:
         if outcome == "retried":

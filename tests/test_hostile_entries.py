@@ -152,6 +152,45 @@ def test_a_failure_while_settling_is_contained(url: str) -> None:
     asyncio.run(main())
 
 
+def test_a_message_whose_settling_cannot_be_planned_is_dead_lettered_alone(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retry call that cannot be built: that message is dead-lettered, the rest of its round settles."""
+    from rmq_style import _push_settle
+
+    def broken_retry_call(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("cannot build the retry")
+
+    monkeypatch.setattr(_push_settle, "retry_call", broken_retry_call)
+
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        ids = await send(url, [Message("orders", {"id": i}) for i in range(20)])
+        seen: list[str] = []
+
+        async def listener(msg: ReceivedMessage) -> None:
+            seen.append(msg.msg_id)
+            if msg.msg_id == ids[7]:
+                raise ValueError("retry me")
+
+        consumer = PushConsumer(url, "billing", fast_settings(concurrency=4))
+        consumer.subscribe("orders", "*", listener)
+        with capture_logs() as logs:
+            async with consumer:
+                await until(lambda: consumer.stats.dead_lettered == 1, what="the dead letter")
+                await until(lambda: consumer.in_flight == 0, what="every entry settled")
+        assert sorted(seen) == sorted(ids) and consumer.stats.consumed == 19
+        assert [e["event"] for e in logs if e["log_level"] == "error"] == ["message.settle_failed"]
+        (dead,) = await dead_letters(url, "billing", queues=1)
+        assert (dead["i"], dead["reason"].split(" [")[0]) == (
+            ids[7],
+            "settling failed: RuntimeError: cannot build the retry",
+        )
+        assert await pending(url, "billing") == 0
+
+    asyncio.run(main())
+
+
 def test_the_pool_keeps_a_worker_whose_outcome_callback_raised() -> None:
     """The pool's last line: whatever on_done raises is logged, and the worker takes the next call."""
 
