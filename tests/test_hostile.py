@@ -194,7 +194,7 @@ async def _consume(url: str, topic: str, group: str, kind: str, tags: str | None
     consumer = PushConsumer(
         url,
         group,
-        fast_settings(consume_message_batch_max_size=batch, max_message_size=MAX_SIZE, orderly_lease_ms=1000),
+        fast_settings(consume_message_batch_max_size=batch, max_message_size=MAX_SIZE, orderly_lease_ms=5000),
     )
     consumer.subscribe(topic, tags, many if batch > 1 else one, orderly=kind.startswith("orderly"))
     async with consumer:

@@ -224,7 +224,7 @@ def test_orderly_queue_dead_letters_an_undecodable_entry_and_goes_on(url: str) -
             seen.append(msg.msg_id)
             assert msg.reconsume_times == 0
 
-        settings = fast_settings(orderly_lease_ms=1000, suspend_current_queue_time_ms=30)
+        settings = fast_settings(orderly_lease_ms=5000, suspend_current_queue_time_ms=30)
         consumer = PushConsumer(url, "billing", settings)
         consumer.subscribe("orders", "*", listener, orderly=True)
         async with consumer:
@@ -253,7 +253,7 @@ def test_an_orderly_queue_task_that_fails_is_logged_and_started_again(url: str) 
         async def listener(msg: ReceivedMessage) -> None:
             seen.append(msg.msg_id)
 
-        consumer = PushConsumer(url, "billing", fast_settings(orderly_lease_ms=1000))
+        consumer = PushConsumer(url, "billing", fast_settings(orderly_lease_ms=5000))
         consumer.subscribe("orders", "*", listener, orderly=True)
         with capture_logs() as logs:
             async with consumer:
@@ -292,7 +292,7 @@ def test_a_tag_that_does_not_decode_is_dead_lettered_under_a_tag_filter(url: str
         async def listener(msg: ReceivedMessage) -> None:
             seen.append(msg.msg_id)
 
-        consumer = PushConsumer(url, "billing", fast_settings(orderly_lease_ms=1000))
+        consumer = PushConsumer(url, "billing", fast_settings(orderly_lease_ms=5000))
         consumer.subscribe("orders", "created", listener, orderly=orderly)
         async with consumer:
             await until(lambda: consumer.stats.dead_lettered == 2, what="two dead letters")
