@@ -31,7 +31,7 @@ MAX_MSG_ID_BYTES = 128
 _NUMBERS = ((b"q", "queue offset"), (b"r", "reconsume times"), (b"b", "born timestamp"))
 _TEXTS = ((b"t", "tag"), (b"k", "keys"))
 _CONTENT_TYPES = frozenset((b"b", b"s", b"j", b"m", b""))  # empty: raw bytes, as missing
-_MAX_DIGITS = 18  # fits a signed 64-bit integer, as other languages read it
+_MAX_DIGITS = 15  # exact in a double (Lua's numbers, includes/entry.lua), and in any integer type
 _SHOWN_BYTES = 40
 
 

@@ -118,6 +118,32 @@ def test_undecodable_entries_are_dead_lettered_and_every_slot_survives(url: str)
     run(main())
 
 
+@pytest.mark.parametrize("q", [b"9" * 19, b"9" * 16, b"1.5", b"-1", b"1e3"])
+def test_a_consumer_starts_on_a_queue_whose_first_entry_has_an_odd_q(url: str, q: bytes) -> None:
+    """The group's ENTRIESREAD is taken from the first entry's q: one that no producer wrote is ignored."""
+
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        await xadd(url, [entry(q=q)])
+        ids = await send(url, [Message("orders", {"id": i}) for i in range(3)])
+        seen: list[str] = []
+
+        async def listener(msg: ReceivedMessage) -> None:
+            seen.append(msg.msg_id)
+
+        consumer = PushConsumer(url, "billing", fast_settings())
+        consumer.subscribe("orders", "*", listener)
+        async with consumer:
+            await until(lambda: len(seen) == 3 and consumer.stats.dead_lettered == 1, what="the verdicts")
+        assert seen == ids
+        (dead,) = await dead_letters(url, "billing", queues=1)
+        assert dead["reason"].startswith(
+            "undecodable entry: field 'q' (queue offset) is not a decimal integer"
+        )
+
+    run(main())
+
+
 def test_a_failure_while_settling_is_contained(url: str) -> None:
     """Whatever the bookkeeping of one outcome raises, the message is dead-lettered and the slot lives."""
 
