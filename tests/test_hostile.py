@@ -172,30 +172,38 @@ async def _write(url: str, topic: str, items: list[Any]) -> tuple[dict[str, str]
     return good, raw
 
 
-async def _consume(url: str, topic: str, group: str, kind: str, tags: str | None, expected: int) -> Any:
-    handled: list[tuple[int, str, str]] = []  # (queue, offset, msg id) per listener call of a message
+async def _consume(
+    url: str, topic: str, group: str, kind: str, tags: str | None, expected: int, fail_once: set[str]
+) -> Any:
+    """Consume until every entry is accounted for; the listener fails once for each msg id of *fail_once*."""
+    handled: list[tuple[int, str, str, int]] = []  # (queue, offset, msg id, reconsume times) per call
     errors: list[str] = []
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(lambda _, ctx: errors.append(ctx["message"]))
 
     def record(msg: ReceivedMessage) -> None:
         # what a listener may read of any message it is given: none of it may raise
-        _ = (msg.queue_offset, msg.reconsume_times, msg.born_at, msg.tag, msg.keys, msg.properties)
-        handled.append((msg.queue_id, msg.offset, msg.msg_id + msg.content_type[:0]))
+        _ = (msg.queue_offset, msg.born_at, msg.tag, msg.keys, msg.properties, msg.content_type)
+        handled.append((msg.queue_id, msg.offset, msg.msg_id, msg.reconsume_times))
 
     async def one(msg: ReceivedMessage) -> None:
         record(msg)
+        if msg.msg_id in fail_once:  # its retry (concurrent) or local retry (orderly) must work too
+            fail_once.discard(msg.msg_id)
+            raise ValueError("fails once")
 
     async def many(msgs: list[ReceivedMessage]) -> None:
         for msg in msgs:
             record(msg)
 
     batch = 3 if kind.endswith("batch") else 1
-    consumer = PushConsumer(
-        url,
-        group,
-        fast_settings(consume_message_batch_max_size=batch, max_message_size=MAX_SIZE, orderly_lease_ms=5000),
+    settings = fast_settings(
+        consume_message_batch_max_size=batch,
+        max_message_size=MAX_SIZE,
+        orderly_lease_ms=5000,
+        suspend_current_queue_time_ms=10,
     )
+    consumer = PushConsumer(url, group, settings)
     consumer.subscribe(topic, tags, many if batch > 1 else one, orderly=kind.startswith("orderly"))
     async with consumer:
         await until(lambda: len(handled) + consumer.stats.dead_lettered + consumer.stats.filtered >= expected,
@@ -211,11 +219,14 @@ async def _consume(url: str, topic: str, group: str, kind: str, tags: str | None
 
 
 async def _left(url: str, topic: str, group: str) -> tuple[int, list[dict[bytes, bytes]]]:
+    """Entries pending in the group (queue and retry streams), and the dead letters."""
     client = open_client(url)
     pending, dead = 0, []
     for q in range(QUEUES):
         keys = Keys().queue(topic, q)
         pending += int((await client.xpending(keys.stream, group))["pending"])
+        if await client.exists(keys.retry_stream(group)):  # concurrent groups only
+            pending += int((await client.xpending(keys.retry_stream(group), group))["pending"])
         dead += [fields for _, fields in await client.xrange(keys.dlq(group))]
     await client.aclose()
     return pending, dead
@@ -239,9 +250,15 @@ def cli(*args: str) -> str:
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # bounded: no minutes of shrinking in CI
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(items=ITEMS, orderly_batch=st.booleans())
+@given(items=ITEMS, orderly_batch=st.booleans(), retry_raw=st.booleans())
 def test_hostile_entries_among_good_messages(
-    backends: dict[str, str], backend: str, kind: str, filtered: bool, items: list[Any], orderly_batch: bool
+    backends: dict[str, str],
+    backend: str,
+    kind: str,
+    filtered: bool,
+    items: list[Any],
+    orderly_batch: bool,
+    retry_raw: bool,
 ) -> None:
     if kind == "batch" and orderly_batch:
         kind = "orderly-batch"
@@ -249,19 +266,33 @@ def test_hostile_entries_among_good_messages(
     n = next(_names)
     topic, group = f"hostile{n}", f"g{n}"
     tags = "a" if filtered else None
-    with capture_logs() as logs:
+    with capture_logs():
         good, raw = asyncio.run(_write(url, topic, items))
-        handled, stats = asyncio.run(_consume(url, topic, group, kind, tags, len(good) + len(raw)))
-    assert [e for e in logs if e["event"] in FAILURES] == []
     verdicts = {where: rejected_field(fields) for where, fields in raw.items()}
     wanted = {t for t in TAGS if tags is None or t == tags}
-    good_wanted = Counter(m for m, t in good.items() if t in wanted)
-    raw_wanted = Counter(
+    accepted = [
         where for where, fields in raw.items()
         if verdicts[where] is None and (tags is None or fields.get(b"t", b"").decode() in wanted)
-    )  # fmt: skip
-    assert Counter(m for _, _, m in handled if m in good) == good_wanted  # each good message exactly once
-    assert Counter((q, off) for q, off, m in handled if m not in good) == raw_wanted  # accepted raw entries
+    ]  # fmt: skip
+    # accepted raw entries failing once (not in a batch: a batch fails whole) if their msg id is unique
+    ids = Counter([*good, *(fields.get(b"i", b"").decode(errors="replace") for fields in raw.values())])
+    retried = {
+        raw[w][b"i"].decode() for w in accepted
+        if ids[raw[w][b"i"].decode()] == 1 and not int(raw[w].get(b"r") or 0)  # r=0: [0, 1] below
+    }  # fmt: skip
+    retried = retried if retry_raw and not kind.endswith("batch") else set()
+    with capture_logs() as logs:
+        expected = len(good) + len(raw) + len(retried)
+        handled, stats = asyncio.run(_consume(url, topic, group, kind, tags, expected, set(retried)))
+    assert [e for e in logs if e["event"] in FAILURES] == []
+    good_wanted = Counter(m for m, t in good.items() if t in wanted)
+    assert Counter(m for _, _, m, _ in handled if m in good) == good_wanted  # each good message exactly once
+    once = Counter((q, off) for q, off, m, _ in handled if m not in good and m not in retried)
+    assert once == Counter(
+        w for w in accepted if raw[w][b"i"].decode() not in retried
+    )  # accepted raw entries
+    for msg_id in retried:  # failed once, then handled again with one more reconsume time
+        assert [r for _, _, m, r in handled if m == msg_id] == [0, 1]
     pending, dead = asyncio.run(_left(url, topic, group))
     assert pending == 0
     bad = sorted((where, v) for where, v in verdicts.items() if v is not None)
@@ -269,7 +300,9 @@ def test_hostile_entries_among_good_messages(
     assert stats.dead_lettered == len(bad)
     if kind.startswith("orderly"):  # per queue in offset order
         for q in range(QUEUES):
-            offsets = [tuple(map(int, off.split("-"))) for queue, off, _ in handled if queue == q]
+            offsets = [
+                tuple(map(int, off.split("-"))) for queue, off, _, r in handled if queue == q and not r
+            ]
             assert offsets == sorted(offsets)
     _check_cli(url, topic, group, raw, len(dead))
 
