@@ -117,7 +117,7 @@ def decode_value(content_type: str, data: bytes) -> Any:
             return json.loads(data)
         if content_type == MSGPACK:
             return _msgpack().unpackb(data, raw=False)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nested too deep
         raise SerializationError(f"undecodable body (content type {content_type!r}): {exc}") from exc
     raise SerializationError(f"unknown content type {content_type!r}")
 

@@ -40,11 +40,12 @@ class MessageQuery:
             raise UsageError("look for a key, a msg id or a tag")
 
     def matches(self, fields: Mapping[bytes, bytes]) -> bool:
-        if self.msg_id is not None and fields.get(b"i", b"").decode() != self.msg_id:
+        # compared as bytes: an entry whose fields are not UTF-8 is no match, not an error
+        if self.msg_id is not None and fields.get(b"i", b"") != self.msg_id.encode():
             return False
-        if self.tag is not None and fields.get(b"t", b"").decode() != self.tag:
+        if self.tag is not None and fields.get(b"t", b"") != self.tag.encode():
             return False
-        return self.key is None or self.key in fields.get(b"k", b"").decode().split(" ")
+        return self.key is None or self.key.encode() in fields.get(b"k", b"").split(b" ")
 
 
 def find_flow(
@@ -74,5 +75,11 @@ def find_flow(
             else:
                 last = entries[-1][0]
                 cursors[q] = "(" + (last.decode() if isinstance(last, bytes) else last)
-    found.sort(key=lambda m: (m.store_timestamp, m.queue_offset), reverse=True)
+    found.sort(key=_newest_first, reverse=True)
     return found[:limit]
+
+
+def _newest_first(m: ReceivedMessage) -> tuple[int, int]:
+    """Store time, then queue offset (-1 when the entry's q is not a number: no producer of ours wrote it)."""
+    q = m.shown("queue_offset")
+    return m.store_timestamp, q if isinstance(q, int) else -1

@@ -26,6 +26,8 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ._codec import Codec, decode_model, decode_value, encode_body
+from ._entry_check import entry_problem
+from ._entry_check import raw as shown_raw
 from ._errors import MessageTooLargeError, UsageError
 from ._names import check_topic
 
@@ -273,6 +275,23 @@ class ReceivedMessage:
         """The body validated into *model*; SerializationError (cause: ValidationError) if it does not fit."""
         return decode_model(self.content_type, self.body, model)
 
+    @property
+    def problem(self) -> str | None:
+        """None, or which field of the entry does not decode and why (docs/storage.md, field validity)."""
+        return entry_problem(self._fields)
+
+    def shown(self, name: str) -> Any:
+        """Attribute *name* for display: its value, or a marker with the raw field when it does not decode.
+
+        >>> m = decode_entry("orders", 0, b"1-0", {b"i": b"\\xff", b"r": b"two"})
+        >>> m.shown("msg_id"), m.shown("reconsume_times"), m.shown("tag")
+        ("<undecodable b'\\\\xff'>", "<undecodable b'two'>", None)
+        """
+        try:
+            return getattr(self, name)
+        except (ValueError, TypeError, RecursionError):  # not UTF-8 (UnicodeDecodeError), a number, JSON
+            return f"<undecodable {shown_raw(self._fields.get(_FIELD_OF[name]) or b'')}>"
+
     def _identity(self) -> tuple[Any, ...]:
         return (self._topic, self._queue_id, self.offset, dict(self._fields))
 
@@ -285,11 +304,15 @@ class ReceivedMessage:
         return hash((self._topic, self._queue_id, self.offset))
 
     def __repr__(self) -> str:
-        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in _SHOWN)
+        shown = ", ".join(f"{name}={self.shown(name)!r}" for name in _SHOWN)
         return f"ReceivedMessage({shown})"
 
 
 _SHOWN = ("msg_id", "topic", "queue_id", "offset", "queue_offset", "tag", "keys", "content_type")
+_FIELD_OF = {
+    "msg_id": b"i", "queue_offset": b"q", "reconsume_times": b"r", "born_timestamp": b"b", "born_at": b"b",
+    "tag": b"t", "keys": b"k", "properties": b"p", "content_type": b"c",
+}  # fmt: skip
 
 
 _CONTENT_TYPES = {ct: ct.encode() for ct in ("b", "s", "j", "m")}

@@ -34,6 +34,7 @@ from redis.exceptions import ResponseError
 from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from ._calls import Call
+from ._entry_check import rejection, shown
 from ._errors import FencedError
 from ._handler_times import HandlerTimes
 from ._message import MessageQueue, ReceivedMessage, decode_entry
@@ -108,6 +109,8 @@ class OrderlyQueue:
                 await self._consume()
         except _Lost:
             pass
+        except Exception:  # logged, not left to "Task exception was never retrieved"
+            self.log.exception("queue.task_crashed")  # the next rebalance starts the queue again
         finally:
             await self._finish()
 
@@ -259,6 +262,10 @@ class OrderlyQueue:
             # a message, or why it is skipped: "" (tag did not match) or the decoding error
             ready: list[tuple[bytes, dict[bytes, bytes], ReceivedMessage | str]] = []
             for entry_id, fields in read.entries:
+                problem = rejection(fields, r.settings.max_message_size)
+                if problem is not None:  # dead-lettered on first delivery: the queue goes on
+                    ready.append((entry_id, fields, problem))
+                    continue
                 try:
                     msg = decode_entry(self.mq.topic, self.mq.queue_id, entry_id, fields)
                 except (ValueError, TypeError) as exc:
@@ -379,7 +386,7 @@ class OrderlyQueue:
         if reply not in (0, b"0"):
             r.stats.dead_lettered += 1
             self.log.warning(
-                "message.dead_lettered", msg_id=msg_id.decode(), offset=entry_id.decode(), reason=reason
+                "message.dead_lettered", msg_id=shown(msg_id), offset=entry_id.decode(), reason=reason
             )
 
 

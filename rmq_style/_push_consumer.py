@@ -31,6 +31,7 @@ from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute, is_cluster, open_client
 from ._calls import Call as RedisCall
 from ._calls import command, single
+from ._entry_check import rejection, shown
 from ._errors import BrokerUnavailableError, SerializationError, UsageError
 from ._filter import TagFilter
 from ._handler_times import HandlerTimes
@@ -44,7 +45,7 @@ from ._push_calls import create_groups_calls, fetch_command, prune_consumers_cal
 from ._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide, describe_error
 from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
-from ._push_settle import plan_round
+from ._push_settle import SettleRound, plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
 from ._topics import TopicRoute, route_flow
 from ._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
@@ -763,6 +764,7 @@ class PushConsumer:
         The hot path of the consumer: one pass per entry, no call that is not needed.
         """
         batch_size = self.settings.consume_message_batch_max_size
+        max_size = self.settings.max_message_size
         pool = self._pool
         assert pool is not None
         returned: set[int] = set()
@@ -795,13 +797,12 @@ class PushConsumer:
                 in_flight.add(entry_id)
                 count += 1
                 size += body_size
-                try:
-                    msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
-                    d = Delivery(stream, entry_id, fields, body_size, msg)
-                except (ValueError, TypeError) as exc:
-                    d = Delivery(stream, entry_id, fields, body_size)
-                    self._settle(d, DeadLetterIt(f"undecodable entry: {describe_error(exc)}"))
+                problem = rejection(fields, max_size)
+                if problem is not None:  # never handed to a listener (docs/storage.md, field validity)
+                    self._settle(Delivery(stream, entry_id, fields, body_size), DeadLetterIt(problem))
                     continue
+                msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
+                d = Delivery(stream, entry_id, fields, body_size, msg)
                 if tags is not None and msg.tag not in tags:
                     self.stats.filtered += 1
                     self._settle(d, _ACK)
@@ -873,10 +874,15 @@ class PushConsumer:
         for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:
                 continue
-            if outcome is None:
-                self._succeed(d)
-            else:
-                self._fail(d, outcome)
+            try:
+                if outcome is None:
+                    self._succeed(d)
+                else:
+                    self._fail(d, outcome)
+            except Exception as exc:  # noqa: BLE001 - contained: one message never stops the pool
+                self._log.exception("message.outcome_failed", offset=d.entry_id.decode())
+                if d.decision is None:
+                    self._settle(d, DeadLetterIt(f"settling failed: {describe_error(exc)}"))
 
     def _succeed(self, d: Delivery) -> None:
         self.stats.consumed += 1
@@ -903,10 +909,10 @@ class PushConsumer:
     def _event(self, d: Delivery) -> Any:
         m = d.message
         return self._log.bind(
-            msg_id=m.msg_id if m else (d.fields.get(b"i") or b"").decode(),
+            msg_id=shown(d.fields.get(b"i") or b"") if m is None else m.msg_id,
             topic=d.stream.queue.mq.topic,
             queue=d.stream.queue.mq.queue_id,
-            offset=d.origin_offset.decode(),
+            offset=shown(d.origin_offset),
         )
 
     def _settle(self, d: Delivery, decision: Any) -> None:
@@ -926,7 +932,7 @@ class PushConsumer:
                 await wait_event(self._settle_wakeup, 0.5)
                 continue
             batch, self._settle_buffer = self._settle_buffer, []
-            round_ = plan_round(self.group, batch)
+            round_ = self._plan(batch)
             try:
                 replies = await execute(client, round_.calls)
             except _TRANSIENT as exc:
@@ -944,6 +950,27 @@ class PushConsumer:
                 # left pending in Redis: our own-PEL re-read delivers it again
                 self._event(d).error("message.settle_failed", error=str(error))
                 self._release(d)
+
+    def _plan(self, batch: list[Delivery]) -> SettleRound:
+        """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
+        try:
+            return plan_round(self.group, batch)
+        except Exception:  # noqa: BLE001 - a bug or an unforeseen value: contain it to its message
+            planned = []
+            for d in batch:
+                try:
+                    plan_round(self.group, [d])
+                except Exception as exc:  # noqa: BLE001 - logged, then dead-lettered
+                    self._event(d).exception("message.settle_failed")
+                    d.decision = DeadLetterIt(f"settling failed: {describe_error(exc)}")
+                    try:
+                        plan_round(self.group, [d])
+                    except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
+                        self._event(d).error("message.left_pending")
+                        self._release(d)
+                        continue
+                planned.append(d)
+            return plan_round(self.group, planned)
 
     def _account(self, d: Delivery, outcome: str) -> None:
         if outcome == "retried":

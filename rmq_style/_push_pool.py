@@ -208,7 +208,10 @@ class HandlerPool:
                         budget.free += 1
             if observe is not None:
                 observe(perf_counter() - started)
-            on_done(token, outcome)
+            try:
+                on_done(token, outcome)
+            except Exception:  # a bookkeeping bug must not take this worker's slot away
+                log.exception("handler.outcome_failed")
 
     def shared(self) -> Budget:
         """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ._delay import RetrySchedule
 from ._errors import ConfigurationError
 from ._membership import MembershipSettings
+from ._message import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["ConsumeFrom", "PushSettings"]
 
@@ -51,6 +52,9 @@ class PushSettings(BaseModel):
     reconnect_backoff_ms: int = Field(100, ge=1)
     reconnect_backoff_max_ms: int = Field(2000, ge=1)
     trace_messages: bool = Field(False, description="log every consumed message at debug level")
+    max_message_size: int = Field(
+        DEFAULT_MAX_MESSAGE_SIZE, gt=0, description="larger entries are dead-lettered (the producer's limit)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PushSettings:

@@ -203,7 +203,8 @@ def describe_flow(keys: Keys, topic: str) -> Flow[TopicInfo]:
     for q in range(route.queue_count):
         first, last, length, seq, delayed = replies[5 * q : 5 * q + 5]
         max_q = int(seq or 0)
-        min_q = int(first[0][1].get(b"q", max_q)) if first else max_q
+        head_q = first[0][1].get(b"q", b"") if first else b""
+        min_q = int(head_q) if head_q.isdigit() else max_q  # (an entry no producer of ours wrote: no q)
         infos.append(
             QueueInfo(
                 q,

@@ -222,6 +222,7 @@ class App:
             "concurrency": s.concurrency,
             "max_reconsume_times": s.max_reconsume_times,
             "shutdown_timeout_ms": int(s.shutdown_timeout_s * 1000),
+            "max_message_size": s.max_message_size,
             **merged,
             **extra,
         }

@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from ._errors import RmqError, SerializationError, UsageError
 from ._group_admin import DeadLetterRecord
@@ -58,7 +59,7 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> Table:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if v is None else str(v) for v in row))
+        table.add_row(*(Text("" if v is None else str(v)) for v in row))  # Text: no markup from data
     return table
 
 
@@ -169,19 +170,24 @@ def send(
 
 
 def _message_row(msg: ReceivedMessage) -> dict[str, Any]:
+    """What decodes of *msg*; a field that does not shows as ``<undecodable ...>``, ``problem`` says why."""
+    problem = msg.problem
     try:
         body: Any = msg.value()
-    except SerializationError:
+        json.dumps(body)  # msgpack may decode to what JSON cannot hold (bytes keys)
+    except (SerializationError, ValueError, TypeError):  # a content type that does not decode
         body = repr(msg.body[:200])
+    keys = msg.shown("keys")
     return {
-        "msg_id": msg.msg_id,
+        "msg_id": msg.shown("msg_id"),
         "queue": msg.queue_id,
         "offset": msg.offset,
-        "queue_offset": msg.queue_offset,
-        "tag": msg.tag,
-        "keys": list(msg.keys),
-        "reconsume_times": msg.reconsume_times,
+        "queue_offset": msg.shown("queue_offset"),
+        "tag": msg.shown("tag"),
+        "keys": list(keys) if isinstance(keys, tuple) else keys,
+        "reconsume_times": msg.shown("reconsume_times"),
         "body": body,
+        **({"problem": problem} if problem else {}),
     }
 
 
@@ -351,11 +357,12 @@ def dlq_show(
     group: Annotated[str, typer.Option(help="consumer group")],
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Show one dead letter in full (JSON)."""
+    """Show one dead letter in full (JSON), by its msg id or its dead-letter id (``dlq_id``)."""
     with Admin(url) as admin:
-        found = [_dead_row(d) for d in admin.dead_letters(group, limit=10_000) if d.message.msg_id == msg_id]
+        rows = [_dead_row(d) for d in admin.dead_letters(group, limit=10_000)]
+    found = [row for row in rows if msg_id in (row["msg_id"], row["dlq_id"])]
     if not found:
-        raise UsageError(f"no dead letter with msg id {msg_id!r} in group {group!r}")
+        raise UsageError(f"no dead letter with msg id or dlq id {msg_id!r} in group {group!r}")
     _emit_json(found[0] if len(found) == 1 else found)
 
 
@@ -371,7 +378,7 @@ def dlq_replay(
         records = [
             d
             for d in admin.dead_letters(group, topic, limit=10_000)
-            if not msg_id or d.message.msg_id in msg_id
+            if not msg_id or d.message.shown("msg_id") in msg_id or d.dlq_id in msg_id
         ]
         replayed = 0
         with Progress(console=console, transient=True) as bar:
