@@ -127,7 +127,8 @@ class RedisServer:
 
     With ``appendonly=True`` the data survives a kill (AOF, fsync always);
     with ``replica_of=port`` it replicates the server on that loopback port
-    (over TLS when ``tls=True``: give the master's TLS port, and a shared ``tls_dir``).
+    (over TLS when ``tls=True``: give the master's TLS port, and a shared ``tls_dir``);
+    *extra_args* are more redis-server options (``("--min-replicas-to-write", "1")``).
     """
 
     def __init__(
@@ -141,8 +142,10 @@ class RedisServer:
         tls_dir: Path | None = None,
         replica_of: int | None = None,
         cluster: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.cluster_port = free_port() if cluster else None  # the bus (port + 10000 may be over 65535)
         self.appendonly = appendonly
         self.replica_of = replica_of
@@ -205,6 +208,7 @@ class RedisServer:
         if self.replica_of:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
             args += ["--tls-replication", "yes"] if self.tls_port else []
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_pong(self.process, self.port, timeout)
         return self
@@ -239,12 +243,14 @@ class RedisServer:
 
 
 class SentinelGroup:
-    """A master, one replica and one sentinel watching them: processes of our own on free loopback ports.
+    """A master, one replica and *sentinels* sentinels watching them: processes of our own on free ports.
 
-    The sentinel declares the master down after *down_after_ms* and promotes
-    the replica (quorum 1). Everything is stopped on exit, even after a failure.
-    With ``tls=True`` the sentinel and the nodes talk TLS to each other and
-    ``url`` is a rediss+sentinel:// URL (the plain ports stay open for checks).
+    The sentinels declare the master down after *down_after_ms* and promote
+    the replica (quorum: a majority of them). Everything is stopped on exit,
+    even after a failure. With ``tls=True`` the sentinels and the nodes talk
+    TLS to each other and ``url`` is a rediss+sentinel:// URL (the plain ports
+    stay open for checks). *master_options* are extra redis-server options of
+    both nodes (e.g. ``["--min-replicas-to-write", "1"]``).
 
     >>> with SentinelGroup() as group:   # doctest: +SKIP
     ...     group.url
@@ -258,26 +264,34 @@ class SentinelGroup:
         down_after_ms: int = 300,
         failover_timeout_ms: int = 2000,
         tls: bool = False,
+        sentinels: int = 1,
+        node_options: tuple[str, ...] = (),
     ) -> None:
         self.master_name = master_name
         self.dir = Path(tempfile.mkdtemp(prefix="rmq-sentinel-"))
-        self.master = RedisServer(tls=tls, tls_dir=self.dir)
-        self.replica = RedisServer(replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir)
-        self.sentinel_port = free_port()
-        self.sentinel_tls_port = free_port() if tls else None
+        self.master = RedisServer(tls=tls, tls_dir=self.dir, extra_args=node_options)
+        self.replica = RedisServer(
+            replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir, extra_args=node_options
+        )
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_port = self.sentinel_ports[0]
+        self.sentinel_tls_ports = [free_port() for _ in range(sentinels)] if tls else []
+        self.sentinel_tls_port = self.sentinel_tls_ports[0] if tls else None
+        self._quorum = sentinels // 2 + 1
         self._timings = [
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
             f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
         ]
-        self.sentinel: subprocess.Popen[bytes] | None = None
+        self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
-        """The clients' URL; with ``tls=True`` over TLS, trusting the self-signed certificate."""
-        if self.sentinel_tls_port is None:
-            return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.master_name}/0"
-        where = f"127.0.0.1:{self.sentinel_tls_port}/{self.master_name}/0"
-        return f"rediss+sentinel://{where}?ssl_ca_certs={self.dir / 'cert.pem'}"
+        """The clients' URL naming every sentinel; with ``tls=True`` over TLS (self-signed certificate)."""
+        if not self.sentinel_tls_ports:
+            hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+            return f"redis+sentinel://{hosts}/{self.master_name}/0"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_tls_ports)
+        return f"rediss+sentinel://{hosts}/{self.master_name}/0?ssl_ca_certs={self.dir / 'cert.pem'}"
 
     def start(self, timeout: float = 10.0) -> SentinelGroup:
         try:
@@ -294,38 +308,58 @@ class SentinelGroup:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        # sentinel rewrites its conf, so it lives in our writable dir; written afresh at each start
-        conf = self.dir / "sentinel.conf"
-        lines = [
-            *(f"port {self.sentinel_port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.dir}"),
-            f"logfile {self.dir / 'sentinel.log'}",
-            *self._tls_conf(),
-            f"sentinel monitor {self.master_name} 127.0.0.1 {_watched_port(self.master)} 1",
-            *self._timings,
-        ]
-        conf.write_text("\n".join(lines) + "\n")
-        self.sentinel = subprocess.Popen(
-            [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_for_pong(self.sentinel, self.sentinel_port, timeout)
+        for i, port in enumerate(self.sentinel_ports):
+            # sentinel rewrites its conf, so it lives in our writable dir; written afresh at each start
+            conf = self.dir / f"sentinel-{i}.conf"
+            lines = [
+                *(f"port {port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.dir}"),
+                f"logfile {self.dir / f'sentinel-{i}.log'}",
+                *self._tls_conf(i),
+                f"sentinel monitor {self.master_name} 127.0.0.1 {_watched_port(self.master)} {self._quorum}",
+                *self._timings,
+            ]
+            conf.write_text("\n".join(lines) + "\n")
+            self.sentinels.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for process, port in zip(self.sentinels, self.sentinel_ports, strict=True):
+            _wait_for_pong(process, port, timeout)
         _wait_until(
-            lambda: self._sentinel_sees(replica=True), timeout, "sentinel watching master and replica"
+            lambda: all(self._sentinel_sees(replica=True, port=p) for p in self.sentinel_ports),
+            timeout,
+            "sentinels watching master and replica",
         )
+        if len(self.sentinel_ports) > 1:  # a failover needs a majority that knows each other
+            _wait_until(self._sentinels_met, timeout, "sentinels aware of each other")
 
-    def _tls_conf(self) -> list[str]:
-        if self.sentinel_tls_port is None:
+    def _sentinels_met(self) -> bool:
+        others = len(self.sentinel_ports) - 1
+        for port in self.sentinel_ports:
+            with self._client(port) as sentinel:
+                if int(sentinel.sentinel_master(self.master_name)["num-other-sentinels"]) < others:
+                    return False
+        return True
+
+    def _tls_conf(self, i: int) -> list[str]:
+        if not self.sentinel_tls_ports:
             return []
-        args = ["--tls-port", str(self.sentinel_tls_port), *_tls_args(self.dir), "--tls-replication", "yes"]
+        tls_port = str(self.sentinel_tls_ports[i])
+        args = ["--tls-port", tls_port, *_tls_args(self.dir), "--tls-replication", "yes"]
         return [f"{name[2:]} {value}" for name, value in zip(args[::2], args[1::2], strict=True)]
 
     def _stop_sentinel(self) -> None:
-        if self.sentinel is not None and self.sentinel.poll() is None:
-            self.sentinel.terminate()
+        for sentinel in self.sentinels:
+            if sentinel.poll() is None:
+                sentinel.terminate()
+        for sentinel in self.sentinels:
             try:
-                self.sentinel.wait(timeout=10)
+                sentinel.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.sentinel.kill()
-                self.sentinel.wait()
+                sentinel.kill()
+                sentinel.wait()
+        self.sentinels = []
 
     def _client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, protocol=2, socket_timeout=2, decode_responses=True)
@@ -337,9 +371,9 @@ class SentinelGroup:
     def _replica_in_sync(self) -> bool:
         return bool(self._ask(self.replica.port, "INFO", "replication")["master_link_status"] == "up")
 
-    def _sentinel_sees(self, *, replica: bool) -> bool:
-        """The sentinel has the master up and linked (so clients can find it), and a live replica."""
-        with self._client(self.sentinel_port) as sentinel:
+    def _sentinel_sees(self, *, replica: bool, port: int | None = None) -> bool:
+        """A sentinel has the master up and linked (so clients can find it), and a live replica."""
+        with self._client(port or self.sentinel_port) as sentinel:
             master = sentinel.sentinel_master(self.master_name)
             replicas = sentinel.sentinel_slaves(self.master_name) if replica else []
         return _linked_up(master) and (not replica or any(_linked_up(r) for r in replicas))
@@ -365,6 +399,28 @@ class SentinelGroup:
 
         _wait_until(promoted, timeout, f"failover of {self.master_name} to {self.replica}")
         return _watched_port(self.replica)
+
+    def planned_failover(self, timeout: float = 10.0) -> None:
+        """``SENTINEL FAILOVER`` (an operator's planned switch); returns once the sentinel names the replica.
+
+        The old master is still up, and still a writable master, until the
+        sentinels turn it into a replica (about 10 s later: ``wait_demoted``).
+        """
+        self._ask(self.sentinel_port, "SENTINEL", "FAILOVER", self.master_name)
+        new = _watched_port(self.replica)
+        _wait_until(lambda: self.master_port() == new, timeout, f"sentinel naming {self.replica}")
+
+    def role(self, server: RedisServer) -> str:
+        """``master`` or ``slave``: what *server* says it is now."""
+        return str(self._ask(server.port, "ROLE")[0])
+
+    def wait_demoted(self, server: RedisServer, timeout: float = 20.0) -> None:
+        """Wait until *server* (an old master) replicates the new one and is in sync."""
+        _wait_until(
+            lambda: self._ask(server.port, "INFO", "replication").get("master_link_status") == "up",
+            timeout,
+            f"{server} turned into a replica",
+        )
 
     def wait_replicated(self, timeout_ms: int = 2000) -> None:
         """WAIT on the master until the replica acknowledged every write so far (replication is async).
