@@ -17,7 +17,7 @@ from typing import Any, cast
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, ScriptCall, run_script, single
+from ._calls import Call, Command, Flow, ScriptCall, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
@@ -27,6 +27,7 @@ from ._message import (
     Message,
     MessageQueue,
     SendResult,
+    SendStatus,
     pack_fields,
     wire,
 )
@@ -54,6 +55,12 @@ class ProducerSettings(BaseModel):
     auto_create_topics: bool = False
     default_queue_count: int = Field(DEFAULT_QUEUE_COUNT, ge=1)
     route_ttl_s: float = Field(30.0, ge=0, description="how long a topic's queue count is cached")
+    min_replicas: int = Field(
+        0, ge=0, description="replicas that must acknowledge each send before it returns (WAIT); 0: none"
+    )
+    replica_timeout_ms: int = Field(
+        1000, gt=0, description="how long a send waits for min_replicas; then FLUSH_SLAVE_TIMEOUT"
+    )
 
 
 @dataclass(slots=True)
@@ -76,7 +83,7 @@ _Bucket = tuple[str, int, Sequence[int]]
 class ProducerCore:
     """Producer state and logic shared by Producer and AsyncProducer."""
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(self, settings: ProducerSettings, *, server_replicates: bool = True) -> None:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
@@ -86,6 +93,13 @@ class ProducerCore:
         self._queues: dict[tuple[str, int], tuple[tuple[str, str, str], MessageQueue]] = {}
         # per topic: the route these were made for, the trim arguments and their wire form
         self._trims: dict[str, tuple[TopicRoute, tuple[str, int], bytes]] = {}
+        # replicated sends: WAIT in the same round trip (and on the same connection) as the writes
+        self._wait: Command | None = None
+        self._unwaited: tuple[SendStatus, int | None] = (SendStatus.SEND_OK, None)
+        if settings.min_replicas and server_replicates:
+            self._wait = Command(("WAIT", settings.min_replicas, settings.replica_timeout_ms))
+        elif settings.min_replicas:  # memory:// has no replicas: said at once, as WAIT would say later
+            self._unwaited = (SendStatus.FLUSH_SLAVE_TIMEOUT, 0)
 
     def plan(
         self,
@@ -177,11 +191,21 @@ class ProducerCore:
             queue = self._queue_for(topic, route.queue_count, key, plan.queue_id)
             keys, mq = self._where(topic, queue)
             if due is None:
-                (outcome,) = yield [self._send_call(route, keys, entries, wires)]
-                reply = self._reply(topic, outcome)  # [first queue offset, entry id]
-                return [SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]))]
-            (outcome,) = yield [self._schedule_call(route, queue, due, entries)]
-            return [SendResult(entries[0][0], mq, None, None, int(self._reply(topic, outcome)))]
+                call = self._send_call(route, keys, entries, wires)
+            else:
+                call = self._schedule_call(route, queue, due, entries)
+            if self._wait is None:
+                (outcome,) = yield [call]
+                status, replicas = self._unwaited
+            else:
+                outcome, acked = yield [call, self._wait]
+                status, replicas = self._replicated(acked)
+            reply = self._reply(topic, outcome)
+            if due is None:  # [first queue offset, entry id]
+                return [
+                    SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]), None, status, replicas)
+                ]
+            return [SendResult(entries[0][0], mq, None, None, int(reply), status, replicas)]
 
         one_topic = topics.count(topics[0]) == len(topics)
         wanted = topics[:1] if one_topic else topics
@@ -205,7 +229,12 @@ class ProducerCore:
                 else:
                     calls.append(self._schedule_call(route, queue, due, rows))
                 owners.append((topic, mq, chunk))
-        replies = yield calls
+        status, replicas = self._unwaited
+        if self._wait is None:
+            replies = yield calls
+        else:
+            *replies, acked = yield [*calls, self._wait]
+            status, replicas = self._replicated(acked)
 
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
         for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
@@ -213,13 +242,21 @@ class ProducerCore:
             if due is None:  # [first queue offset, entry id 1, ..., entry id n]
                 queue_offset = int(reply[0])
                 for i, entry_id in zip(chunk, islice(reply, 1, None), strict=True):
-                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), queue_offset)
+                    results[i] = SendResult(
+                        entries[i][0], mq, entry_id.decode(), queue_offset, None, status, replicas
+                    )
                     queue_offset += 1
             else:
                 deliver_at_ms = int(reply)
                 for i in chunk:
-                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms)
+                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms, status, replicas)
         return results
+
+    def _replicated(self, acked: Any) -> tuple[SendStatus, int]:
+        """The status of a replicated send from WAIT's reply: how many replicas have the writes."""
+        replicas = int(single(acked))
+        ok = replicas >= self.settings.min_replicas
+        return (SendStatus.SEND_OK if ok else SendStatus.FLUSH_SLAVE_TIMEOUT), replicas
 
     def _reply(self, topic: str, outcome: Any) -> Any:
         if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):

@@ -254,7 +254,7 @@ async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
 
 
 # commands whose replies redis-py hands back as read (no response callback): they may go packed
-_PLAIN_COMMANDS = frozenset({"XACK", "XDEL"})
+_PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT"})
 
 
 def _pack_scripts(calls: Sequence[Call]) -> bytes | None:

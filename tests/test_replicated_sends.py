@@ -1,0 +1,92 @@
+"""Replicated sends (min_replicas): a send returns once that many replicas have the write, or says they don't.
+
+RocketMQ's SYNC_MASTER: the producer's WAIT goes in the same round trip as
+the send script, on the same connection. A real master and replica; memory://
+has no replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from rmq_style import Admin, AsyncProducer, Message, Producer, SendStatus
+from rmq_style.testing import RedisServer, redis_server_available
+
+TOPIC = "durable"
+REPLICATED = {"min_replicas": 1, "replica_timeout_ms": 200}
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
+    """A master and its replica, in sync."""
+    if not redis_server_available():
+        pytest.fail("redis-server is not installed: .ci/run installs it with apt-get")
+    with RedisServer() as master, RedisServer(replica_of=master.port) as replica:
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=replica.port, protocol=2, decode_responses=True) as client:
+            while client.info("replication")["master_link_status"] != "up":
+                assert time.monotonic() < deadline, "replica not linked"
+                time.sleep(0.02)
+        with Admin(master.url) as admin:
+            admin.create_topic(TOPIC, queues=2)
+        yield master, replica
+
+
+def entries_on(server: RedisServer) -> int:
+    with redis.Redis(port=server.port, protocol=2) as client:
+        return sum(int(client.xlen(f"rmq:{{{TOPIC}:{q}}}:s")) for q in range(2))
+
+
+@pytest.mark.real_only
+def test_a_replicated_send_returns_once_the_replica_has_it(pair: tuple[RedisServer, RedisServer]) -> None:
+    master, replica = pair
+    with Producer(master.url, **REPLICATED) as producer:
+        one = producer.send(Message(TOPIC, {"n": 0}))
+        assert (one.status, one.replicas) == (SendStatus.SEND_OK, 1)
+        assert entries_on(replica) == 1  # already there when send returned: no wait in the test
+        batch = producer.send_batch([Message(TOPIC, {"n": n}) for n in range(1, 11)])
+        assert {(r.status, r.replicas) for r in batch} == {(SendStatus.SEND_OK, 1)}
+        assert entries_on(replica) == 11
+
+    async def main() -> None:
+        async with AsyncProducer(master.url, **REPLICATED) as producer:
+            result = await producer.send(Message(TOPIC, {"n": 11}), queue_id=1)
+            assert (result.status, result.replicas) == (SendStatus.SEND_OK, 1)
+            assert entries_on(replica) == 12
+
+    asyncio.run(main())
+    with Producer(master.url) as plain:  # without the option: no WAIT, nothing said about replicas
+        result = plain.send(Message(TOPIC, {"n": 12}))
+        assert (result.status, result.replicas) == (SendStatus.SEND_OK, None)
+
+
+@pytest.mark.real_only
+def test_a_send_the_replicas_did_not_acknowledge_in_time_says_so(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    master, replica = pair
+    replica.kill()
+    with Producer(master.url, **REPLICATED) as producer:
+        start = time.monotonic()
+        one = producer.send(Message(TOPIC, {"n": 0}))
+        waited = time.monotonic() - start
+        batch = producer.send_batch([Message(TOPIC, {"n": n}) for n in range(1, 5)], delay_level=1)
+    assert (one.status, one.replicas) == (SendStatus.FLUSH_SLAVE_TIMEOUT, 0)
+    assert waited >= 0.2  # it waited replica_timeout_ms for the replica
+    assert {(r.status, r.replicas) for r in batch} == {(SendStatus.FLUSH_SLAVE_TIMEOUT, 0)}
+    assert entries_on(master) == 1  # written on the master all the same: the caller decides
+
+
+def test_memory_has_no_replicas_and_says_so_at_once() -> None:
+    with Admin("memory://replicated") as admin:
+        admin.create_topic(TOPIC, queues=2)
+    with Producer("memory://replicated", **REPLICATED) as producer:
+        start = time.monotonic()
+        result = producer.send(Message(TOPIC, {"n": 0}))
+        assert time.monotonic() - start < 0.2
+    assert (result.status, result.replicas, result.queue_offset) == (SendStatus.FLUSH_SLAVE_TIMEOUT, 0, 0)
