@@ -265,14 +265,21 @@ class SentinelGroup:
         failover_timeout_ms: int = 2000,
         tls: bool = False,
         sentinels: int = 1,
+        replicas: int = 1,
         node_options: tuple[str, ...] = (),
     ) -> None:
         self.master_name = master_name
         self.dir = Path(tempfile.mkdtemp(prefix="rmq-sentinel-"))
         self.master = RedisServer(tls=tls, tls_dir=self.dir, extra_args=node_options)
-        self.replica = RedisServer(
-            replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir, extra_args=node_options
-        )
+        # the first replica is the one the sentinels promote (a lower replica-priority is preferred)
+        self.replicas = [
+            RedisServer(
+                replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir,
+                extra_args=(*node_options, "--replica-priority", str(100 + 50 * i)),
+            )
+            for i in range(replicas)
+        ]  # fmt: skip
+        self.replica = self.replicas[0]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinel_port = self.sentinel_ports[0]
         self.sentinel_tls_ports = [free_port() for _ in range(sentinels)] if tls else []
@@ -296,8 +303,9 @@ class SentinelGroup:
     def start(self, timeout: float = 10.0) -> SentinelGroup:
         try:
             self.master.start(timeout)
-            self.replica.start(timeout)
-            _wait_until(self._replica_in_sync, timeout, "replica linked to its master")
+            for replica in self.replicas:
+                replica.start(timeout)
+            _wait_until(self._replica_in_sync, timeout, "replicas linked to their master")
             self._start_sentinel(timeout)
         except BaseException:
             self.stop()
@@ -369,7 +377,11 @@ class SentinelGroup:
             return client.execute_command(*command)
 
     def _replica_in_sync(self) -> bool:
-        return bool(self._ask(self.replica.port, "INFO", "replication")["master_link_status"] == "up")
+        return all(
+            self._ask(r.port, "INFO", "replication")["master_link_status"] == "up"
+            for r in self.replicas
+            if r is not self.master
+        )
 
     def _sentinel_sees(self, *, replica: bool, port: int | None = None) -> bool:
         """A sentinel has the master up and linked (so clients can find it), and a live replica."""
@@ -442,15 +454,19 @@ class SentinelGroup:
         """
         self.wait_replicated()  # an orderly switchover: the replica has every write first
         self._stop_sentinel()
+        if len(self.replicas) > 1:
+            raise NotImplementedError("switch_over_unseen swaps a master and its only replica")
         self._ask(self.replica.port, "REPLICAOF", "NO", "ONE")
         self._ask(self.master.port, "REPLICAOF", "127.0.0.1", _watched_port(self.replica))
         self.master, self.replica = self.replica, self.master
+        self.replicas = [self.replica]
         _wait_until(self._replica_in_sync, timeout, "old master linked to the new one")
         self._start_sentinel(timeout)  # a fresh conf: it knows only the new master
 
     def stop(self) -> None:
         self._stop_sentinel()
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.master.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
