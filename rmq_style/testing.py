@@ -271,14 +271,13 @@ class SentinelGroup:
         self.master_name = master_name
         self.dir = Path(tempfile.mkdtemp(prefix="rmq-sentinel-"))
         self.master = RedisServer(tls=tls, tls_dir=self.dir, extra_args=node_options)
-        # the first replica is the one the sentinels promote (a lower replica-priority is preferred)
+        # one replica-priority for all: the sentinels promote the replica with the most data
         self.replicas = [
             RedisServer(
-                replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir,
-                extra_args=(*node_options, "--replica-priority", str(100 + 50 * i)),
+                replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir, extra_args=node_options
             )
-            for i in range(replicas)
-        ]  # fmt: skip
+            for _ in range(replicas)
+        ]
         self.replica = self.replicas[0]
         self.sentinel_ports = [free_port() for _ in range(sentinels)]
         self.sentinel_port = self.sentinel_ports[0]
@@ -396,21 +395,25 @@ class SentinelGroup:
         return int(port)
 
     def wait_for_failover(self, timeout: float = 10.0) -> int:
-        """Wait until the sentinel names the promoted replica, it acts as master, and the sentinel
+        """Wait until the sentinel names a promoted replica, it acts as master, and the sentinel
         sees it up; its port.
 
         The sentinel relinks to the new master at most once a second: with a
         short down-after, it may call it down (and hide it from clients) for a
         moment after the switch; this waits that out.
         """
+        ports = {_watched_port(r): r for r in self.replicas}
 
         def promoted() -> bool:
-            role = self._ask(self.replica.port, "ROLE")[0]
-            named = self.master_port() == _watched_port(self.replica)
-            return named and role == "master" and self._sentinel_sees(replica=False)
+            named = ports.get(self.master_port())
+            return (
+                named is not None
+                and self._ask(named.port, "ROLE")[0] == "master"
+                and self._sentinel_sees(replica=False)
+            )
 
-        _wait_until(promoted, timeout, f"failover of {self.master_name} to {self.replica}")
-        return _watched_port(self.replica)
+        _wait_until(promoted, timeout, f"failover of {self.master_name} to one of {self.replicas}")
+        return self.master_port()
 
     def planned_failover(self, timeout: float = 10.0) -> None:
         """``SENTINEL FAILOVER`` (an operator's planned switch); returns once the sentinel names the replica.
@@ -418,9 +421,9 @@ class SentinelGroup:
         The old master is still up, and still a writable master, until the
         sentinels turn it into a replica (about 10 s later: ``wait_demoted``).
         """
+        old = _watched_port(self.master)
         self._ask(self.sentinel_port, "SENTINEL", "FAILOVER", self.master_name)
-        new = _watched_port(self.replica)
-        _wait_until(lambda: self.master_port() == new, timeout, f"sentinel naming {self.replica}")
+        _wait_until(lambda: self.master_port() != old, timeout, "sentinel naming a promoted replica")
 
     def role(self, server: RedisServer) -> str:
         """``master`` or ``slave``: what *server* says it is now."""

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from rmq_style import Admin, AsyncProducer, Message, Producer, SendStatus
+from rmq_style import Admin, AsyncProducer, BrokerRefusedError, Message, Producer, SendStatus
 from rmq_style.testing import RedisServer, redis_server_available
 
 TOPIC = "durable"
-REPLICATED = {"min_replicas": 1, "replica_timeout_ms": 200}
+REPLICATED = {"min_replicas": 1, "replica_timeout_ms": 2000}  # a loaded machine: room to acknowledge
+SHORT = {"min_replicas": 1, "replica_timeout_ms": 200}
 
 
 @pytest.fixture
@@ -28,9 +29,9 @@ def pair() -> Iterator[tuple[RedisServer, RedisServer]]:
         pytest.fail("redis-server is not installed: .ci/run installs it with apt-get")
     with RedisServer() as master, RedisServer(replica_of=master.port) as replica:
         deadline = time.monotonic() + 10
-        with redis.Redis(port=replica.port, protocol=2, decode_responses=True) as client:
-            while client.info("replication")["master_link_status"] != "up":
-                assert time.monotonic() < deadline, "replica not linked"
+        with redis.Redis(port=master.port, protocol=2, decode_responses=True) as client:
+            while client.info("replication").get("slave0", {}).get("state") != "online":
+                assert time.monotonic() < deadline, "replica not in sync"
                 time.sleep(0.02)
         with Admin(master.url) as admin:
             admin.create_topic(TOPIC, queues=2)
@@ -71,7 +72,7 @@ def test_a_send_the_replicas_did_not_acknowledge_in_time_says_so(
 ) -> None:
     master, replica = pair
     replica.kill()
-    with Producer(master.url, **REPLICATED) as producer:
+    with Producer(master.url, **SHORT) as producer:
         start = time.monotonic()
         one = producer.send(Message(TOPIC, {"n": 0}))
         waited = time.monotonic() - start
@@ -85,8 +86,31 @@ def test_a_send_the_replicas_did_not_acknowledge_in_time_says_so(
 def test_memory_has_no_replicas_and_says_so_at_once() -> None:
     with Admin("memory://replicated") as admin:
         admin.create_topic(TOPIC, queues=2)
-    with Producer("memory://replicated", **REPLICATED) as producer:
+    with Producer("memory://replicated", **SHORT) as producer:
         start = time.monotonic()
         result = producer.send(Message(TOPIC, {"n": 0}))
         assert time.monotonic() - start < 0.2
     assert (result.status, result.replicas, result.queue_offset) == (SendStatus.FLUSH_SLAVE_TIMEOUT, 0, 0)
+
+
+@pytest.mark.real_only
+def test_min_replicas_to_write_makes_a_master_without_replicas_refuse_sends() -> None:
+    """The server-side bound (docs/connections.md): no replica in sync, no write, and the send says so."""
+    if not redis_server_available():
+        pytest.fail("redis-server is not installed: .ci/run installs it with apt-get")
+    bound = ("--min-replicas-to-write", "1", "--min-replicas-max-lag", "10")
+    with RedisServer(extra_args=bound) as master, RedisServer(replica_of=master.port) as replica:
+        deadline = time.monotonic() + 10
+        with redis.Redis(port=master.port, protocol=2, decode_responses=True) as client:
+            while client.info("replication").get("min_slaves_good_slaves") != 1:
+                assert time.monotonic() < deadline, "replica not in sync"
+                time.sleep(0.02)
+            with Admin(master.url) as admin:
+                admin.create_topic(TOPIC, queues=2)
+            replica.kill()
+            while client.info("replication").get("min_slaves_good_slaves") != 0:
+                assert time.monotonic() < deadline, "master did not see its replica go"
+                time.sleep(0.02)
+        with Producer(master.url) as producer, pytest.raises(BrokerRefusedError, match="NOREPLICAS"):
+            producer.send(Message(TOPIC, {"n": 0}))
+        assert entries_on(master) == 0
