@@ -27,6 +27,9 @@ TOPIC = "ha"
 QUEUES = 4
 TOTAL = 300
 FAULT_AT = 100
+# what a failover may still lose of plain sends: writes acknowledged and not yet replicated when the
+# master died or the replica was promoted (replication lag: far below this on loopback)
+LOSS_WINDOW_S = 0.1
 
 
 @dataclass
@@ -100,7 +103,8 @@ def assert_outcome(url: str, load: Load, events: list[Any], *, lost: list[int] |
     assert {load.results[i].msg_id for i in confirmed} <= set(load.seen)
     offsets = Counter((load.results[i].queue.queue_id, load.results[i].queue_offset) for i in confirmed)
     assert [o for o, count in offsets.items() if count > 1] == []
-    assert [e for e in events if e["log_level"] in ("error", "critical")] == []
+    errors = [e for e in events if e["log_level"] in ("error", "critical")]
+    assert errors == [], errors
     with Admin(url) as admin:
         rows = admin.progress("billing", TOPIC)
     assert len(rows) == QUEUES

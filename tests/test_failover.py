@@ -25,7 +25,7 @@ from rmq_style import (
     SendStatus,
 )
 from rmq_style.testing import RedisServer, SentinelGroup, redis_server_available
-from tests.failoverkit import QUEUES, TOTAL, assert_outcome, send_under_load
+from tests.failoverkit import LOSS_WINDOW_S, QUEUES, TOTAL, assert_outcome, send_under_load
 from tests.pushkit import fast_settings, until
 
 pytestmark = [pytest.mark.real_only, pytest.mark.sentinel]
@@ -123,9 +123,6 @@ def test_replicated_sends_survive_a_failover_under_load(fault: str) -> None:
 
 
 PLAIN = {"retries": 12, "retry_backoff_ms": 20}
-# what a failover may still lose of plain sends: writes acknowledged and not yet replicated when the
-# master died or the replica was promoted (replication lag: far below this on loopback)
-LOSS_WINDOW_S = 0.1
 
 
 @pytest.mark.parametrize("fault", ["sentinel-failover", "kill-master"])

@@ -76,7 +76,12 @@ class ClusterClient(RedisCluster):
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_initialize", False):  # the sync client reads the table when it is made
             await cast(Any, self).initialize()
-        return await cast(Any, super()).execute_command(*args, **kwargs)
+        try:
+            return await cast(Any, super()).execute_command(*args, **kwargs)
+        except ResponseError as exc:
+            if _is_unblocked(exc):
+                raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
+            raise
 
 
 def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> AsyncClient:
@@ -188,6 +193,13 @@ class MasterPool(SentinelConnectionPool):
                     release_watch(self.target, self.watch)
 
 
+def _is_unblocked(exc: ResponseError) -> bool:
+    """UNBLOCKED: a blocking read on a master that turned replica (a failover). Not the call's outcome:
+    the server is away for this call, as after a connection error (read again: MOVED or the sentinels
+    lead to the new master)."""
+    return str(exc).startswith("UNBLOCKED")
+
+
 class LaneClient(redis_asyncio.Redis):
     """A client that keeps one connection aside for packed round trips (no pool checkout per call).
 
@@ -202,6 +214,14 @@ class LaneClient(redis_asyncio.Redis):
         self.lane_pid = 0
         self.lane_used = 0.0  # monotonic time of the lane's last round trip
         self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return await cast(Any, super()).execute_command(*args, **options)
+        except ResponseError as exc:
+            if _is_unblocked(exc):
+                raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
+            raise
 
 
 def _args(call: Call) -> tuple[Any, ...]:
