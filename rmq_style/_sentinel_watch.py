@@ -31,6 +31,8 @@ from typing import Any
 
 import redis
 import structlog
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from ._connection import SentinelTarget
 
@@ -57,7 +59,8 @@ class SwitchWatch:
         self._lock = threading.Lock()
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._stop = threading.Event()
-        options = {**target.sentinel_options(), "socket_timeout": None}  # a listener waits for events
+        # a listener waits for events without a read timeout, and tries a sentinel once per round
+        options = {**target.sentinel_options(), "socket_timeout": None, "retry": Retry(NoBackoff(), 0)}
         self._threads = [
             threading.Thread(
                 target=self._listen,
