@@ -12,9 +12,10 @@ dict every time, round-robin over the queues.
 - batch: ``Producer.send_batch`` of 100 messages (one pipelined round trip of
   8 script calls) against a pipeline of 100 ``XADD`` (transaction=False).
 - replicated-single / replicated-batch: the same sends with ``min_replicas=1``
-  (WAIT for one replica in the same round trip) against plain producer sends.
-  The bench starts a replica of its private server (with --redis-url, the
-  server must have one, or these cases are skipped).
+  (WAIT for one replica in the same round trip) against plain producer sends,
+  both with the replica attached. The bench starts a replica of its private
+  server before these cases (the others run without one); with --redis-url
+  the server must have one, or these cases are skipped.
 
 Each case runs 3 rounds (producer and baseline alternate inside a round) and
 reports the medians, one JSON object per line.
@@ -199,10 +200,6 @@ def main() -> int:
     parser.add_argument("--profile", choices=sorted(CASES), help="profile the producer, no measurement")
     args = parser.parse_args()
     with private_redis_url(args.redis_url) as url, contextlib.ExitStack() as stack:
-        if not args.redis_url:  # our own server: give it a replica for the replicated cases
-            port = urlsplit(url).port
-            replica = stack.enter_context(RedisServer(replica_of=port))
-            wait_linked(replica)
         work = Workload(url)
         try:
             work.warm_up()
@@ -210,6 +207,10 @@ def main() -> int:
                 profile(work, args.profile, int(CASES[args.profile][0] * args.scale))
                 return 0
             for case in args.case or list(CASES):
+                if case.startswith("replicated") and not args.redis_url and not work.has_replica():
+                    # our own server gets a replica only now: the other cases run without one, as before
+                    stack.enter_context(RedisServer(replica_of=urlsplit(url).port))
+                    wait_linked(work)
                 if case.startswith("replicated") and not work.has_replica():
                     print(f"skipped {case}: the server has no replica", file=sys.stderr)
                     continue
@@ -220,13 +221,13 @@ def main() -> int:
     return 0
 
 
-def wait_linked(replica: RedisServer, timeout: float = 10.0) -> None:
+def wait_linked(work: Workload, timeout: float = 10.0) -> None:
+    """Until the master has its replica online (synced: WAIT can count it)."""
     deadline = time.monotonic() + timeout
-    with redis.Redis(port=replica.port, protocol=2, decode_responses=True) as client:
-        while client.info("replication")["master_link_status"] != "up":
-            if time.monotonic() > deadline:
-                raise SystemExit(f"the bench's replica did not link in {timeout} s")
-            time.sleep(0.02)
+    while work.raw.info("replication").get("slave0", {}).get("state") != "online":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bench's replica did not link in {timeout} s")
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":
