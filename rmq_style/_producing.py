@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 from typing import Any, cast
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
@@ -38,6 +39,8 @@ from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, ro
 
 __all__ = ["ProducerSettings", "ShardingKey"]
 
+log = structlog.get_logger("rmq_style.producer")
+
 ShardingKey = str | bytes | int | Callable[[Message], str | bytes | int]
 _MAX_PER_CALL = 256  # messages per script call (bounds ARGV size)
 
@@ -60,6 +63,10 @@ class ProducerSettings(BaseModel):
     )
     replica_timeout_ms: int = Field(
         1000, gt=0, description="how long a send waits for min_replicas; then FLUSH_SLAVE_TIMEOUT"
+    )
+    replica_fsync: bool = Field(
+        False,
+        description="with min_replicas: wait until the replicas fsynced their AOF (WAITAOF, Redis 7.2+)",
     )
 
 
@@ -97,7 +104,7 @@ class ProducerCore:
         self._wait: Command | None = None
         self._unwaited: tuple[SendStatus, int | None] = (SendStatus.SEND_OK, None)
         if settings.min_replicas and server_replicates:
-            self._wait = Command(("WAIT", settings.min_replicas, settings.replica_timeout_ms))
+            self._wait = _wait_command(settings, aof=settings.replica_fsync)
         elif settings.min_replicas:  # memory:// has no replicas: said at once, as WAIT would say later
             self._unwaited = (SendStatus.FLUSH_SLAVE_TIMEOUT, 0)
 
@@ -199,7 +206,7 @@ class ProducerCore:
                 status, replicas = self._unwaited
             else:
                 outcome, acked = yield [call, self._wait]
-                status, replicas = self._replicated(acked)
+                status, replicas = yield from self._replicated(acked)
             reply = self._reply(topic, outcome)
             if due is None:  # [first queue offset, entry id]
                 return [
@@ -234,7 +241,7 @@ class ProducerCore:
             replies = yield calls
         else:
             *replies, acked = yield [*calls, self._wait]
-            status, replicas = self._replicated(acked)
+            status, replicas = yield from self._replicated(acked)
 
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
         for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
@@ -252,9 +259,18 @@ class ProducerCore:
                     results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms, status, replicas)
         return results
 
-    def _replicated(self, acked: Any) -> tuple[SendStatus, int]:
-        """The status of a replicated send from WAIT's reply: how many replicas have the writes."""
-        replicas = int(single(acked))
+    def _replicated(self, acked: Any) -> Flow[tuple[SendStatus, int]]:
+        """The status of a replicated send from WAIT's (or WAITAOF's) reply: how many replicas have it.
+
+        A server without WAITAOF (before 7.2) refuses it: the producer says so once and waits with
+        WAIT from then on (this send too), which promises the replicas' memory, not their disk.
+        """
+        if isinstance(acked, ResponseError) and _unknown_waitaof(acked):
+            log.warning("producer.waitaof_unavailable", fallback="WAIT", error=str(acked))
+            self._wait = _wait_command(self.settings, aof=False)
+            (acked,) = yield [self._wait]
+        reply = single(acked)
+        replicas = int(reply[1]) if isinstance(reply, list) else int(reply)  # WAITAOF: [local, replicas]
         ok = replicas >= self.settings.min_replicas
         return (SendStatus.SEND_OK if ok else SendStatus.FLUSH_SLAVE_TIMEOUT), replicas
 
@@ -327,6 +343,17 @@ class ProducerCore:
         for row in rows:
             flat += [row[0], pack_fields(row[1:])]
         return run_script("schedule", (qk.delay, qk.delayed, qk.seq), flat)
+
+
+def _wait_command(settings: ProducerSettings, *, aof: bool) -> Command:
+    """WAIT numreplicas timeout, or WAITAOF 0 numreplicas timeout (replicas fsynced their AOF)."""
+    n, timeout = settings.min_replicas, settings.replica_timeout_ms
+    return Command(("WAITAOF", 0, n, timeout) if aof else ("WAIT", n, timeout))
+
+
+def _unknown_waitaof(error: ResponseError) -> bool:
+    text = str(error).lower()
+    return "unknown command" in text and "waitaof" in text
 
 
 def _send_script() -> Script:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from structlog.testing import capture_logs
 
 from rmq_style import Admin, AsyncProducer, BrokerRefusedError, Message, Producer, SendStatus
 from rmq_style.testing import RedisServer, redis_server_available
@@ -114,3 +115,21 @@ def test_min_replicas_to_write_makes_a_master_without_replicas_refuse_sends() ->
         with Producer(master.url) as producer, pytest.raises(BrokerRefusedError, match="NOREPLICAS"):
             producer.send(Message(TOPIC, {"n": 0}))
         assert entries_on(master) == 0
+
+
+@pytest.mark.real_only
+def test_replica_fsync_falls_back_to_wait_on_a_server_without_waitaof(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    master, replica = pair
+    with redis.Redis(port=master.port, protocol=2) as client:
+        version = tuple(int(p) for p in str(client.info("server")["redis_version"]).split(".")[:2])
+    has_waitaof = version >= (7, 2)
+    if has_waitaof:
+        pytest.skip("this redis-server has WAITAOF (7.2+): no fallback to see")
+    with capture_logs() as events, Producer(master.url, replica_fsync=True, **REPLICATED) as producer:
+        first = producer.send(Message(TOPIC, {"n": 0}))
+        second = producer.send(Message(TOPIC, {"n": 1}))
+    assert [(r.status, r.replicas) for r in (first, second)] == [(SendStatus.SEND_OK, 1)] * 2
+    assert [e["event"] for e in events if e["log_level"] == "warning"] == ["producer.waitaof_unavailable"]
+    assert entries_on(master) == entries_on(replica) == 2

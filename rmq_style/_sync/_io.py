@@ -275,7 +275,7 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
 
 
 # commands whose replies redis-py hands back as read (no response callback): they may go packed
-_PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT"})
+_PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT", "WAITAOF"})
 
 
 def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
