@@ -142,7 +142,9 @@ class MasterConnection(SentinelManagedConnection):
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         watch = self.watch
-        if watch.generation != self.generation or watch.hold_until:  # two reads when nothing happened
+        # a closed connection reconnects through the sentinels (redis-py's send would go back to
+        # the old address, #3874); three reads when nothing happened
+        if watch.generation != self.generation or watch.hold_until or not self.is_connected:
             await self._follow(watch)
         await cast(Any, super()).send_packed_command(command, check_health)
 
@@ -153,7 +155,7 @@ class MasterConnection(SentinelManagedConnection):
         if self.is_connected and watch.address not in (None, (self.host, self.port)):
             await cast(Any, self).disconnect()
         if not self.is_connected:
-            await cast(Any, self).connect()  # redis-py's send would reconnect to the old address (#3874)
+            await cast(Any, self).connect()
         self.generation = max(self.generation, watch.generation)
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
