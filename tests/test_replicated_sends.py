@@ -133,3 +133,21 @@ def test_replica_fsync_falls_back_to_wait_on_a_server_without_waitaof(
     assert [(r.status, r.replicas) for r in (first, second)] == [(SendStatus.SEND_OK, 1)] * 2
     assert [e["event"] for e in events if e["log_level"] == "warning"] == ["producer.waitaof_unavailable"]
     assert entries_on(master) == entries_on(replica) == 2
+
+
+@pytest.mark.real_only
+def test_a_send_whose_script_was_flushed_waits_again_after_its_write(
+    pair: tuple[RedisServer, RedisServer],
+) -> None:
+    """NOSCRIPT (a restarted or flushed server): the script is loaded and runs again, and so does the
+    WAIT after it, which had counted replicas before anything was written."""
+    master, _replica = pair
+    with redis.Redis(port=master.port, protocol=2, decode_responses=True) as client:
+        client.script_flush()
+        client.config_resetstat()
+        with Producer(master.url, **REPLICATED) as producer:
+            result = producer.send(Message(TOPIC, {"n": 0}))
+        stats = client.info("commandstats")
+    assert (result.status, result.replicas) == (SendStatus.SEND_OK, 1)
+    assert (stats["cmdstat_evalsha"]["calls"], stats["cmdstat_evalsha"]["failed_calls"]) == (2, 1)
+    assert stats["cmdstat_wait"]["calls"] == 2  # once after the refused script, once after the write

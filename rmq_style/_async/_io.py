@@ -149,11 +149,17 @@ async def execute(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
             raise reply  # a cluster node away: as a whole pipeline fails on one server
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
+        # a WAIT after them counted replicas before they wrote anything: it runs again after them
+        refused = sorted({*refused, *(i for i in range(refused[0] + 1, len(calls)) if _is_wait(calls[i]))})
         await _load_scripts(client, [calls[i] for i in refused])
         again = await _round_trip(client, [calls[i] for i in refused])
         for i, reply in zip(refused, again, strict=True):
             replies[i] = reply
     return replies
+
+
+def _is_wait(call: Call) -> bool:
+    return type(call) is Command and call.args[0] in ("WAIT", "WAITAOF")
 
 
 async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
