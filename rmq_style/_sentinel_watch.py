@@ -93,9 +93,11 @@ class SwitchWatch:
     def announce(self, address: tuple[str, int]) -> None:
         """+switch-master: go to *address*; connections elsewhere are shut (a blocked read wakes up)."""
         with self._lock:
+            self.hold_until = 0.0
+            if address == self.address:
+                return  # the same switch, heard from another sentinel
             self.address = address
             self.generation += 1
-            self.hold_until = 0.0
             stale = [c for c in self._connections if (c.host, c.port) != address]
         for connection in stale:
             _shut(connection)

@@ -80,7 +80,13 @@ def test_every_client_leaves_the_old_master_when_the_sentinels_announce_the_swit
                     await until(lambda: consumer.in_flight == 0, what="acks")
             return sent, on_old, role
 
-        sent, on_old, role = asyncio.run(main())
+        with capture_logs() as events:
+            sent, on_old, role = asyncio.run(main())
+        heard = [
+            e["event"] for e in events if e["event"].startswith("sentinel.") and e["log_level"] != "debug"
+        ]
+        # the promotion held the writes, the switch moved every client (one shared watch per URL)
+        assert heard[:2] == ["sentinel.promotion_started", "sentinel.switch_master"], heard
         assert role == "master"
         assert stream_length(old) == on_old == 10  # no write after the announcement reached it
         assert stream_length(old, "after") == 0

@@ -34,6 +34,8 @@ def test_a_promotion_holds_writes_until_the_switch_or_an_abort(watch: SwitchWatc
     watch.on_event("+switch-master", "mymaster 127.0.0.1 7001 127.0.0.1 7002")
     assert not watch.held()
     assert (watch.address, watch.generation) == (("127.0.0.1", 7002), 1)
+    watch.on_event("+switch-master", "mymaster 127.0.0.1 7001 127.0.0.1 7002")  # from another sentinel
+    assert watch.generation == 1
 
 
 def test_an_announced_master_that_refuses_writes_is_forgotten(watch: SwitchWatch) -> None:
@@ -53,4 +55,6 @@ def test_one_watch_per_url_in_a_process_closed_with_its_last_client() -> None:
     assert all(t.is_alive() for t in first._threads)
     release_watch(target, second)
     assert not any(t.is_alive() for t in first._threads)
-    assert acquire_watch(target) is not first
+    third = acquire_watch(target)
+    assert third is not first
+    release_watch(target, third)
