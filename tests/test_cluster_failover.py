@@ -6,12 +6,15 @@ sends, two lagging consumers (tests/failoverkit.py).
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from redis.asyncio.connection import Connection
 from redis.cluster import RedisCluster
 from structlog.testing import capture_logs
 
 from rmq_style import Admin
+from rmq_style._async._io import _closed_under_us
 from rmq_style._names import Keys
 from rmq_style._routing import queue_for_key
 from rmq_style.testing import ClusterGroup, redis_server_available
@@ -56,3 +59,21 @@ def test_a_cluster_failover_under_load(fault: str) -> None:
         assert_outcome(url, load, events, lost=lost)
         assert len(load.confirmed()) == TOTAL
         assert_keyed_sends_kept_their_queue(load)
+
+
+def test_a_cluster_connection_closed_under_a_writer_counts_as_a_connection_error() -> None:
+    """redis-py's asyncio cluster client closes a dropped node's connections, also one another task is
+    writing on (seen in test_cluster_failover): its AttributeError is a connection error, not a crash."""
+
+    async def write_on_a_closed_connection() -> AttributeError:
+        try:
+            await Connection()._send_packed_command([b"PING\\r\\n"])  # as a write after the close
+        except AttributeError as exc:
+            return exc
+        raise AssertionError("redis-py wrote on a closed connection")
+
+    assert _closed_under_us(asyncio.run(write_on_a_closed_connection()))
+    closed: Any = None
+    with pytest.raises(AttributeError) as ours:
+        closed.writelines([])  # an AttributeError of our own: not redis-py's
+    assert not _closed_under_us(ours.value)

@@ -7,6 +7,7 @@ import time
 import os
 import select
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from time import monotonic
 from types import TracebackType
@@ -80,6 +81,10 @@ class ClusterClient(RedisCluster):
             if _is_unblocked(exc):
                 raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
             raise
+        except AttributeError as exc:
+            if _closed_under_us(exc):
+                raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+            raise
 
 
 def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> Client:
@@ -91,6 +96,16 @@ def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> Client:
 def is_cluster(client: Client) -> bool:
     """Whether *client* talks to a Redis Cluster: a multi-key read must then stay within one queue."""
     return isinstance(client, RedisCluster)
+
+
+def _closed_under_us(exc: AttributeError) -> bool:
+    """redis-py's asyncio cluster client closes a node's connections when it drops the node from its
+    slot table (a failover), also one another task is writing on: that task fails with AttributeError
+    ("'NoneType' object has no attribute 'writelines'"). A connection error for that call; any other
+    AttributeError is ours and goes on as it is."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_redis = bool(frames) and f"{os.sep}redis{os.sep}" in frames[-1].filename
+    return in_redis and str(exc).startswith("'NoneType' object has no attribute")
 
 
 def _is_unblocked(exc: ResponseError) -> bool:
@@ -176,7 +191,12 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for call in calls:
         cast(Any, pipe).execute_command(*_args(call))
-    return list(pipe.execute(raise_on_error=False))
+    try:
+        return list(pipe.execute(raise_on_error=False))
+    except AttributeError as exc:
+        if _closed_under_us(exc):
+            raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+        raise
 
 
 # commands whose replies redis-py hands back as read (no response callback): they may go packed
