@@ -419,7 +419,7 @@ class SentinelGroup:
         """``SENTINEL FAILOVER`` (an operator's planned switch); returns once the sentinel names the replica.
 
         The old master is still up, and still a writable master, until the
-        sentinels turn it into a replica (about 10 s later: ``wait_demoted``).
+        sentinels turn it into a replica (about 10 s later; ``role`` tells).
         """
         old = _watched_port(self.master)
         self._ask(self.sentinel_port, "SENTINEL", "FAILOVER", self.master_name)
@@ -428,14 +428,6 @@ class SentinelGroup:
     def role(self, server: RedisServer) -> str:
         """``master`` or ``slave``: what *server* says it is now."""
         return str(self._ask(server.port, "ROLE")[0])
-
-    def wait_demoted(self, server: RedisServer, timeout: float = 20.0) -> None:
-        """Wait until *server* (an old master) replicates the new one and is in sync."""
-        _wait_until(
-            lambda: self._ask(server.port, "INFO", "replication").get("master_link_status") == "up",
-            timeout,
-            f"{server} turned into a replica",
-        )
 
     def wait_replicated(self, timeout_ms: int = 2000) -> None:
         """WAIT on the master until the replica acknowledged every write so far (replication is async).
