@@ -11,6 +11,11 @@ dict every time, round-robin over the queues.
   ``XADD`` per round trip (json.dumps of the dict, round-robin over 8 streams).
 - batch: ``Producer.send_batch`` of 100 messages (one pipelined round trip of
   8 script calls) against a pipeline of 100 ``XADD`` (transaction=False).
+- replicated-single / replicated-batch: the same sends with ``min_replicas=1``
+  (WAIT for one replica in the same round trip) against plain producer sends,
+  both with the replica attached. The bench starts a replica of its private
+  server before these cases (the others run without one); with --redis-url
+  the server must have one, or these cases are skipped.
 
 Each case runs 3 rounds (producer and baseline alternate inside a round) and
 reports the medians, one JSON object per line.
@@ -19,6 +24,7 @@ reports the medians, one JSON object per line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import io
 import itertools
@@ -29,12 +35,13 @@ import sys
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import redis
 
-from rmq_style import Admin, Message, Producer
+from rmq_style import Admin, Message, Producer, SendStatus
 from rmq_style._connection import parse_url
-from rmq_style.testing import private_redis_url
+from rmq_style.testing import RedisServer, private_redis_url
 
 TOPIC = "bench-produce"
 QUEUES = 8
@@ -67,10 +74,12 @@ class Workload:
         with Admin(url) as admin:
             admin.create_topic(TOPIC, queues=QUEUES)
         self.producer = Producer(url)
+        self.replicated = Producer(url, min_replicas=1, replica_timeout_ms=1000)
         self.streams = [f"raw:{{bench:{q}}}:s" for q in range(QUEUES)]
         self._rr = itertools.cycle(self.streams)
 
     def close(self) -> None:
+        self.replicated.close()
         self.producer.close()
         self.raw.close()
 
@@ -84,6 +93,22 @@ class Workload:
         send_batch = self.producer.send_batch
         for _ in range(n // BATCH):
             send_batch([Message(TOPIC, BODY) for _ in range(BATCH)])
+
+    # replicated sends: WAIT 1 in the same round trip; a send no replica acknowledged fails the bench
+    def replicated_single(self, n: int) -> None:
+        send = self.replicated.send
+        for _ in range(n):
+            if send(Message(TOPIC, BODY)).status is not SendStatus.SEND_OK:
+                raise SystemExit("a replicated send timed out: is the replica linked?")
+
+    def replicated_batch(self, n: int) -> None:
+        send_batch = self.replicated.send_batch
+        for _ in range(n // BATCH):
+            if send_batch([Message(TOPIC, BODY) for _ in range(BATCH)])[0].status is not SendStatus.SEND_OK:
+                raise SystemExit("a replicated send timed out: is the replica linked?")
+
+    def has_replica(self) -> bool:
+        return int(self.raw.info("replication")["connected_slaves"]) > 0
 
     # the baseline: json.dumps the same dict, XADD round-robin over 8 streams
     def raw_single(self, n: int) -> None:
@@ -106,17 +131,30 @@ class Workload:
         self.raw_batch(200)
 
 
-CASES: dict[str, tuple[int, str]] = {
-    # case: (messages per round, baseline description)
-    "single": (4000, "redis-py XADD, one per round trip, json.dumps body, 8 streams round-robin"),
-    "batch": (30000, "redis-py pipeline of 100 XADD (transaction=False), json.dumps body, 8 streams"),
-}
+CASES: dict[str, tuple[int, str, str, str]] = {
+    # case: (messages per round, baseline description, our method, the baseline's method)
+    "single": (
+        4000, "redis-py XADD, one per round trip, json.dumps body, 8 streams round-robin", "producer_single",
+        "raw_single",
+    ),
+    "batch": (
+        30000, "redis-py pipeline of 100 XADD (transaction=False), json.dumps body, 8 streams",
+        "producer_batch", "raw_batch",
+    ),
+    "replicated-single": (
+        2000, "Producer.send without min_replicas, same server and replica", "replicated_single",
+        "producer_single",
+    ),
+    "replicated-batch": (
+        20000, "Producer.send_batch of 100 without min_replicas", "replicated_batch", "producer_batch",
+    ),
+}  # fmt: skip
 
 
 def measure(work: Workload, case: str, n: int) -> dict[str, Any]:
     ours, theirs = [], []
-    mine: Callable[[int], None] = getattr(work, f"producer_{case}")
-    base: Callable[[int], None] = getattr(work, f"raw_{case}")
+    mine: Callable[[int], None] = getattr(work, CASES[case][2])
+    base: Callable[[int], None] = getattr(work, CASES[case][3])
     for r in range(ROUNDS):
         # alternate who goes first, so a burst of load elsewhere hurts both sides alike
         if r % 2 == 0:
@@ -136,7 +174,7 @@ def measure(work: Workload, case: str, n: int) -> dict[str, Any]:
         "ratio": round(msgs / baseline, 3),
         "round_ratios": [round(x, 3) for x in ratios],
         "messages_per_round": n,
-        "messages_per_call": 1 if case == "single" else BATCH,
+        "messages_per_call": 1 if case.endswith("single") else BATCH,
         "rounds": ROUNDS,
         "queues": QUEUES,
         "body_bytes": len(json.dumps(BODY, separators=(",", ":"))),
@@ -144,7 +182,7 @@ def measure(work: Workload, case: str, n: int) -> dict[str, Any]:
 
 
 def profile(work: Workload, case: str, n: int) -> None:
-    fn: Callable[[int], None] = getattr(work, f"producer_{case}")
+    fn: Callable[[int], None] = getattr(work, CASES[case][2])
     prof = cProfile.Profile()
     prof.enable()
     fn(n)
@@ -161,7 +199,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the messages per round")
     parser.add_argument("--profile", choices=sorted(CASES), help="profile the producer, no measurement")
     args = parser.parse_args()
-    with private_redis_url(args.redis_url) as url:
+    with private_redis_url(args.redis_url) as url, contextlib.ExitStack() as stack:
         work = Workload(url)
         try:
             work.warm_up()
@@ -169,11 +207,27 @@ def main() -> int:
                 profile(work, args.profile, int(CASES[args.profile][0] * args.scale))
                 return 0
             for case in args.case or list(CASES):
+                if case.startswith("replicated") and not args.redis_url and not work.has_replica():
+                    # our own server gets a replica only now: the other cases run without one, as before
+                    stack.enter_context(RedisServer(replica_of=urlsplit(url).port))
+                    wait_linked(work)
+                if case.startswith("replicated") and not work.has_replica():
+                    print(f"skipped {case}: the server has no replica", file=sys.stderr)
+                    continue
                 n = max(BATCH, int(CASES[case][0] * args.scale) // BATCH * BATCH)
                 print(json.dumps(measure(work, case, n)), flush=True)
         finally:
             work.close()
     return 0
+
+
+def wait_linked(work: Workload, timeout: float = 10.0) -> None:
+    """Until the master has its replica online (synced: WAIT can count it)."""
+    deadline = time.monotonic() + timeout
+    while work.raw.info("replication").get("slave0", {}).get("state") != "online":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the bench's replica did not link in {timeout} s")
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ from ._errors import (
     UsageError,
 )
 from ._lite_pulling import ConsumeFrom, LitePullSettings
-from ._message import Message, MessageQueue, ReceivedMessage, SendResult
+from ._message import Message, MessageQueue, ReceivedMessage, SendResult, SendStatus
 from ._names import LAYOUT_VERSION, Keys
 from ._offset_store import QueueProgress
 from ._offsets import Offset, parse_offset
@@ -127,6 +127,7 @@ __all__ = [
     "RetrySchedule",
     "RmqError",
     "SendResult",
+    "SendStatus",
     "SerializationError",
     "SubscriptionConflictError",
     "TopicError",

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from ._codec import Codec, decode_model, decode_value, encode_body
@@ -38,6 +39,7 @@ __all__ = [
     "MessageQueue",
     "ReceivedMessage",
     "SendResult",
+    "SendStatus",
     "decode_entry",
     "new_msg_id",
     "new_msg_ids",
@@ -137,12 +139,27 @@ class Message:
                 raise UsageError(f"invalid property {name!r}={value!r}: properties map str to str")
 
 
+class SendStatus(StrEnum):
+    """How far a send went, as RocketMQ's SendStatus (``ProducerSettings.min_replicas``).
+
+    ``SEND_OK``: written on the master and, with ``min_replicas``, acknowledged
+    by that many replicas. ``FLUSH_SLAVE_TIMEOUT``: written on the master, but
+    fewer replicas acknowledged it within ``replica_timeout_ms`` (see
+    ``SendResult.replicas``): a failover may still lose it.
+    """
+
+    SEND_OK = "SEND_OK"
+    FLUSH_SLAVE_TIMEOUT = "FLUSH_SLAVE_TIMEOUT"
+
+
 @dataclass(frozen=True, slots=True)
 class SendResult:
     """Where a sent message landed.
 
     A delayed message has no offset yet: it is held until *deliver_at_ms*
-    (server clock) and then written to *queue*.
+    (server clock) and then written to *queue*. *replicas* is how many
+    replicas acknowledged the write, when the producer asked for replicated
+    sends (``min_replicas``); None otherwise.
     """
 
     msg_id: str
@@ -150,6 +167,8 @@ class SendResult:
     offset: str | None
     queue_offset: int | None
     deliver_at_ms: int | None = None
+    status: SendStatus = SendStatus.SEND_OK
+    replicas: int | None = None
 
     def __init__(
         self,
@@ -158,6 +177,8 @@ class SendResult:
         offset: str | None,
         queue_offset: int | None,
         deliver_at_ms: int | None = None,
+        status: SendStatus = SendStatus.SEND_OK,
+        replicas: int | None = None,
     ) -> None:
         # One per message sent: the slots are set directly, where a frozen dataclass's
         # own __init__ would call object.__setattr__ for each field.
@@ -166,10 +187,13 @@ class SendResult:
         _set_offset(self, offset)
         _set_queue_offset(self, queue_offset)
         _set_deliver_at_ms(self, deliver_at_ms)
+        _set_status(self, status)
+        _set_replicas(self, replicas)
 
 
-_set_msg_id, _set_queue, _set_offset, _set_queue_offset, _set_deliver_at_ms = (
-    vars(SendResult)[name].__set__ for name in ("msg_id", "queue", "offset", "queue_offset", "deliver_at_ms")
+_set_msg_id, _set_queue, _set_offset, _set_queue_offset, _set_deliver_at_ms, _set_status, _set_replicas = (
+    vars(SendResult)[name].__set__
+    for name in ("msg_id", "queue", "offset", "queue_offset", "deliver_at_ms", "status", "replicas")
 )
 
 

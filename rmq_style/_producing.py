@@ -14,10 +14,11 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 from typing import Any, cast
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Flow, ScriptCall, run_script, single
+from ._calls import Call, Command, Flow, ScriptCall, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
@@ -27,6 +28,7 @@ from ._message import (
     Message,
     MessageQueue,
     SendResult,
+    SendStatus,
     pack_fields,
     wire,
 )
@@ -36,6 +38,8 @@ from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
 
 __all__ = ["ProducerSettings", "ShardingKey"]
+
+log = structlog.get_logger("rmq_style.producer")
 
 ShardingKey = str | bytes | int | Callable[[Message], str | bytes | int]
 _MAX_PER_CALL = 256  # messages per script call (bounds ARGV size)
@@ -54,6 +58,16 @@ class ProducerSettings(BaseModel):
     auto_create_topics: bool = False
     default_queue_count: int = Field(DEFAULT_QUEUE_COUNT, ge=1)
     route_ttl_s: float = Field(30.0, ge=0, description="how long a topic's queue count is cached")
+    min_replicas: int = Field(
+        0, ge=0, description="replicas that must acknowledge each send before it returns (WAIT); 0: none"
+    )
+    replica_timeout_ms: int = Field(
+        1000, gt=0, description="how long a send waits for min_replicas; then FLUSH_SLAVE_TIMEOUT"
+    )
+    replica_fsync: bool = Field(
+        False,
+        description="with min_replicas: wait until the replicas fsynced their AOF (WAITAOF, Redis 7.2+)",
+    )
 
 
 @dataclass(slots=True)
@@ -76,7 +90,7 @@ _Bucket = tuple[str, int, Sequence[int]]
 class ProducerCore:
     """Producer state and logic shared by Producer and AsyncProducer."""
 
-    def __init__(self, settings: ProducerSettings) -> None:
+    def __init__(self, settings: ProducerSettings, *, server_replicates: bool = True) -> None:
         self.settings = settings
         self.keys = Keys(settings.namespace)
         self._routes: dict[str, tuple[TopicRoute, float]] = {}
@@ -86,6 +100,13 @@ class ProducerCore:
         self._queues: dict[tuple[str, int], tuple[tuple[str, str, str], MessageQueue]] = {}
         # per topic: the route these were made for, the trim arguments and their wire form
         self._trims: dict[str, tuple[TopicRoute, tuple[str, int], bytes]] = {}
+        # replicated sends: WAIT in the same round trip (and on the same connection) as the writes
+        self._wait: Command | None = None
+        self._unwaited: tuple[SendStatus, int | None] = (SendStatus.SEND_OK, None)
+        if settings.min_replicas and server_replicates:
+            self._wait = _wait_command(settings, aof=settings.replica_fsync)
+        elif settings.min_replicas:  # memory:// has no replicas: said at once, as WAIT would say later
+            self._unwaited = (SendStatus.FLUSH_SLAVE_TIMEOUT, 0)
 
     def plan(
         self,
@@ -177,11 +198,21 @@ class ProducerCore:
             queue = self._queue_for(topic, route.queue_count, key, plan.queue_id)
             keys, mq = self._where(topic, queue)
             if due is None:
-                (outcome,) = yield [self._send_call(route, keys, entries, wires)]
-                reply = self._reply(topic, outcome)  # [first queue offset, entry id]
-                return [SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]))]
-            (outcome,) = yield [self._schedule_call(route, queue, due, entries)]
-            return [SendResult(entries[0][0], mq, None, None, int(self._reply(topic, outcome)))]
+                call = self._send_call(route, keys, entries, wires)
+            else:
+                call = self._schedule_call(route, queue, due, entries)
+            if self._wait is None:
+                (outcome,) = yield [call]
+                status, replicas = self._unwaited
+            else:
+                outcome, acked = yield [call, self._wait]
+                status, replicas = yield from self._replicated(acked)
+            reply = self._reply(topic, outcome)
+            if due is None:  # [first queue offset, entry id]
+                return [
+                    SendResult(entries[0][0], mq, reply[1].decode(), int(reply[0]), None, status, replicas)
+                ]
+            return [SendResult(entries[0][0], mq, None, None, int(reply), status, replicas)]
 
         one_topic = topics.count(topics[0]) == len(topics)
         wanted = topics[:1] if one_topic else topics
@@ -205,7 +236,12 @@ class ProducerCore:
                 else:
                     calls.append(self._schedule_call(route, queue, due, rows))
                 owners.append((topic, mq, chunk))
-        replies = yield calls
+        status, replicas = self._unwaited
+        if self._wait is None:
+            replies = yield calls
+        else:
+            *replies, acked = yield [*calls, self._wait]
+            status, replicas = yield from self._replicated(acked)
 
         results: list[SendResult] = [None] * len(entries)  # type: ignore[list-item]
         for (topic, mq, chunk), outcome in zip(owners, replies, strict=True):
@@ -213,13 +249,30 @@ class ProducerCore:
             if due is None:  # [first queue offset, entry id 1, ..., entry id n]
                 queue_offset = int(reply[0])
                 for i, entry_id in zip(chunk, islice(reply, 1, None), strict=True):
-                    results[i] = SendResult(entries[i][0], mq, entry_id.decode(), queue_offset)
+                    results[i] = SendResult(
+                        entries[i][0], mq, entry_id.decode(), queue_offset, None, status, replicas
+                    )
                     queue_offset += 1
             else:
                 deliver_at_ms = int(reply)
                 for i in chunk:
-                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms)
+                    results[i] = SendResult(entries[i][0], mq, None, None, deliver_at_ms, status, replicas)
         return results
+
+    def _replicated(self, acked: Any) -> Flow[tuple[SendStatus, int]]:
+        """The status of a replicated send from WAIT's (or WAITAOF's) reply: how many replicas have it.
+
+        A server without WAITAOF (before 7.2) refuses it: the producer says so once and waits with
+        WAIT from then on (this send too), which promises the replicas' memory, not their disk.
+        """
+        if isinstance(acked, ResponseError) and _unknown_waitaof(acked):
+            log.warning("producer.waitaof_unavailable", fallback="WAIT", error=str(acked))
+            self._wait = _wait_command(self.settings, aof=False)
+            (acked,) = yield [self._wait]
+        reply = single(acked)
+        replicas = int(reply[1]) if isinstance(reply, list) else int(reply)  # WAITAOF: [local, replicas]
+        ok = replicas >= self.settings.min_replicas
+        return (SendStatus.SEND_OK if ok else SendStatus.FLUSH_SLAVE_TIMEOUT), replicas
 
     def _reply(self, topic: str, outcome: Any) -> Any:
         if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
@@ -290,6 +343,17 @@ class ProducerCore:
         for row in rows:
             flat += [row[0], pack_fields(row[1:])]
         return run_script("schedule", (qk.delay, qk.delayed, qk.seq), flat)
+
+
+def _wait_command(settings: ProducerSettings, *, aof: bool) -> Command:
+    """WAIT numreplicas timeout, or WAITAOF 0 numreplicas timeout (replicas fsynced their AOF)."""
+    n, timeout = settings.min_replicas, settings.replica_timeout_ms
+    return Command(("WAITAOF", 0, n, timeout) if aof else ("WAIT", n, timeout))
+
+
+def _unknown_waitaof(error: ResponseError) -> bool:
+    text = str(error).lower()
+    return "unknown command" in text and "waitaof" in text
 
 
 def _send_script() -> Script:

@@ -128,7 +128,8 @@ class RedisServer:
 
     With ``appendonly=True`` the data survives a kill (AOF, fsync always);
     with ``replica_of=port`` it replicates the server on that loopback port
-    (over TLS when ``tls=True``: give the master's TLS port, and a shared ``tls_dir``).
+    (over TLS when ``tls=True``: give the master's TLS port, and a shared ``tls_dir``);
+    *extra_args* are more redis-server options (``("--min-replicas-to-write", "1")``).
     """
 
     def __init__(
@@ -142,8 +143,10 @@ class RedisServer:
         tls_dir: Path | None = None,
         replica_of: int | None = None,
         cluster: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         self.port = port or free_port()
+        self.extra_args = extra_args
         self.cluster_port = free_port() if cluster else None  # the bus (port + 10000 may be over 65535)
         self.appendonly = appendonly
         self.replica_of = replica_of
@@ -206,6 +209,7 @@ class RedisServer:
         if self.replica_of:
             args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
             args += ["--tls-replication", "yes"] if self.tls_port else []
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_for_pong(self.process, self.port, timeout)
         return self
@@ -240,12 +244,14 @@ class RedisServer:
 
 
 class SentinelGroup:
-    """A master, one replica and one sentinel watching them: processes of our own on free loopback ports.
+    """A master, one replica and *sentinels* sentinels watching them: processes of our own on free ports.
 
-    The sentinel declares the master down after *down_after_ms* and promotes
-    the replica (quorum 1). Everything is stopped on exit, even after a failure.
-    With ``tls=True`` the sentinel and the nodes talk TLS to each other and
-    ``url`` is a rediss+sentinel:// URL (the plain ports stay open for checks).
+    The sentinels declare the master down after *down_after_ms* and promote
+    the replica (quorum: a majority of them). Everything is stopped on exit,
+    even after a failure. With ``tls=True`` the sentinels and the nodes talk
+    TLS to each other and ``url`` is a rediss+sentinel:// URL (the plain ports
+    stay open for checks). *master_options* are extra redis-server options of
+    both nodes (e.g. ``["--min-replicas-to-write", "1"]``).
 
     >>> with SentinelGroup() as group:   # doctest: +SKIP
     ...     group.url
@@ -259,32 +265,47 @@ class SentinelGroup:
         down_after_ms: int = 300,
         failover_timeout_ms: int = 2000,
         tls: bool = False,
+        sentinels: int = 1,
+        replicas: int = 1,
+        node_options: tuple[str, ...] = (),
     ) -> None:
         self.master_name = master_name
         self.dir = Path(tempfile.mkdtemp(prefix="rmq-sentinel-"))
-        self.master = RedisServer(tls=tls, tls_dir=self.dir)
-        self.replica = RedisServer(replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir)
-        self.sentinel_port = free_port()
-        self.sentinel_tls_port = free_port() if tls else None
+        self.master = RedisServer(tls=tls, tls_dir=self.dir, extra_args=node_options)
+        # one replica-priority for all: the sentinels promote the replica with the most data
+        self.replicas = [
+            RedisServer(
+                replica_of=_watched_port(self.master), tls=tls, tls_dir=self.dir, extra_args=node_options
+            )
+            for _ in range(replicas)
+        ]
+        self.replica = self.replicas[0]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_port = self.sentinel_ports[0]
+        self.sentinel_tls_ports = [free_port() for _ in range(sentinels)] if tls else []
+        self.sentinel_tls_port = self.sentinel_tls_ports[0] if tls else None
+        self._quorum = sentinels // 2 + 1
         self._timings = [
             f"sentinel down-after-milliseconds {master_name} {down_after_ms}",
             f"sentinel failover-timeout {master_name} {failover_timeout_ms}",
         ]
-        self.sentinel: subprocess.Popen[bytes] | None = None
+        self.sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
-        """The clients' URL; with ``tls=True`` over TLS, trusting the self-signed certificate."""
-        if self.sentinel_tls_port is None:
-            return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.master_name}/0"
-        where = f"127.0.0.1:{self.sentinel_tls_port}/{self.master_name}/0"
-        return f"rediss+sentinel://{where}?ssl_ca_certs={self.dir / 'cert.pem'}"
+        """The clients' URL naming every sentinel; with ``tls=True`` over TLS (self-signed certificate)."""
+        if not self.sentinel_tls_ports:
+            hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+            return f"redis+sentinel://{hosts}/{self.master_name}/0"
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_tls_ports)
+        return f"rediss+sentinel://{hosts}/{self.master_name}/0?ssl_ca_certs={self.dir / 'cert.pem'}"
 
     def start(self, timeout: float = 10.0) -> SentinelGroup:
         try:
             self.master.start(timeout)
-            self.replica.start(timeout)
-            _wait_until(self._replica_in_sync, timeout, "replica linked to its master")
+            for replica in self.replicas:
+                replica.start(timeout)
+            _wait_until(self._replica_in_sync, timeout, "replicas linked to their master")
             self._start_sentinel(timeout)
         except BaseException:
             self.stop()
@@ -295,38 +316,58 @@ class SentinelGroup:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        # sentinel rewrites its conf, so it lives in our writable dir; written afresh at each start
-        conf = self.dir / "sentinel.conf"
-        lines = [
-            *(f"port {self.sentinel_port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.dir}"),
-            f"logfile {self.dir / 'sentinel.log'}",
-            *self._tls_conf(),
-            f"sentinel monitor {self.master_name} 127.0.0.1 {_watched_port(self.master)} 1",
-            *self._timings,
-        ]
-        conf.write_text("\n".join(lines) + "\n")
-        self.sentinel = subprocess.Popen(
-            [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        _wait_for_pong(self.sentinel, self.sentinel_port, timeout)
+        for i, port in enumerate(self.sentinel_ports):
+            # sentinel rewrites its conf, so it lives in our writable dir; written afresh at each start
+            conf = self.dir / f"sentinel-{i}.conf"
+            lines = [
+                *(f"port {port}", "bind 127.0.0.1", "protected-mode no", f"dir {self.dir}"),
+                f"logfile {self.dir / f'sentinel-{i}.log'}",
+                *self._tls_conf(i),
+                f"sentinel monitor {self.master_name} 127.0.0.1 {_watched_port(self.master)} {self._quorum}",
+                *self._timings,
+            ]
+            conf.write_text("\n".join(lines) + "\n")
+            self.sentinels.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for process, port in zip(self.sentinels, self.sentinel_ports, strict=True):
+            _wait_for_pong(process, port, timeout)
         _wait_until(
-            lambda: self._sentinel_sees(replica=True), timeout, "sentinel watching master and replica"
+            lambda: all(self._sentinel_sees(replica=True, port=p) for p in self.sentinel_ports),
+            timeout,
+            "sentinels watching master and replica",
         )
+        if len(self.sentinel_ports) > 1:  # a failover needs a majority that knows each other
+            _wait_until(self._sentinels_met, timeout, "sentinels aware of each other")
 
-    def _tls_conf(self) -> list[str]:
-        if self.sentinel_tls_port is None:
+    def _sentinels_met(self) -> bool:
+        others = len(self.sentinel_ports) - 1
+        for port in self.sentinel_ports:
+            with self._client(port) as sentinel:
+                if int(sentinel.sentinel_master(self.master_name)["num-other-sentinels"]) < others:
+                    return False
+        return True
+
+    def _tls_conf(self, i: int) -> list[str]:
+        if not self.sentinel_tls_ports:
             return []
-        args = ["--tls-port", str(self.sentinel_tls_port), *_tls_args(self.dir), "--tls-replication", "yes"]
+        tls_port = str(self.sentinel_tls_ports[i])
+        args = ["--tls-port", tls_port, *_tls_args(self.dir), "--tls-replication", "yes"]
         return [f"{name[2:]} {value}" for name, value in zip(args[::2], args[1::2], strict=True)]
 
     def _stop_sentinel(self) -> None:
-        if self.sentinel is not None and self.sentinel.poll() is None:
-            self.sentinel.terminate()
+        for sentinel in self.sentinels:
+            if sentinel.poll() is None:
+                sentinel.terminate()
+        for sentinel in self.sentinels:
             try:
-                self.sentinel.wait(timeout=10)
+                sentinel.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.sentinel.kill()
-                self.sentinel.wait()
+                sentinel.kill()
+                sentinel.wait()
+        self.sentinels = []
 
     def _client(self, port: int) -> redis.Redis:
         return redis.Redis(port=port, protocol=2, socket_timeout=2, decode_responses=True)
@@ -336,11 +377,15 @@ class SentinelGroup:
             return client.execute_command(*command)
 
     def _replica_in_sync(self) -> bool:
-        return bool(self._ask(self.replica.port, "INFO", "replication")["master_link_status"] == "up")
+        return all(
+            self._ask(r.port, "INFO", "replication")["master_link_status"] == "up"
+            for r in self.replicas
+            if r is not self.master
+        )
 
-    def _sentinel_sees(self, *, replica: bool) -> bool:
-        """The sentinel has the master up and linked (so clients can find it), and a live replica."""
-        with self._client(self.sentinel_port) as sentinel:
+    def _sentinel_sees(self, *, replica: bool, port: int | None = None) -> bool:
+        """A sentinel has the master up and linked (so clients can find it), and a live replica."""
+        with self._client(port or self.sentinel_port) as sentinel:
             master = sentinel.sentinel_master(self.master_name)
             replicas = sentinel.sentinel_slaves(self.master_name) if replica else []
         return _linked_up(master) and (not replica or any(_linked_up(r) for r in replicas))
@@ -351,21 +396,39 @@ class SentinelGroup:
         return int(port)
 
     def wait_for_failover(self, timeout: float = 10.0) -> int:
-        """Wait until the sentinel names the promoted replica, it acts as master, and the sentinel
+        """Wait until the sentinel names a promoted replica, it acts as master, and the sentinel
         sees it up; its port.
 
         The sentinel relinks to the new master at most once a second: with a
         short down-after, it may call it down (and hide it from clients) for a
         moment after the switch; this waits that out.
         """
+        ports = {_watched_port(r): r for r in self.replicas}
 
         def promoted() -> bool:
-            role = self._ask(self.replica.port, "ROLE")[0]
-            named = self.master_port() == _watched_port(self.replica)
-            return named and role == "master" and self._sentinel_sees(replica=False)
+            named = ports.get(self.master_port())
+            return (
+                named is not None
+                and self._ask(named.port, "ROLE")[0] == "master"
+                and self._sentinel_sees(replica=False)
+            )
 
-        _wait_until(promoted, timeout, f"failover of {self.master_name} to {self.replica}")
-        return _watched_port(self.replica)
+        _wait_until(promoted, timeout, f"failover of {self.master_name} to one of {self.replicas}")
+        return self.master_port()
+
+    def planned_failover(self, timeout: float = 10.0) -> None:
+        """``SENTINEL FAILOVER`` (an operator's planned switch); returns once the sentinel names the replica.
+
+        The old master is still up, and still a writable master, until the
+        sentinels turn it into a replica (about 10 s later; ``role`` tells).
+        """
+        old = _watched_port(self.master)
+        self._ask(self.sentinel_port, "SENTINEL", "FAILOVER", self.master_name)
+        _wait_until(lambda: self.master_port() != old, timeout, "sentinel naming a promoted replica")
+
+    def role(self, server: RedisServer) -> str:
+        """``master`` or ``slave``: what *server* says it is now."""
+        return str(self._ask(server.port, "ROLE")[0])
 
     def wait_replicated(self, timeout_ms: int = 2000) -> None:
         """WAIT on the master until the replica acknowledged every write so far (replication is async).
@@ -387,15 +450,19 @@ class SentinelGroup:
         """
         self.wait_replicated()  # an orderly switchover: the replica has every write first
         self._stop_sentinel()
+        if len(self.replicas) > 1:
+            raise NotImplementedError("switch_over_unseen swaps a master and its only replica")
         self._ask(self.replica.port, "REPLICAOF", "NO", "ONE")
         self._ask(self.master.port, "REPLICAOF", "127.0.0.1", _watched_port(self.replica))
         self.master, self.replica = self.replica, self.master
+        self.replicas = [self.replica]
         _wait_until(self._replica_in_sync, timeout, "old master linked to the new one")
         self._start_sentinel(timeout)  # a fresh conf: it knows only the new master
 
     def stop(self) -> None:
         self._stop_sentinel()
-        self.replica.stop()
+        for replica in self.replicas:
+            replica.stop()
         self.master.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -411,6 +478,10 @@ class SentinelGroup:
 class ClusterGroup:
     """A Redis Cluster of our own: *nodes* masters on free loopback ports, the slots split evenly.
 
+    With ``replicas=1`` each master has a replica, and a master that dies is
+    replaced by it after *node_timeout_ms* (``kill_master``), or hands over
+    on request (``manual_failover``: ``CLUSTER FAILOVER`` on its replica).
+
     >>> with ClusterGroup() as cluster:   # doctest: +SKIP
     ...     cluster.url
     'redis+cluster://127.0.0.1:40123,127.0.0.1:40125,127.0.0.1:40127'
@@ -418,8 +489,18 @@ class ClusterGroup:
 
     SLOTS = 16384
 
-    def __init__(self, nodes: int = 3, *, appendonly: bool = False) -> None:
-        self.nodes = [RedisServer(cluster=True, appendonly=appendonly) for _ in range(nodes)]
+    def __init__(
+        self, nodes: int = 3, *, appendonly: bool = False, replicas: int = 0, node_timeout_ms: int = 1000
+    ) -> None:
+        timing = ("--cluster-node-timeout", str(node_timeout_ms)) if replicas else ()
+        self.nodes = [
+            RedisServer(cluster=True, appendonly=appendonly, extra_args=timing) for _ in range(nodes)
+        ]
+        self.replicas = [
+            RedisServer(cluster=True, appendonly=appendonly, extra_args=timing)
+            for _ in range(nodes * replicas)
+        ]
+        self._down: set[int] = set()  # ports of nodes killed and not restarted
 
     def restart(self, node: RedisServer, timeout: float = 10.0) -> None:
         """kill -9 *node* and start it again (it keeps its id and slots); back once the cluster is ok."""
@@ -432,38 +513,111 @@ class ClusterGroup:
 
     def start(self, timeout: float = 10.0) -> ClusterGroup:
         try:
-            for node in self.nodes:
+            for node in self.nodes + self.replicas:
                 node.start(timeout)
             share = self.SLOTS // len(self.nodes)
             for i, node in enumerate(self.nodes):
                 last = self.SLOTS - 1 if i == len(self.nodes) - 1 else (i + 1) * share - 1
                 self._ask(node, "CLUSTER", "ADDSLOTSRANGE", i * share, last)
-            for node in self.nodes[1:]:
+            for node in self.nodes[1:] + self.replicas:
                 self._ask(self.nodes[0], "CLUSTER", "MEET", "127.0.0.1", node.port, node.cluster_port)
             _wait_until(self._ready, timeout, "every node of the cluster sees every slot served")
+            for i, replica in enumerate(self.replicas):
+                self._replicate(replica, self._node_id(self.nodes[i % len(self.nodes)]), timeout)
+            _wait_until(self._replicas_in_sync, timeout, "every replica in sync with its master")
         except BaseException:
             self.stop()
             raise
         return self
 
+    def _replicate(self, replica: RedisServer, master_id: str, timeout: float) -> None:
+        # refused (unknown node) until the gossip reached the replica: the deadline bounds the tries
+        _wait_until(
+            lambda: bool(self._ask(replica, "CLUSTER", "REPLICATE", master_id)), timeout, "replicating"
+        )
+
+    def _node_id(self, node: RedisServer) -> str:
+        return str(self._ask(node, "CLUSTER", "MYID").decode())
+
     def _ask(self, node: RedisServer, *command: Any) -> Any:
         with redis.Redis(port=node.port, protocol=2) as client:
             return client.execute_command(*command)
 
-    def _ready(self) -> bool:
-        for node in self.nodes:
-            info = self._ask(node, "CLUSTER", "INFO")
-            text = info.decode() if isinstance(info, bytes) else str(info)
-            if "cluster_state:ok" not in text or f"cluster_known_nodes:{len(self.nodes)}" not in text:
+    def _role(self, node: RedisServer) -> str:
+        return str(self._ask(node, "ROLE")[0].decode())
+
+    def _replicas_in_sync(self) -> bool:
+        """Each replica linked to its master, and every node knows them as replicas (gossip settled)."""
+        for node in self.replicas + self.nodes:
+            if node.port not in self._down:
+                nodes = self._ask(node, "CLUSTER", "NODES").decode()
+                if nodes.count("slave") != len(self.replicas) - len(self._down):
+                    return False
+        for node in self.replicas + self.nodes:
+            if node.port in self._down or self._role(node) == "master":
+                continue
+            if self._ask(node, "INFO", "replication").get("master_link_status") != "up":
                 return False
         return True
+
+    def _ready(self) -> bool:
+        known = len(self.nodes) + len(self.replicas)
+        for node in self.nodes + self.replicas:
+            if node.port in self._down:
+                continue
+            info = self._ask(node, "CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            if "cluster_state:ok" not in text or f"cluster_known_nodes:{known}" not in text:
+                return False
+        return True
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        """The replica that replicates *master* now."""
+        for node in self.nodes + self.replicas:
+            live = node is not master and node.port not in self._down
+            if live and self._ask(node, "INFO", "replication").get("master_port") == master.port:
+                return node
+        raise AssertionError(f"{master} has no replica")
+
+    def kill_master(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """kill -9 *master*; returns its replica once promoted and the cluster is ok again."""
+        replica = self.replica_of(master)
+        master.kill()
+        self._down.add(master.port)
+        _wait_until(lambda: self._role(replica) == "master", timeout, f"{replica} promoted")
+        _wait_until(self._ready_without_dead, timeout, "the cluster ok without the dead master")
+        return replica
+
+    def _ready_without_dead(self) -> bool:
+        for node in self.nodes + self.replicas:
+            if node.port in self._down:
+                continue
+            info = self._ask(node, "CLUSTER", "INFO")
+            if "cluster_state:ok" not in (info.decode() if isinstance(info, bytes) else str(info)):
+                return False
+        return True
+
+    def manual_failover(self, master: RedisServer, timeout: float = 20.0) -> RedisServer:
+        """``CLUSTER FAILOVER`` on *master*'s replica (coordinated: no write lost); returns the replica."""
+        replica = self.replica_of(master)
+        _wait_until(self._replicas_in_sync, timeout, "replicas in sync before the handover")
+        deadline = time.monotonic() + timeout
+        while self._role(replica) != "master":
+            # an attempt the other masters did not vote for in time (5 s) is simply asked again
+            self._ask(replica, "CLUSTER", "FAILOVER")
+            with contextlib.suppress(AssertionError):
+                _wait_until(lambda: self._role(replica) == "master", 6, "")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{replica} did not take over from {master} in {timeout} s")
+        _wait_until(self._ready_without_dead, timeout, "the cluster ok after the handover")
+        return replica
 
     def flush(self) -> None:
         for node in self.nodes:
             self._ask(node, "FLUSHALL")
 
     def stop(self) -> None:
-        for node in self.nodes:
+        for node in self.nodes + self.replicas:
             node.stop()
 
     def __enter__(self) -> ClusterGroup:

@@ -20,7 +20,7 @@ RULES: list[tuple[str, str]] = [
     (r"asyncio\.run\((.*)\)$", r"\1"),
     (r"^(\s*(?:>>>|\.\.\.)?\s*)import asyncio$", r"\1import time"),
     (r"\bimport redis\.asyncio as redis_asyncio\b", "import redis as redis_asyncio"),
-    (r"\bredis\.asyncio\.(retry|sentinel|cluster)\b", r"redis.\1"),
+    (r"\bredis\.asyncio\.(retry|sentinel|cluster|connection)\b", r"redis.\1"),
     (r"\basyncio\.sleep\b", "time.sleep"),
     (r"\bFakeAsyncRedis\b", "FakeRedis"),
     (r"\basync def\b", "def"),

@@ -7,6 +7,7 @@ import time
 import os
 import select
 import threading
+import traceback
 from collections.abc import Callable, Sequence
 from time import monotonic
 from types import TracebackType
@@ -15,15 +16,13 @@ from typing import Any, Self, TypeVar, cast
 import redis as redis_asyncio
 from hiredis import pack_command
 from redis.cluster import ClusterNode, RedisCluster
-from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import NoBackoff
+from redis.sentinel import SentinelConnectionPool
 from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
-from .._connection import ClusterTarget, SentinelTarget, memory_server, parse_url
+from .._connection import ClusterTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 
 __all__ = [
@@ -31,7 +30,6 @@ __all__ = [
     "Client",
     "ClientHolder",
     "LaneClient",
-    "MasterPool",
     "drive",
     "drive_with_retries",
     "execute",
@@ -58,7 +56,9 @@ def open_client(url: str) -> Client:
         server = memory_server(spec.memory_name)
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
     if spec.sentinel is not None:
-        return _master_client(spec.sentinel, spec.client_options)
+        from ._master import master_client  # noqa: PLC0415 - _master builds on LaneClient
+
+        return master_client(spec.sentinel, spec.client_options)
     if spec.cluster is not None:
         return _cluster_client(spec.cluster, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)
@@ -75,7 +75,16 @@ class ClusterClient(RedisCluster):
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         if getattr(self, "_initialize", False):  # the sync client reads the table when it is made
             cast(Any, self).initialize()
-        return cast(Any, super()).execute_command(*args, **kwargs)
+        try:
+            return cast(Any, super()).execute_command(*args, **kwargs)
+        except ResponseError as exc:
+            if _is_unblocked(exc):
+                raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
+            raise
+        except AttributeError as exc:
+            if _closed_under_us(exc):
+                raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+            raise
 
 
 def _cluster_client(target: ClusterTarget, options: dict[str, Any]) -> Client:
@@ -89,35 +98,21 @@ def is_cluster(client: Client) -> bool:
     return isinstance(client, RedisCluster)
 
 
-def _master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:
-    """A client of the master the sentinels name: each of its connections asks them when it connects.
-
-    So a connection that broke with the old master (or was refused by it with
-    READONLY: redis-py's sentinel connection disconnects and raises a
-    ConnectionError) reconnects to the promoted replica.
-    """
-    # one try per sentinel (redis-py's default is 3, with backoff): discovery moves on to the
-    # next sentinel at once, and our callers retry with their own policy
-    asking = {**target.sentinel_options(), "retry": Retry(NoBackoff(), 0)}
-    sentinels = cast(Any, Sentinel)(list(target.sentinels), sentinel_kwargs=asking)
-    client = sentinels.master_for(
-        target.master_name,
-        redis_class=LaneClient,
-        connection_pool_class=MasterPool,
-        **options,
-        **target.master_options(),
-    )
-    return cast(LaneClient, client)
+def _closed_under_us(exc: AttributeError) -> bool:
+    """redis-py's asyncio cluster client closes a node's connections when it drops the node from its
+    slot table (a failover), also one another task is writing on: that task fails with AttributeError
+    ("'NoneType' object has no attribute 'writelines'"). A connection error for that call; any other
+    AttributeError is ours and goes on as it is."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    in_redis = bool(frames) and f"{os.sep}redis{os.sep}" in frames[-1].filename
+    return in_redis and str(exc).startswith("'NoneType' object has no attribute")
 
 
-class MasterPool(SentinelConnectionPool):
-    """The pool of a Sentinel-managed master; it owns the clients of the sentinels and closes them too."""
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.sentinel_manager.close()
+def _is_unblocked(exc: ResponseError) -> bool:
+    """UNBLOCKED: a blocking read on a master that turned replica (a failover). Not the call's outcome:
+    the server is away for this call, as after a connection error (read again: MOVED or the sentinels
+    lead to the new master)."""
+    return str(exc).startswith("UNBLOCKED")
 
 
 class LaneClient(redis_asyncio.Redis):
@@ -134,6 +129,14 @@ class LaneClient(redis_asyncio.Redis):
         self.lane_pid = 0
         self.lane_used = 0.0  # monotonic time of the lane's last round trip
         self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        try:
+            return cast(Any, super()).execute_command(*args, **options)
+        except ResponseError as exc:
+            if _is_unblocked(exc):
+                raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
+            raise
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -162,11 +165,17 @@ def execute(client: Client, calls: Sequence[Call]) -> list[Any]:
             raise reply  # a cluster node away: as a whole pipeline fails on one server
     refused = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
     if refused:
+        # a WAIT after them counted replicas before they wrote anything: it runs again after them
+        refused = sorted({*refused, *(i for i in range(refused[0] + 1, len(calls)) if _is_wait(calls[i]))})
         _load_scripts(client, [calls[i] for i in refused])
         again = _round_trip(client, [calls[i] for i in refused])
         for i, reply in zip(refused, again, strict=True):
             replies[i] = reply
     return replies
+
+
+def _is_wait(call: Call) -> bool:
+    return type(call) is Command and call.args[0] in ("WAIT", "WAITAOF")
 
 
 def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
@@ -182,11 +191,16 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
     pipe = client.pipeline(transaction=False)
     for call in calls:
         cast(Any, pipe).execute_command(*_args(call))
-    return list(pipe.execute(raise_on_error=False))
+    try:
+        return list(pipe.execute(raise_on_error=False))
+    except AttributeError as exc:
+        if _closed_under_us(exc):
+            raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+        raise
 
 
 # commands whose replies redis-py hands back as read (no response callback): they may go packed
-_PLAIN_COMMANDS = frozenset({"XACK", "XDEL"})
+_PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT", "WAITAOF"})
 
 
 def _pack_scripts(calls: Sequence[Call]) -> bytes | None:

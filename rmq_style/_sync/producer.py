@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+from .._errors import UsageError
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from ._io import Client, ClientHolder, drive_with_retries
+from ._io import Client, ClientHolder, drive_with_retries, is_cluster
 
 __all__ = ["Producer"]
 
@@ -34,7 +35,13 @@ class Producer(ClientHolder):
     ) -> None:
         self.settings = settings or ProducerSettings(**options)
         super().__init__(url)
-        self._core = ProducerCore(self.settings)
+        if self.settings.min_replicas and is_cluster(self._client):
+            raise UsageError(
+                "min_replicas is not supported on redis+cluster:// (WAIT must reach each queue's node): "
+                "leave it at 0, and see docs/connections.md for what a cluster failover may lose"
+            )
+        in_process = type(self._client).__module__.startswith("fakeredis")  # memory://: no replicas
+        self._core = ProducerCore(self.settings, server_replicates=not in_process)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.settings.namespace!r} codec={self.settings.codec}>"
