@@ -29,17 +29,9 @@
 --@include half
 
 local msg_id, source = ARGV[1], ARGV[2]
-local packed = redis.call('HGET', KEYS[1], msg_id)
-local from_dead = false
-if not packed then
-  packed = redis.call('HGET', KEYS[3], msg_id)
-  if not packed then
-    return redis.error_reply('TXNONE no such half message')
-  end
-  if source ~= 'admin' then
-    return redis.error_reply('TXDISCARDED discarded after its last check')
-  end
-  from_dead = true
+local packed, from_dead, refused = rmq_half_find(KEYS[1], KEYS[3], msg_id, source)
+if refused then
+  return refused
 end
 local rec = rmq_unpack(packed)
 if rec[1] == 'c' then

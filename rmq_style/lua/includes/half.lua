@@ -11,6 +11,23 @@ local function rmq_pack(values)
   return table.concat(parts)
 end
 
+-- The record of msg_id for a commit or rollback: from the half store, or (operators only)
+-- from the discarded list. Returns packed, from_dead; or nil, nil, an error reply.
+local function rmq_half_find(half, dead, msg_id, source)
+  local packed = redis.call('HGET', half, msg_id)
+  if packed then
+    return packed, false
+  end
+  packed = redis.call('HGET', dead, msg_id)
+  if not packed then
+    return nil, nil, redis.error_reply('TXNONE no such half message')
+  end
+  if source ~= 'admin' then
+    return nil, nil, redis.error_reply('TXDISCARDED discarded after its last check')
+  end
+  return packed, true
+end
+
 -- Whether a check took a pending record over from its producer: a check began (not one
 -- of the producer's own instance, which defers while the local transaction runs).
 local function rmq_half_checked(rec, member)
