@@ -12,9 +12,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 from redis.cluster import RedisCluster
+from redis.crc import key_slot
 from structlog.testing import capture_logs
 
-from rmq_style import Admin, AsyncProducer, Message, Producer, SendStatus
+from rmq_style import Admin, AsyncProducer, BrokerUnavailableError, Message, Producer, SendResult, SendStatus
 from rmq_style._names import Keys
 from rmq_style.testing import ClusterGroup, RedisServer, redis_server_available
 
@@ -118,24 +119,87 @@ def test_replica_fsync_falls_back_to_wait_on_the_same_node_connection(group: Clu
     assert sum(a[1] - b[1] for a, b in zip(after.values(), before.values(), strict=True)) == QUEUES + 2
 
 
+@pytest.mark.parametrize("front", ["sync", "async"])
 def test_a_replicated_send_after_a_failover_follows_moved_and_waits_on_the_new_master(
-    group: ClusterGroup,
+    group: ClusterGroup, front: str
 ) -> None:
     """The producer's slot table still names the old master: its script is refused with MOVED (nothing
     written), and the script and its WAIT go again to the new master, once."""
-    with Producer(group.url, **REPLICATED) as producer:
-        assert producer.send(Message(TOPIC, {"n": 0}), queue_id=0).status is SendStatus.SEND_OK
-        old = master_of(group, 0)
+    old = master_of(group, 0)
+    new: RedisServer | None = None
+
+    def failover() -> int:
+        nonlocal new
         new = group.manual_failover(old)
-        before = length(new, 0)
         with redis.Redis(port=old.port, protocol=2) as client:
             client.config_resetstat()
-        result = producer.send(Message(TOPIC, {"n": 1}), queue_id=0)
+        return length(new, 0)
+
+    if front == "sync":
+        with Producer(group.url, **REPLICATED) as producer:
+            assert producer.send(Message(TOPIC, {"n": 0}), queue_id=0).status is SendStatus.SEND_OK
+            before = failover()
+            result = producer.send(Message(TOPIC, {"n": 1}), queue_id=0)
+    else:
+
+        async def main() -> tuple[int, SendResult]:
+            async with AsyncProducer(group.url, **REPLICATED) as producer:
+                first = await producer.send(Message(TOPIC, {"n": 0}), queue_id=0)
+                assert first.status is SendStatus.SEND_OK
+                before = await asyncio.to_thread(failover)
+                return before, await producer.send(Message(TOPIC, {"n": 1}), queue_id=0)
+
+        before, result = asyncio.run(main())
+    assert new is not None
     assert (result.status, result.replicas) == (SendStatus.SEND_OK, 1)
     assert length(new, 0) == before + 1  # written once
     assert length(old, 0) == before + 1  # the old master, now its replica, has it
     with redis.Redis(port=old.port, protocol=2, decode_responses=True) as client:
         assert int(client.info("errorstats")["errorstat_MOVED"]["count"]) >= 1
+
+
+def test_a_replicated_send_to_a_slot_being_migrated_asks_then_follows_the_move(
+    group: ClusterGroup,
+) -> None:
+    """Queue 0's keys moved to another master, its slot still migrating: the old owner answers ASK, the
+    importing node (asked with ASKING) TRYAGAIN, as its script's keys are not all there yet: nothing
+    written, the send fails as Redis unavailable. Once the slot is the new node's, the next send
+    follows MOVED there and waits on it."""
+    source = master_of(group, 0)
+    target = next(m for q in range(QUEUES) if (m := master_of(group, q)).port != source.port)
+    slot = key_slot(stream(0).encode())
+    ids = {n.port: group._node_id(n) for n in (source, target)}
+    with Producer(group.url, **REPLICATED) as producer, Producer(group.url, retries=0, **REPLICATED) as once:
+        assert producer.send(Message(TOPIC, {"n": 0}), queue_id=0).status is SendStatus.SEND_OK
+        assert once.send(Message(TOPIC, {"n": 1}), queue_id=0).status is SendStatus.SEND_OK
+        before = length(source, 0)
+        with redis.Redis(port=source.port, protocol=2) as src:
+            try:
+                group._ask(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+                src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
+                keys = src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+                for node in (source, target):
+                    group._ask(node, "CONFIG", "RESETSTAT")
+                with pytest.raises(BrokerUnavailableError, match="rehashing of slot"):
+                    once.send(Message(TOPIC, {"n": 2}), queue_id=0)
+                errors = [_errors(node) for node in (source, target)]
+            finally:  # the migration ends: the slot is the target's
+                for node in group.nodes + group.replicas:
+                    if group._role(node) == "master":
+                        group._ask(node, "CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+        assert errors[0].get("errorstat_ASK") == 1
+        assert errors[1].get("errorstat_TRYAGAIN") == 1  # asked with ASKING, or it would say MOVED
+        assert length(target, 0) == before  # nothing written
+        result = producer.send(Message(TOPIC, {"n": 3}), queue_id=0)
+    assert (result.status, result.replicas) == (SendStatus.SEND_OK, 1)
+    assert length(target, 0) == before + 1  # written once, on the new owner
+    assert length(group.replica_of(target), 0) == before + 1  # and on its replica
+
+
+def _errors(node: RedisServer) -> dict[str, int]:
+    with redis.Redis(port=node.port, protocol=2, decode_responses=True) as client:
+        return {name: int(v["count"]) for name, v in client.info("errorstats").items()}
 
 
 def test_a_replicated_send_whose_replica_is_stopped_says_so_in_time(group: ClusterGroup) -> None:

@@ -185,7 +185,12 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
         if packed is not None:
             return _direct_round_trip(client, packed, len(calls))
     if _is_wait(calls[-1]) and isinstance(client, RedisCluster):  # WAIT on the writes' connections
-        return cluster_waited_round_trip(client, calls)
+        try:
+            return cluster_waited_round_trip(client, calls)
+        except AttributeError as exc:  # its node's connections closed by another task's slot refresh
+            if _closed_under_us(exc):
+                raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+            raise
     if len(calls) == 1:
         try:
             return [cast(Any, client).execute_command(*_args(calls[0]))]
