@@ -202,6 +202,43 @@ def _errors(node: RedisServer) -> dict[str, int]:
         return {name: int(v["count"]) for name, v in client.info("errorstats").items()}
 
 
+def test_a_batch_whose_script_one_node_lost_still_says_the_least_replicated_node(
+    group: ClusterGroup,
+) -> None:
+    """NOSCRIPT on one node (restarted, flushed): its scripts run again after a load, with a WAIT of
+    their own; the batch still says what the other nodes' WAITs said (here: one replica frozen)."""
+    frozen = master_of(group, 0)
+    replica = group.replica_of(frozen)
+    assert replica.process is not None
+    flushed = next(m for q in range(QUEUES) if (m := master_of(group, q)).port != frozen.port)
+    before = lengths(group)
+    with Producer(group.url, **SHORT) as producer:
+        producer.send(Message(TOPIC, {"warm": True}), queue_id=0)  # slot table and route read
+        group._ask(flushed, "SCRIPT", "FLUSH")
+        group._ask(flushed, "CONFIG", "RESETSTAT")
+        replica.process.send_signal(signal.SIGSTOP)
+        try:
+            batch = producer.send_batch([Message(TOPIC, {"n": n}) for n in range(QUEUES)])
+        finally:
+            replica.process.send_signal(signal.SIGCONT)
+    assert {(r.status, r.replicas) for r in batch} == {(SendStatus.FLUSH_SLAVE_TIMEOUT, 0)}
+    on_flushed = [q for q in range(QUEUES) if master_of(group, q).port == flushed.port]
+    stats = _commandstats(flushed)
+    assert (stats["cmdstat_evalsha"]["calls"], stats["cmdstat_evalsha"]["failed_calls"]) == (
+        2 * len(on_flushed),
+        len(on_flushed),
+    )
+    assert stats["cmdstat_wait"]["calls"] == 2  # after the refused scripts, then after their writes
+    after = lengths(group)
+    assert all(after[q][0] == before[q][0] + 1 for q in on_flushed)  # written once
+    assert after[0][0] == before[0][0] + 2
+
+
+def _commandstats(node: RedisServer) -> dict[str, dict[str, int]]:
+    with redis.Redis(port=node.port, protocol=2, decode_responses=True) as client:
+        return dict(client.info("commandstats"))
+
+
 def test_a_replicated_send_whose_replica_is_stopped_says_so_in_time(group: ClusterGroup) -> None:
     """The replica of queue 0's master frozen (SIGSTOP): a send there waits replica_timeout_ms and says
     FLUSH_SLAVE_TIMEOUT; a batch over every queue says it for all (its least replicated part)."""

@@ -6,8 +6,9 @@ so it must follow the send scripts on the connection that wrote them, on the
 queue's node. redis-py's cluster pipeline cannot promise that (it sends a
 keyless WAIT to any node, and re-sends a redirected write on its own), so
 these calls go packed on a connection taken from the node that owns the slot.
-A write redirected (MOVED, ASK) did not run: it goes again, with its own WAIT,
-to the node named; the replies keep the order of the calls.
+A write redirected (MOVED, ASK) or refused with NOSCRIPT did not run: it goes
+again, with its own WAIT, to the node named (or after loading the script); the
+replies keep the order of the calls.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from hiredis import pack_command
-from redis.exceptions import AskError, MovedError, RedisClusterException, ResponseError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterException, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, WaitAofRefused, unknown_waitaof
+from .._calls import Call, Command, ScriptCall, WaitAofRefused, unknown_waitaof
 
 __all__ = ["cluster_waited_round_trip"]
 
@@ -47,6 +48,7 @@ def cluster_waited_round_trip(client: Any, calls: Sequence[Call]) -> list[Any]:
                 node = client.nodes_manager.get_node_from_slot(client.keyslot(key))
             groups.setdefault((node, asked is not None), []).append(i)
         pending = []
+        unloaded: set[str] = set()
         for (node, asking), indices in groups.items():
             node_calls = [calls[i] for i in indices]
             *outcomes, acked = _on_node(client, node, node_calls, wait, asking=asking)
@@ -57,6 +59,9 @@ def cluster_waited_round_trip(client: Any, calls: Sequence[Call]) -> list[Any]:
                     pending.append((i, None))
                 elif isinstance(outcome, AskError):
                     pending.append((i, _node_named(client, outcome)))
+                elif isinstance(outcome, NoScriptError):  # nothing ran: again after a load, with a WAIT
+                    unloaded.add(cast(ScriptCall, calls[i]).script.source)
+                    pending.append((i, None))
                 else:
                     replies[i] = outcome
                     wrote = True
@@ -65,6 +70,8 @@ def cluster_waited_round_trip(client: Any, calls: Sequence[Call]) -> list[Any]:
         if not pending:
             replies[-1] = _least(acks)
             return replies
+        for source in unloaded:  # a restarted or flushed node
+            client.script_load(source)
     raise RedisConnectionError(
         f"the slots of {len(pending)} call(s) kept moving ({_MAX_REDIRECTS} redirects)"
     )
