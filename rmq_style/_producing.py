@@ -18,7 +18,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import ResponseError
 
-from ._calls import Call, Command, Flow, ScriptCall, run_script, single
+from ._calls import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single, unknown_waitaof
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
@@ -265,10 +265,13 @@ class ProducerCore:
         A server without WAITAOF (before 7.2) refuses it: the producer says so once and waits with
         WAIT from then on (this send too), which promises the replicas' memory, not their disk.
         """
-        if isinstance(acked, ResponseError) and _unknown_waitaof(acked):
+        if isinstance(acked, ResponseError) and unknown_waitaof(acked):
             log.warning("producer.waitaof_unavailable", fallback="WAIT", error=str(acked))
             self._wait = _wait_command(self.settings, aof=False)
-            (acked,) = yield [self._wait]
+            if isinstance(acked, WaitAofRefused):  # a cluster node: WAIT already ran on its connection
+                acked = acked.wait_reply
+            else:
+                (acked,) = yield [self._wait]
         reply = single(acked)
         replicas = int(reply[1]) if isinstance(reply, list) else int(reply)  # WAITAOF: [local, replicas]
         ok = replicas >= self.settings.min_replicas
@@ -349,11 +352,6 @@ def _wait_command(settings: ProducerSettings, *, aof: bool) -> Command:
     """WAIT numreplicas timeout, or WAITAOF 0 numreplicas timeout (replicas fsynced their AOF)."""
     n, timeout = settings.min_replicas, settings.replica_timeout_ms
     return Command(("WAITAOF", 0, n, timeout) if aof else ("WAIT", n, timeout))
-
-
-def _unknown_waitaof(error: ResponseError) -> bool:
-    text = str(error).lower()
-    return "unknown command" in text and "waitaof" in text
 
 
 def _send_script() -> Script:

@@ -1,6 +1,7 @@
 """Redis Cluster failovers under load: (c) a master killed and its replica promoted, (d) a manual
 ``CLUSTER FAILOVER``. Each master has a replica; a producer at ~250/s with sharding keys on half the
-sends, two lagging consumers (tests/failoverkit.py).
+sends, two lagging consumers (tests/failoverkit.py). (c) again with replicated sends: none that said
+SEND_OK is lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from redis.asyncio.connection import Connection
 from redis.cluster import RedisCluster
 from structlog.testing import capture_logs
 
-from rmq_style import Admin
+from rmq_style import Admin, SendStatus
 from rmq_style._async._io import _closed_under_us
 from rmq_style._names import Keys
 from rmq_style._routing import queue_for_key
@@ -58,6 +59,36 @@ def test_a_cluster_failover_under_load(fault: str) -> None:
         assert all(load.fault_at - LOSS_WINDOW_S <= load.returned_at[i] for i in lost), lost
         assert_outcome(url, load, events, lost=lost)
         assert len(load.confirmed()) == TOTAL
+        assert_keyed_sends_kept_their_queue(load)
+
+
+REPLICATED = {"min_replicas": 1, "replica_timeout_ms": 300, **RETRIES}
+
+
+def test_replicated_sends_survive_a_killed_cluster_master_under_load() -> None:
+    """kill -9 of queue 0's master; once its replica took over, the dead node comes back (as that
+    replica's replica), so the new master has a replica to acknowledge replicated sends again."""
+    if not redis_server_available():
+        pytest.fail("redis-server is not installed")
+    with ClusterGroup(replicas=1) as group:
+        url = group.url
+        with Admin(url) as admin:
+            admin.create_topic(TOPIC, queues=QUEUES)
+        raw = RedisCluster(host="127.0.0.1", port=group.nodes[0].port, protocol=2)
+        home = raw.get_node_from_key(Keys().queue(TOPIC, 0).stream).port
+        raw.close()
+        (master,) = [n for n in group.nodes if n.port == home]
+
+        def act() -> None:
+            group.kill_master(master)
+            master.start()  # it rejoins as a replica of the node that took its slots
+
+        with capture_logs() as events:
+            load = asyncio.run(send_under_load(url, act, keyed=True, **REPLICATED))
+        assert_outcome(url, load, events)  # every send that said SEND_OK was handled
+        late = [r for r in load.results if r.status is not SendStatus.SEND_OK]
+        # sends the new master took before the old one resynced as its replica: said, not silently durable
+        assert all(r.replicas == 0 for r in late) and len(late) < TOTAL // 10, late
         assert_keyed_sends_kept_their_queue(load)
 
 

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
 from .._connection import ClusterTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
+from ._replicated import cluster_waited_round_trip
 
 __all__ = [
     "TRANSIENT_ERRORS",
@@ -183,6 +184,13 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
         packed = _pack_scripts(calls)
         if packed is not None:
             return _direct_round_trip(client, packed, len(calls))
+    if _is_wait(calls[-1]) and isinstance(client, RedisCluster):  # WAIT on the writes' connections
+        try:
+            return cluster_waited_round_trip(client, calls)
+        except AttributeError as exc:  # its node's connections closed by another task's slot refresh
+            if _closed_under_us(exc):
+                raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
+            raise
     if len(calls) == 1:
         try:
             return [cast(Any, client).execute_command(*_args(calls[0]))]

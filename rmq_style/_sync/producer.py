@@ -7,10 +7,9 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from .._errors import UsageError
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from ._io import Client, ClientHolder, drive_with_retries, is_cluster
+from ._io import Client, ClientHolder, drive_with_retries
 
 __all__ = ["Producer"]
 
@@ -35,11 +34,6 @@ class Producer(ClientHolder):
     ) -> None:
         self.settings = settings or ProducerSettings(**options)
         super().__init__(url)
-        if self.settings.min_replicas and is_cluster(self._client):
-            raise UsageError(
-                "min_replicas is not supported on redis+cluster:// (WAIT must reach each queue's node): "
-                "leave it at 0, and see docs/connections.md for what a cluster failover may lose"
-            )
         in_process = type(self._client).__module__.startswith("fakeredis")  # memory://: no replicas
         self._core = ProducerCore(self.settings, server_replicates=not in_process)
 
