@@ -184,7 +184,7 @@ def _round_trip(client: Client, calls: Sequence[Call]) -> list[Any]:
         packed = _pack_scripts(calls)
         if packed is not None:
             return _direct_round_trip(client, packed, len(calls))
-    if _is_wait(calls[-1]) and isinstance(client, RedisCluster):  # WAIT on the writes' connections
+    if calls and _is_wait(calls[-1]) and isinstance(client, RedisCluster):  # WAIT on the writes' connections
         try:
             return cluster_waited_round_trip(client, calls)
         except AttributeError as exc:  # its node's connections closed by another task's slot refresh
