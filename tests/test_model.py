@@ -155,11 +155,14 @@ class ModelMachine(RuleBasedStateMachine):
 
     # -- topics and sends -----------------------------------------------------------------------
 
-    @initialize(queues=st.integers(1, 3))
-    def create_t0(self, queues: int) -> None:
+    @initialize(queues=st.integers(1, 3), t1_queues=st.integers(0, 2))
+    def create_t0(self, queues: int, t1_queues: int) -> None:
+        """t0 at once; t1 too, or later by create_t1 (t1_queues=0)."""
         self.run(self.admin.create_topic(self.t0, queues=queues))
         self.model.topics[self.t0] = queues
         self.trail.append(f"create t0 queues={queues}")
+        if t1_queues:
+            self.create_t1(t1_queues)
 
     @precondition(lambda self: self.t1 not in self.model.topics)
     @rule(queues=st.integers(1, 2))
