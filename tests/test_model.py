@@ -137,7 +137,8 @@ class ModelMachine(RuleBasedStateMachine):
         self.polled: dict[str, set[str]] = {"lite": set()}
         self.trail: list[str] = []  # what was done, for the failure message
         self.admin = self.run(_make(AsyncAdmin, self.url))
-        self.producer = self.run(_make(AsyncProducer, self.url))
+        # route_ttl_s=0: sends reach the queues of an expansion at once
+        self.producer = self.run(_make(AsyncProducer, self.url, route_ttl_s=0))
 
     def run(self, coro: Any) -> Any:
         return self.runner.run(coro)
@@ -372,6 +373,9 @@ class ModelMachine(RuleBasedStateMachine):
         for topic in g.subs:
             self.run(self.admin.reset_offset(self.names[group], topic, to))
         self.model.reset(group, to)
+        # a reset starts a new pass: messages never called before may come before those called
+        for where in [w for w in self.firsts if w[0] == group]:
+            del self.firsts[where]
         self.trail.append(f"reset {group} to {to}")
 
     # -- checks ---------------------------------------------------------------------------------
@@ -469,8 +473,8 @@ def _unequal(diff: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
     return {k: v for k, v in sorted(diff.items()) if v[0] != v[1]}
 
 
-async def _make(cls: Any, url: str) -> Any:
-    return cls(url)  # clients bind to the running loop: build them inside it
+async def _make(cls: Any, url: str, **options: Any) -> Any:
+    return cls(url, **options)  # clients bind to the running loop: build them inside it
 
 
 async def _close(member: Member) -> None:
