@@ -1,0 +1,180 @@
+"""The plain-Python reference model of tests/test_model.py: what each consumer group owes.
+
+Pure bookkeeping, no I/O. A message is *released* when it enters its queue's
+stream (at once, or when its delay is due and something releases it). Each
+group keeps, per message, how many deliveries it still owes (``owed``: unread
+in the stream; ``retrying``: replayed into its retry stream while no member
+ran), how many copies sit in its dead-letter queue, and how many listener
+calls it has seen. A running group settles at once: every owed delivery
+becomes a cycle of up to ``MAX_RECONSUME + 1`` listener calls that ends
+handled or dead-lettered, decided by the message's kind.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+MAX_RECONSUME = 2  # the consumers' max_reconsume_times: 3 listener calls per delivery
+KINDS = ("ok", "fail1", "fail2", "fail5", "dead", "bad")
+_FAILS = {"ok": 0, "fail1": 1, "fail2": 2, "fail5": 5, "dead": 0, "bad": 0}
+
+
+def listener_outcome(kind: str, attempt: int) -> str:
+    """What a listener does at its *attempt*-th call (0-based, per group) of a message: ok, fail, dead.
+
+    ``fail5`` outlives one delivery (dead-lettered), then succeeds once replayed;
+    ``dead`` raises DeadLetter at its first call only; ``bad`` never reaches a listener.
+    """
+    if kind == "dead":
+        return "dead" if attempt == 0 else "ok"
+    return "fail" if attempt < _FAILS[kind] else "ok"
+
+
+def run_cycle(kind: str, attempts: int) -> tuple[int, bool]:
+    """One delivery of a message: (listener calls so far after it, handled?)."""
+    if kind == "bad":
+        return attempts, False  # the payload does not validate: straight to the DLQ
+    for _ in range(MAX_RECONSUME + 1):
+        outcome = listener_outcome(kind, attempts)
+        attempts += 1
+        if outcome != "fail":
+            return attempts, outcome == "ok"
+    return attempts, False
+
+
+@dataclass(slots=True)
+class Msg:
+    msg_id: str
+    topic: str
+    queue: int
+    kind: str
+    released: bool = True
+    due: bool = False  # delayed and fast-forwarded past its due time, not yet released
+
+
+@dataclass(slots=True)
+class Fate:
+    """One message as one group sees it."""
+
+    owed: int = 0  # unread in the queue stream (0 or 1)
+    retrying: int = 0  # replayed into the retry stream while the group did not run
+    dlq: int = 0  # copies in the group's dead-letter queue
+    attempts: int = 0  # listener calls
+    handled: int = 0  # successful listener calls (lite pull: polls)
+
+
+@dataclass(slots=True)
+class GroupModel:
+    name: str
+    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite"
+    running: int = 0  # members running now
+    started: bool = False
+    fates: dict[str, Fate] = field(default_factory=dict)
+
+    @property
+    def lite(self) -> bool:
+        return "lite" in self.subs.values()
+
+
+@dataclass
+class Model:
+    topics: dict[str, int] = field(default_factory=dict)  # queue counts
+    msgs: dict[str, Msg] = field(default_factory=dict)
+    groups: dict[str, GroupModel] = field(default_factory=dict)
+
+    def send(self, msg: Msg) -> None:
+        self.msgs[msg.msg_id] = msg
+        if msg.released:
+            self._enter_stream(msg)
+
+    def _enter_stream(self, msg: Msg) -> None:
+        msg.released, msg.due = True, False
+        for g in self.groups.values():
+            if g.started and msg.topic in g.subs:
+                g.fates.setdefault(msg.msg_id, Fate()).owed = 1
+
+    def advance_clock(self) -> None:
+        for m in self.msgs.values():
+            if not m.released:
+                m.due = True
+
+    def release_due(self, topic: str) -> None:
+        for m in self.msgs.values():
+            if m.topic == topic and m.due:
+                self._enter_stream(m)
+
+    def start_member(self, group: str) -> None:
+        g = self.groups[group]
+        if not g.started and g.lite:  # lite members start at the first entry, push groups after the last
+            for m in self.msgs.values():
+                if m.released and m.topic in g.subs:
+                    g.fates.setdefault(m.msg_id, Fate()).owed = 1
+        g.started = True
+        g.running += 1
+
+    def settle(self, releasing: set[str]) -> None:
+        """What the running members do before they are idle: release due delays of *releasing* topics
+        (those a running member releases), handle or dead-letter everything owed."""
+        for topic in releasing:
+            self.release_due(topic)
+        for g in self.groups.values():
+            if not g.running:
+                continue
+            for msg_id, fate in g.fates.items():
+                cycles, fate.owed, fate.retrying = fate.owed + fate.retrying, 0, 0
+                for _ in range(cycles):
+                    if g.lite:
+                        fate.handled += 1
+                        continue
+                    fate.attempts, handled = run_cycle(self.msgs[msg_id].kind, fate.attempts)
+                    if handled:
+                        fate.handled += 1
+                    else:
+                        fate.dlq += 1
+
+    def replay(self, group: str, ids: Counter[str]) -> None:
+        """The dead letters *ids* (msg id -> copies) go back to the group's retry stream."""
+        g = self.groups[group]
+        for msg_id, copies in ids.items():
+            fate = g.fates[msg_id]
+            assert fate.dlq >= copies, (msg_id, fate)
+            fate.dlq -= copies
+            fate.retrying += copies
+
+    def purge(self, group: str) -> None:
+        for fate in self.groups[group].fates.values():
+            fate.dlq = 0
+
+    def reset(self, group: str, to: str) -> None:
+        """reset-offset to ``first`` (every released message unread again) or ``last`` (none)."""
+        g = self.groups[group]
+        for m in self.msgs.values():
+            if m.released and m.topic in g.subs:
+                if to == "first":
+                    g.fates.setdefault(m.msg_id, Fate()).owed = 1
+                elif m.msg_id in g.fates:
+                    g.fates[m.msg_id].owed = 0
+
+    # -- expectations -------------------------------------------------------------------------------
+
+    def progress(self, group: str, topic: str, queue: int) -> tuple[int, int, int, int]:
+        """(lag, pending, retrying, dead letters) of the group in one queue, once idle."""
+        lag = retrying = dead = 0
+        for msg_id, fate in self.groups[group].fates.items():
+            m = self.msgs[msg_id]
+            if m.topic == topic and m.queue == queue:
+                lag, retrying, dead = lag + fate.owed, retrying + fate.retrying, dead + fate.dlq
+        return lag, 0, retrying, dead
+
+    def delayed(self, topic: str, queue: int) -> int:
+        return sum(1 for m in self.msgs.values() if m.topic == topic and m.queue == queue and not m.released)
+
+    def dead_ids(self, group: str) -> Counter[str]:
+        return Counter({i: f.dlq for i, f in self.groups[group].fates.items() if f.dlq})
+
+    def attempts(self, group: str) -> dict[str, int]:
+        return {i: f.attempts for i, f in self.groups[group].fates.items() if f.attempts}
+
+    def polled(self, group: str) -> set[str]:
+        return {i for i, f in self.groups[group].fates.items() if f.handled}
