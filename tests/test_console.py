@@ -11,7 +11,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from rmq_style import Admin, Message, Producer
+from rmq_style import Admin, Message, Producer, TransactionProducer, TransactionState
 from rmq_style._message import decode_entry
 from rmq_style.console import RateRing, create_console
 from rmq_style.console._views import message_view
@@ -35,7 +35,13 @@ def run(app: Any, session: Callable[[httpx.AsyncClient], Awaitable[None]]) -> No
 
 
 def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
-    with seeded_console_data(url) as seeded:
+    unknown = TransactionState.UNKNOWN
+    tx_options: dict[str, Any] = {"check_interval_ms": 60_000, "check_in_background": False}
+    with (
+        seeded_console_data(url) as seeded,
+        TransactionProducer(url, "orders-tx", lambda m: unknown, **tx_options) as tx_producer,
+    ):
+        half = tx_producer.begin().send(Message("orders", {"n": 9}))
         app = create_console(url)
 
         async def session(client: httpx.AsyncClient) -> None:
@@ -65,7 +71,10 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
             assert "1 message(s)" in by_id and "&lt;script&gt;" in by_id and "<script>alert" not in by_id
             by_key = (await client.get("/messages", params={"topic": "orders", "key": "order-2"})).text
             assert "1 message(s)" in by_key and "order-2" in by_key
-            assert (await client.get("/transactions")).status_code == 200
+            tx = (await client.get("/transactions")).text
+            assert (
+                "producer group orders-tx" in tx and half.msg_id in tx and "pending half messages (1)" in tx
+            )
             missing = await client.get("/topics/nope")
             assert missing.status_code == 404 and "nope" in missing.text
             static = await client.get("/static/htmx.min.js")
@@ -103,6 +112,8 @@ def test_changes_need_the_token_and_a_confirmation(url: str) -> None:
                 "/groups/billing/dlq/replay", data={"all": "yes", "confirm": "yes", "token": "x"}
             )
             assert wrong.status_code == 403 and "wrong or missing token" in wrong.text
+            huge = await client.post("/groups/billing/dlq/purge", data={"x": "y" * 70_000, "token": TOKEN})
+            assert huge.status_code == 400 and "form too large" in huge.text
             unconfirmed = await client.post("/groups/billing/dlq/replay", data={"all": "yes", "token": TOKEN})
             assert unconfirmed.status_code == 400 and "not confirmed" in unconfirmed.text
             reset = await client.post(

@@ -64,9 +64,11 @@ class Console:
 
     async def change_form(self, request: Request) -> dict[str, str]:
         """The POSTed form, once its token and confirmation are checked (Forbidden / ValueError if not)."""
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise ValueError("form too large")
+        body = b""
+        async for chunk in request.stream():  # read at most MAX_FORM_BYTES: a form is small
+            body += chunk
+            if len(body) > MAX_FORM_BYTES:
+                raise ValueError("form too large")
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
         given = request.headers.get("x-console-token") or form.get("token", "")
         if self.token is None:
