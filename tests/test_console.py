@@ -56,6 +56,8 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
             assert '<td class="lag warn">5</td>' in row["reports"]
             assert '<td class="retrying warn">1</td>' in row["audit"]
             shipping = (await client.get("/groups/shipping")).text
+            member = seeded.tester.app.consumers["shipping"].member
+            assert f'<span class="members">orders: {member}</span>' in shipping
             assert "carrier down" in shipping and 'class="bad"' in shipping
             assert "reset-form" not in shipping  # read-only: no change form
             dlq = (await client.get("/groups/billing/dlq")).text
@@ -118,10 +120,15 @@ def test_changes_need_the_token_and_a_confirmation(url: str) -> None:
             assert unconfirmed.status_code == 400 and "not confirmed" in unconfirmed.text
             reset = await client.post(
                 "/groups/reports/reset",
-                data={"topic": "events", "to": "first", "confirm": "yes"},
+                data={"topic": "events", "to": "time", "at": "2000-01-01T00:00", "confirm": "yes"},
                 headers={"X-Console-Token": TOKEN},
             )
             assert reset.status_code == 200 and "events:0" in reset.text
+            bad = await client.post(
+                "/groups/reports/reset",
+                data={"topic": "events", "to": "time", "at": "yesterday", "confirm": "yes", "token": TOKEN},
+            )
+            assert bad.status_code == 400
             seeded.failing.clear()
             replay = await client.post(
                 "/groups/billing/dlq/replay", data={"all": "yes", "confirm": "yes", "token": TOKEN}

@@ -117,7 +117,9 @@ def _routes(c: Console) -> list[BaseRoute]:
     async def group_context(group: str) -> dict[str, Any]:
         rows = await c.admin.progress(group)
         rates = record_group_rates(c.rates, group, rows)
-        return {"group": group, "rows": rows, "rates": rates, "summary": group_summary(group, rows, c.rates)}
+        summary = group_summary(group, rows, c.rates)
+        members = await c.admin.group_members(group)
+        return {"group": group, "rows": rows, "rates": rates, "summary": summary, "members": members}
 
     async def group(request: Request) -> Response:
         return c.render(request, "group.html", **await group_context(request.path_params["group"]))
