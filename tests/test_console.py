@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from rmq_style import Admin, Message, Producer, TransactionProducer, Transaction
 from rmq_style._message import decode_entry
 from rmq_style.console import RateRing, create_console
 from rmq_style.console._views import message_view
+from rmq_style.testing import free_port
 from tests.consolekit import seeded_console_data, wait_for
 
 TOKEN = "s3cret-token"
@@ -206,6 +209,25 @@ def test_an_undecodable_entry_is_marked_and_a_binary_body_shown_as_bytes() -> No
     assert shown.properties[0][0] == "(undecodable)"
     assert shown.body_note == "binary, 10 bytes" and shown.body.startswith("b'\\xff\\x00")
     assert shown.problem is not None
+
+
+def test_the_cli_serves_the_console(real_url: str) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "rmq_style.cli", "console", "--port", str(port), "--url", real_url]
+    with subprocess.Popen([*command, "--token", TOKEN, "--prefix", "/ops"], stdout=subprocess.PIPE) as server:
+        try:
+            deadline = time.monotonic() + 20
+            while True:
+                assert server.poll() is None and time.monotonic() < deadline, "the console did not start"
+                try:
+                    page = httpx.get(f"http://127.0.0.1:{port}/ops/groups", timeout=2)
+                    break
+                except httpx.TransportError:
+                    time.sleep(0.05)  # bounded poll: the server is starting
+            assert page.status_code == 200 and "changes allowed with the token" in page.text
+        finally:
+            server.terminate()
+            server.wait(10)
 
 
 def test_the_cli_says_which_extra_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:

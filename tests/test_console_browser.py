@@ -31,7 +31,6 @@ if not (CHROMIUM and CHROMEDRIVER):
         allow_module_level=True,
     )
 
-os.environ["SE_OFFLINE"] = "1"  # selenium-manager must never download a browser or driver
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -47,7 +46,8 @@ FLAGS = [
 
 
 @pytest.fixture
-def browser() -> Iterator[Any]:
+def browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    monkeypatch.setenv("SE_OFFLINE", "1")  # selenium-manager must never download a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in FLAGS:
