@@ -45,6 +45,16 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
         TransactionProducer(url, "orders-tx", lambda m: unknown, **tx_options) as tx_producer,
     ):
         half = tx_producer.begin().send(Message("orders", {"n": 9}))
+        fast: dict[str, Any] = {"transaction_timeout_ms": 0, "check_interval_ms": 1, "check_max": 1}
+        with TransactionProducer(
+            url, "refunds-tx", lambda m: unknown, check_in_background=False, **fast
+        ) as refunds:
+            dropped = refunds.begin().send(Message("orders", {"n": 10}))
+            with Admin(url) as admin:
+                wait_for(
+                    lambda: refunds.check_once() and len(admin.discarded_transactions("refunds-tx")) == 1,
+                    "the refund's half message is discarded after its last check",
+                )
         app = create_console(url)
 
         async def session(client: httpx.AsyncClient) -> None:
@@ -77,9 +87,10 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
             by_key = (await client.get("/messages", params={"topic": "orders", "key": "order-2"})).text
             assert "1 message(s)" in by_key and "order-2" in by_key
             tx = (await client.get("/transactions")).text
-            assert (
-                "producer group orders-tx" in tx and half.msg_id in tx and "pending half messages (1)" in tx
-            )
+            pending, discarded = tx.split("producer group refunds-tx")
+            assert "producer group orders-tx" in pending and half.msg_id in pending
+            assert "pending half messages (1)" in pending and "discarded half messages (0)" in pending
+            assert dropped.msg_id in discarded and "discarded half messages (1)" in discarded
             missing = await client.get("/topics/nope")
             assert missing.status_code == 404 and "nope" in missing.text
             static = await client.get("/static/htmx.min.js")
