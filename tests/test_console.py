@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from rmq_style import Admin, Message, Producer, TransactionProducer, TransactionState
 from rmq_style._message import decode_entry
+from rmq_style._names import Keys
+from rmq_style._sync._io import open_client
 from rmq_style.console import RateRing, create_console
 from rmq_style.console._views import message_view
 from rmq_style.testing import free_port
@@ -211,6 +213,33 @@ def test_mounted_under_a_prefix_in_a_fastapi_app(fake_url: str) -> None:
 
     run(outer, session)
     run(standalone, standalone_session)
+
+
+def test_hostile_entries_in_a_dead_letter_queue_render_escaped(url: str) -> None:
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=1)
+    client = open_client(url)
+    client.sadd(Keys().groups(), "billing")
+    client.hset(Keys().subscriptions("billing"), "orders", "*")
+    dlq = Keys().queue("orders", 0).dlq("billing")
+    client.xadd(
+        dlq, {b"i": b"\xff<i>", b"d": b"\xfe<script>x()</script>", b"reason": b"<img src=x onerror=y()>"}
+    )
+    client.xadd(dlq, {b"d": b"<svg onload=z()>", b"p": b"{not json", b"r": b"two", b"dead_at": b"soon"})
+    client.close()
+    app = create_console(url, token=TOKEN)
+
+    async def session(client: httpx.AsyncClient) -> None:
+        page = await client.get("/groups/billing/dlq")
+        assert page.status_code == 200, page.text
+        text = page.text
+        assert "<script>x()" not in text and "<img src=x" not in text and "<svg onload" not in text
+        assert "&lt;img src=x onerror=y()&gt;" in text and "&lt;svg onload=z()&gt;" in text
+        assert "&lt;undecodable b&#39;\\xff&lt;i&gt;&#39;&gt;" in text  # the msg id marker
+        groups = (await client.get("/groups")).text
+        assert '<td class="dead bad"><a href="/groups/billing/dlq">2</a></td>' in groups
+
+    run(app, session)
 
 
 def test_an_undecodable_entry_is_marked_and_a_binary_body_shown_as_bytes() -> None:
