@@ -18,7 +18,7 @@ from rmq_style._message import decode_entry
 from rmq_style._names import Keys
 from rmq_style._sync._io import open_client
 from rmq_style.console import RateRing, create_console
-from rmq_style.console._views import message_view
+from rmq_style.console._views import body_preview, message_view, parse_reset_target
 from rmq_style.testing import free_port
 from tests.consolekit import seeded_console_data, wait_for
 
@@ -93,6 +93,12 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
             assert "producer group orders-tx" in pending and half.msg_id in pending
             assert "pending half messages (1)" in pending and "discarded half messages (0)" in pending
             assert dropped.msg_id in discarded and "discarded half messages (1)" in discarded
+            topic = (await client.get("/topics/events")).text
+            assert "2 queues" in topic and topic.count("<tr><td>") == 2
+            assert 'data-group="reports"' in (await client.get("/parts/groups")).text
+            part = (await client.get("/parts/groups/shipping")).text
+            assert part.startswith('<p id="summary">') and "carrier down" in part
+            assert (await client.get("/groups/billing/dlq/orders/0/1-0")).status_code == 404
             missing = await client.get("/topics/nope")
             assert missing.status_code == 404 and "nope" in missing.text
             static = await client.get("/static/htmx.min.js")
@@ -191,6 +197,25 @@ def test_rates_from_two_reads(url: str) -> None:
     run(app, session)
 
 
+def test_the_rate_ring_is_bounded_and_restarts_when_a_counter_goes_back() -> None:
+    now = [0.0]
+    ring = RateRing(min_gap_s=1.0, window_s=10.0, per_key=3, max_keys=2, clock=lambda: now[0])
+    for value in (0, 10, 20, 30, 40):
+        ring.record("a", value)
+        ring.record("a", value + 1000)  # too close to the last sample: not kept
+        now[0] += 2.0
+    assert ring.rate("a") == 5.0 and len(ring._samples["a"]) == 3
+    ring.record("b", 1)
+    ring.record("c", 1)  # a third counter drops the least recently written one
+    assert ring.rate("a") is None and set(ring._samples) == {"b", "c"}
+    now[0] += 2.0
+    ring.record("b", 0)  # went back (topic recreated): no negative rate, start again
+    assert ring.rate("b") is None
+    now[0] += 30.0
+    ring.record("b", 60)
+    assert ring.rate("b") is None  # the only other sample is older than the window
+
+
 def test_mounted_under_a_prefix_in_a_fastapi_app(fake_url: str) -> None:
     from fastapi import FastAPI
 
@@ -249,6 +274,17 @@ def test_an_undecodable_entry_is_marked_and_a_binary_body_shown_as_bytes() -> No
     assert shown.properties[0][0] == "(undecodable)"
     assert shown.body_note == "binary, 10 bytes" and shown.body.startswith("b'\\xff\\x00")
     assert shown.problem is not None
+
+
+def test_long_bodies_are_cut_without_splitting_a_character() -> None:
+    text, note = body_preview(b"a" * 3000)
+    assert (len(text), note) == (2048, "text, first 2048 of 3000 bytes")
+    text, note = body_preview(("a" + "é" * 1500).encode())  # byte 2048 falls inside an é
+    assert text == "a" + "é" * 1023 and note == "text, first 2048 of 3001 bytes"
+    text, note = body_preview(b"\xff" + b"a" * 3000)  # not UTF-8 near the start: binary
+    assert note == "binary, 3001 bytes" and text.startswith("b'\\xffaaa")
+    with pytest.raises(ValueError):
+        parse_reset_target("middle", "")
 
 
 def test_the_cli_serves_the_console(real_url: str) -> None:
