@@ -313,3 +313,12 @@ def test_the_cli_says_which_extra_is_missing(monkeypatch: pytest.MonkeyPatch) ->
     result = CliRunner().invoke(app, ["console", "--port", "0", "--url", "memory://cli-console"])
     assert result.exit_code == 2
     assert 'pip install "rmq_style[console]"' in result.output
+
+
+def test_create_console_without_the_extra_says_which_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rmq_style.console
+
+    monkeypatch.delitem(sys.modules, "rmq_style.console._app")
+    monkeypatch.setitem(sys.modules, "starlette.applications", None)
+    with pytest.raises(ImportError, match=r'pip install "rmq_style\[console\]"'):
+        rmq_style.console.create_console  # noqa: B018 - the lazy import is the point
