@@ -53,6 +53,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _ms(value: bytes | None) -> int:
+    """A time field written by our scripts; 0 when absent or not a number (an entry written by hand)."""
+    return int(value) if value and value.isdigit() else 0
+
+
 def topics_flow(keys: Keys, group: str, topic: str | None) -> Flow[list[str]]:
     """*topic*, or every topic the group subscribes."""
     check_group(group)
@@ -149,7 +154,7 @@ def dead_letters_flow(
                         group,
                         _text(fields.get(b"offset", b"")),
                         _text(fields.get(b"reason", b"")),
-                        int(fields.get(b"dead_at") or 0),
+                        _ms(fields.get(b"dead_at")),
                     )
                 )
     return records

@@ -587,6 +587,31 @@ def tx_progress(
     console.print(f"checking instances (last heartbeat): {seen or 'none: half messages wait for one'}")
 
 
+@app.command("console")
+def console_command(
+    port: Annotated[int, typer.Option(help="port to serve on")] = 8080,
+    host: Annotated[str, typer.Option(help="address to bind (loopback by default)")] = "127.0.0.1",
+    token: Annotated[
+        str | None,
+        typer.Option(envvar="RMQ_CONSOLE_TOKEN", help="allow replay, purge and reset with this token"),
+    ] = None,
+    prefix: Annotated[str, typer.Option(help="serve under this path, e.g. /rmq")] = "",
+    url: UrlOption = DEFAULT_URL,
+) -> None:
+    """Serve the web console (read-only unless a token is given). Needs the `console` extra."""
+    try:
+        import uvicorn  # noqa: PLC0415 - the console extra
+
+        from .console import create_console  # noqa: PLC0415
+    except ImportError as exc:
+        console.print(f'the console needs its extra: pip install "rmq_style[console]" ({exc})', markup=False)
+        raise SystemExit(2) from None
+    web = create_console(url, token=token, prefix=prefix)
+    mode = "changes need the token" if token else "read-only"
+    console.print(f"console on http://{host}:{port}{prefix.rstrip('/')}/ ({mode})")
+    uvicorn.run(web, host=host, port=port, log_level="warning")
+
+
 def main() -> None:
     try:
         app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from .._catalog import consumer_groups_flow, members_flow, producer_groups_flow
 from .._group_admin import (
     DeadLetterRecord,
     QueueReport,
@@ -89,6 +90,18 @@ class AsyncAdmin(ClientHolder, AsyncTransactionAdmin):
     async def release_due(self, topic: str) -> int:
         """Move the topic's due delayed messages into their queues; returns how many moved."""
         return await self._drive(release_due_flow(self.keys, check_topic(topic)))
+
+    async def list_groups(self) -> list[str]:
+        """Every consumer group that ever had a member, sorted (RocketMQ's groupList)."""
+        return await self._drive(consumer_groups_flow(self.keys))
+
+    async def group_members(self, group: str) -> dict[str, list[str]]:
+        """Per topic *group* subscribes: its live members (RocketMQ's consumer connections)."""
+        return await self._drive(members_flow(self.keys, group))
+
+    async def list_producer_groups(self) -> list[str]:
+        """Every producer group that sent a transactional message, sorted."""
+        return await self._drive(producer_groups_flow(self.keys))
 
     async def progress(self, group: str, topic: str | None = None) -> list[QueueReport]:
         """Per queue of *topic* (or of every topic the group subscribes): offsets, lag, pending, owner."""
