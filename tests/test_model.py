@@ -23,7 +23,7 @@ backends. A longer search for local runs::
 
     RMQ_MODEL_PROFILE=long pytest tests/test_model.py -p no:cacheprovider
 
-``KNOWN_BROKEN`` names the defects not fixed on this branch yet; each gates
+``KNOWN_BROKEN`` names the defects not fixed yet; each gates
 the rule or check that finds it (remove the name once the fix is merged).
 ``RMQ_MODEL_CHECK=name,...`` checks those anyway, e.g. to see a defect's
 shrunk example (``RMQ_MODEL_IDLE_TIMEOUT_S``, 20 s, bounds the wait for idle: shorter
@@ -67,17 +67,10 @@ from rmq_style._names import Keys
 from rmq_style.testing import RedisServer
 from tests.model_ref import KINDS, MAX_RECONSUME, GroupModel, Model, Msg, listener_outcome
 
-# Defects known on this branch; each name switches off the rule or check that finds it.
-KNOWN_BROKEN = frozenset(
-    {
-        "delay_to_push",  # delayed sends never reach push consumers: the clock rule calls release_due
-        "orderly_replay",  # a replayed orderly dead letter is lost: orderly ones are not replayed
-        "one_budget",  # orderly + concurrent in one consumer run up to twice its concurrency
-        "expand_running",  # running groups ignore new queues: no expansion while a push group runs
-        "expand_restart",  # new queues' groups start at `$` on restart: no expansion while one is stopped
-        "kind_conflict",  # members disagreeing on orderly/concurrent are not refused: rule off
-    }
-)
+# Defects known and not fixed yet; each name switches off the rule or check that finds it.
+# Issue 11's six (delay_to_push, orderly_replay, one_budget, expand_running, expand_restart,
+# kind_conflict) are fixed: RMQ_MODEL_CHECK is only needed for a name listed here.
+KNOWN_BROKEN: frozenset[str] = frozenset()
 
 # names given here (comma-separated) are checked anyway: to see a fix work, or a defect fail
 KNOWN_BROKEN -= set(os.environ.get("RMQ_MODEL_CHECK", "").split(","))
