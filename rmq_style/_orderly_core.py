@@ -32,12 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ._calls import Call, Flow, command, run_script, single
 from ._message import MessageQueue
 from ._names import Keys, QueueKeys
 from ._push_core import ConsumeResult, DeadLetter, DeadLetterIt, _plain, describe_error, is_bad_input
+from ._replies import ReplyCode, classify
 
 __all__ = [
     "HeldQueue",
@@ -102,7 +101,7 @@ def lease_deadline(sent_at: float, lease_ms: int) -> float:
 
 
 def is_fenced(reply: object) -> bool:
-    return isinstance(reply, ResponseError) and str(reply).startswith("FENCED")
+    return classify(reply) is ReplyCode.FENCED
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
-from redis.exceptions import ResponseError
 
 from ._aio import wait_event
 from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute
@@ -60,6 +59,7 @@ from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
 from ._push_pool import HandlerPool
 from ._push_settings import PushSettings
 from ._push_state import Subscription
+from ._replies import ReplyCode, classify
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
@@ -133,7 +133,7 @@ class OrderlyQueue:
                 self.log.warning("consumer.redis_unavailable", task="lock", error=str(exc))
                 await wait_event(self.release, retry_s)
                 continue
-            if isinstance(created, Exception) and not str(created).startswith("BUSYGROUP"):
+            if isinstance(created, Exception) and classify(created) is not ReplyCode.BUSYGROUP:
                 raise created
             if reply is not None and not isinstance(reply, Exception):
                 self.locked = True
@@ -173,7 +173,7 @@ class OrderlyQueue:
                 self.log.error("queue.fenced", error=str(FencedError(str(reply))), unacked=len(self.acks))
                 self.acks.clear()
                 raise _Lost
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+            if classify(reply) is ReplyCode.NOGROUP:
                 await self._recreate_group(str(reply))
                 continue
             if isinstance(reply, Exception):
@@ -185,7 +185,7 @@ class OrderlyQueue:
         where, at = ("after", self.last_id.decode()) if self.last_id else r.start_position()
         self.log.warning("group.recreated", where=where, at=at, error=error)
         for reply in await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]):
-            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
                 raise reply
 
     async def _finish(self) -> None:

@@ -15,7 +15,6 @@ from itertools import chain, islice
 from typing import Any, cast
 
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ResponseError
 
 from ._calls import Call, Flow, ScriptCall, run_script, single
 from ._codec import Codec
@@ -31,6 +30,7 @@ from ._message import (
     wire,
 )
 from ._names import Keys
+from ._replies import ReplyCode, classify
 from ._routing import RoundRobin, check_queue_id, queue_for_key
 from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
@@ -222,7 +222,7 @@ class ProducerCore:
         return results
 
     def _reply(self, topic: str, outcome: Any) -> Any:
-        if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
+        if classify(outcome) is ReplyCode.NOTOPIC:
             self.forget_route(topic)
             raise TopicNotFoundError(topic) from None
         return single(outcome)

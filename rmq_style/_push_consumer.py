@@ -47,6 +47,7 @@ from ._push_pool import Call, HandlerPool, Work
 from ._push_settings import PushSettings
 from ._push_settle import SettleRound, plan_round
 from ._push_state import Delivery, QueueState, StreamState, Subscription
+from ._replies import ReplyCode, classify
 from ._topics import TopicRoute, route_flow
 from ._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 
@@ -464,7 +465,7 @@ class PushConsumer:
         for mq in queues:
             calls += create_groups_calls(self.keys.queue(mq.topic, mq.queue_id), self.group, where, value)
         for reply in await execute(client, calls):
-            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
                 raise reply
         for mq in queues:
             state = self._queues.get(mq)
@@ -728,7 +729,7 @@ class PushConsumer:
                                 st.scan_from = b"0-0"  # a lost reply may have delivered entries to us
                     await backoff.wait(self._stop)
                 except ResponseError as exc:
-                    if not str(exc).startswith("NOGROUP"):
+                    if classify(exc) is not ReplyCode.NOGROUP:
                         raise
                     await self._recreate_groups(str(exc))
         finally:
@@ -755,7 +756,7 @@ class PushConsumer:
                     error=error,
                 )
         for reply in await execute(client, calls):
-            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
+            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
                 raise reply
 
     def _on_read(self, reply: Any, scans: list[StreamState] | None) -> None:
