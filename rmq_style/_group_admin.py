@@ -15,9 +15,9 @@ from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
-from ._orderly_core import HeldQueue, lock_owner, parse_held
 from ._pulling import RouteCache, position_for_timestamp_flow
 from ._topics import route_flow
+from .push.orderly_leases import HeldQueue, lock_owner, parse_held
 
 __all__ = ["DeadLetterRecord", "QueueReport"]
 

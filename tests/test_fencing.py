@@ -17,7 +17,7 @@ import pytest
 
 from rmq_style import Keys, Message
 from rmq_style._async._io import execute, open_client
-from rmq_style._orderly_core import (
+from rmq_style.push.orderly_leases import (
     acquire_call,
     dead_letter_call,
     is_fenced,
@@ -26,7 +26,7 @@ from rmq_style._orderly_core import (
     renew_call,
     settle_call,
 )
-from rmq_style._push_calls import packed_record
+from rmq_style.push.redis_calls import packed_record
 from tests.pushkit import create_topic, send
 
 QK = Keys().queue("orders", 0)

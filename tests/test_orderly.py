@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from rmq_style import ConsumeResult, Keys, Message, PushConsumer, ReceivedMessage
 from rmq_style._async._io import drive, execute, open_client
 from rmq_style._message import MessageQueue
-from rmq_style._orderly_core import (
+from rmq_style.push.orderly_leases import (
     acquire_call,
     decide_orderly,
     held_flow,

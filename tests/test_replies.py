@@ -18,7 +18,7 @@ from rmq_style._replies import ReplyCode, classify, is_error_reply
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rmq_style"
 # the I/O fronts and the modules that own a client: the only ones that may import redis
-IO_MODULES = {"_async/_io.py", "_sync/_io.py", "metrics.py", "testing.py", "_push_consumer.py"}
+IO_MODULES = {"_async/_io.py", "_sync/_io.py", "metrics.py", "testing.py"}
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,8 @@ from typing import Any
 
 import structlog
 
-from ._handler_times import HandlerTimes
-from ._push_core import ConsumeTimeout
+from .handler_times import HandlerTimes
+from .outcomes import ConsumeTimeout
 
 __all__ = ["Budget", "Call", "HandlerPool", "Work"]
 

@@ -7,10 +7,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._delay import RetrySchedule
-from ._errors import ConfigurationError
-from ._membership import MembershipSettings
-from ._message import DEFAULT_MAX_MESSAGE_SIZE
+from .._delay import RetrySchedule
+from .._errors import ConfigurationError
+from .._membership import MembershipSettings
+from .._message import DEFAULT_MAX_MESSAGE_SIZE
 
 __all__ = ["ConsumeFrom", "PushSettings"]
 

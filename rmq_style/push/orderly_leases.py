@@ -32,11 +32,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._calls import Call, Flow, command, run_script, single
-from ._message import MessageQueue
-from ._names import Keys, QueueKeys
-from ._push_core import ConsumeResult, DeadLetter, DeadLetterIt, _plain, describe_error, is_bad_input
-from ._replies import ReplyCode, classify
+from .._calls import Call, Flow, command, run_script, single
+from .._message import MessageQueue
+from .._names import Keys, QueueKeys
+from .._replies import ReplyCode, classify
+from .outcomes import ConsumeResult, DeadLetter, DeadLetterIt, _plain, describe_error, is_bad_input
 
 __all__ = [
     "HeldQueue",

@@ -30,15 +30,16 @@ from typing import Any, cast
 
 import structlog
 
-from ._aio import wait_event
-from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute
-from ._calls import Call
-from ._entry_check import rejection, shown
-from ._errors import FencedError
-from ._handler_times import HandlerTimes
-from ._message import MessageQueue, ReceivedMessage, decode_entry
-from ._names import Keys
-from ._orderly_core import (
+from .._aio import wait_event
+from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
+from .._calls import Call
+from .._entry_check import rejection, shown
+from .._errors import FencedError
+from .._message import MessageQueue, ReceivedMessage, decode_entry
+from .._names import Keys
+from .._replies import ReplyCode, classify
+from .handler_times import HandlerTimes
+from .orderly_leases import (
     OrderlyRead,
     Proceed,
     Suspend,
@@ -54,12 +55,11 @@ from ._orderly_core import (
     renew_call,
     settle_call,
 )
-from ._push_calls import create_groups_calls, packed_record
-from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
-from ._push_pool import HandlerPool
-from ._push_settings import PushSettings
-from ._push_state import Subscription
-from ._replies import ReplyCode, classify
+from .outcomes import ConsumeTimeout, DeadLetterIt, describe_error
+from .redis_calls import create_groups_calls, packed_record
+from .runner import HandlerPool
+from .settings import PushSettings
+from .state import Subscription
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 

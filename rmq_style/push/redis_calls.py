@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._calls import Call, Command, command, run_script
-from ._message import pack_fields
-from ._names import QueueKeys
+from .._calls import Call, Command, command, run_script
+from .._message import pack_fields
+from .._names import QueueKeys
 
 __all__ = [
     "ack_calls",

@@ -1,7 +1,7 @@
 """What happens to a delivered message after its listener ran: pure decisions, no I/O.
 
 Everything that decides a message's fate in concurrent push consumption lives
-here; the runtime (rmq_style._push_runtime) only carries the decisions out.
+here; the runtime (rmq_style.push) only carries the decisions out.
 
     listener outcome                      reconsume_times r      decision
     ------------------------------------  ---------------------  ------------------------------------
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ._delay import RetrySchedule
-from ._errors import SerializationError
+from .._delay import RetrySchedule
+from .._errors import SerializationError
 
 __all__ = [
     "Ack",

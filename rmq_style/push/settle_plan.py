@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._calls import Call
-from ._push_calls import ack_calls, dead_letter_call, packed_record, retry_call
-from ._push_core import Ack, DeadLetterIt, RetryLater
-from ._push_state import Delivery
-from ._replies import ReplyCode, classify
+from .._calls import Call
+from .._replies import ReplyCode, classify
+from .outcomes import Ack, DeadLetterIt, RetryLater
+from .redis_calls import ack_calls, dead_letter_call, packed_record, retry_call
+from .state import Delivery
 
 __all__ = ["SettleRound", "Settled", "plan_round"]
 
