@@ -21,12 +21,13 @@ from .._replies import ReplyCode, classify
 from .._topics import TopicRoute
 from .._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 from .context import TRANSIENT, Context
-from .redis_calls import create_groups_calls, prune_consumers_call
+from .redis_calls import adopt_entries_call, create_groups_calls, prune_consumers_call
 from .state import QueueState, StreamState, Subscription
 from .waits import wait_event
 
 __all__ = ["Rebalancer"]
 
+ADOPT_COUNT = 1000  # entries of a gone member taken over per heartbeat and stream
 PRUNE_EVERY = 10  # heartbeat intervals between two passes deleting dead members' stream consumers
 
 
@@ -147,54 +148,49 @@ class Rebalancer:
 
     async def adopt(self) -> None:
         """Take over entries pending at members that are gone; re-read our own if some went astray."""
-        client = self.c.client
-        assert client is not None
+        c = self.c
+        client = c.redis()
         # queues handed to another member too: entries of ours may be stranded there (a read whose
         # reply was lost as the queue left us); nobody else takes them while we live
-        streams = [s for q in self.c.queues.values() for s in q.streams]
+        streams = [s for q in c.queues.values() for s in q.streams]
         if not streams:
             return
-        pipe = client.pipeline(transaction=False)
-        for s in streams:
-            pipe.xpending(s.key, self.c.group)
-        summaries = await pipe.execute(raise_on_error=False)
-        min_idle = self.c.settings.membership.heartbeat_interval_ms
+        summaries = await execute(client, [command("XPENDING", s.key, c.group) for s in streams])
+        min_idle = c.settings.membership.heartbeat_interval_ms
+        adoptions: list[tuple[StreamState, str]] = []
         for stream, summary in zip(streams, summaries, strict=True):
             if isinstance(summary, Exception):
                 continue  # NOGROUP: the fetch loop re-creates the group
             live = stream.queue.sub.members
             for consumer in summary.get("consumers") or []:
                 name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
-                if name == self.c.member:
+                if name == c.member:
                     if int(consumer["pending"]) > len(stream.in_flight) and stream.scan_from is None:
                         stream.scan_from = b"0-0"
                     continue
                 if name in live or not stream.queue.owned:
                     continue  # a live member still works on them (a slow handler is never taken away)
-                rows = await client.xpending_range(
-                    stream.key, self.c.group, min="-", max="+", count=1000, consumername=name, idle=min_idle
-                )
-                ids: list[Any] = [r["message_id"] for r in rows]
-                if not ids:
-                    continue
-                claimed = await client.xclaim(
-                    stream.key, self.c.group, self.c.member, min_idle, ids, justid=True
-                )
-                if claimed:
-                    self.c.log.warning(
-                        "entries.adopted", stream=stream.key, from_member=name, count=len(claimed)
-                    )
-                    stream.scan_from = b"0-0"
-                if len(claimed) < len(ids):
-                    await self.count_trimmed_claims(stream, name, ids, claimed)
+                adoptions.append((stream, name))
+        if not adoptions:
+            return
+        calls = [
+            adopt_entries_call(st.key, c.group, name, c.member, min_idle, ADOPT_COUNT)
+            for st, name in adoptions
+        ]
+        for (stream, name), reply in zip(adoptions, await execute(client, calls), strict=True):
+            ids, claimed = single(reply)
+            if claimed:
+                c.log.warning("entries.adopted", stream=stream.key, from_member=name, count=len(claimed))
+                stream.scan_from = b"0-0"
+            if len(claimed) < len(ids):
+                await self.count_trimmed_claims(stream, name, ids, claimed)
 
     async def count_trimmed_claims(
         self, stream: StreamState, member: str, ids: list[Any], claimed: list[Any]
     ) -> None:
         """Entries trimmed while pending at a dead member: XCLAIM drops them silently (Redis 7)."""
-        client = self.c.client
-        assert client is not None
-        head = await client.xrange(stream.key, count=1)
+        (head,) = await execute(self.c.redis(), [command("XRANGE", stream.key, "-", "+", "COUNT", 1)])
+        head = single(head)
         first = parse_offset(head[0][0]) if head else None
         taken = {parse_offset(c) for c in claimed}
         for entry_id in ids:

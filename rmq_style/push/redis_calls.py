@@ -11,6 +11,7 @@ from .._names import QueueKeys
 
 __all__ = [
     "ack_calls",
+    "adopt_entries_call",
     "create_groups_calls",
     "dead_letter_call",
     "fetch_command",
@@ -107,3 +108,11 @@ def prune_consumers_call(stream: str, group: str, min_idle_ms: int, live: Iterab
     Reply: how many were deleted (0 when the stream or the group is missing).
     """
     return run_script("prune_consumers", (stream,), (group, min_idle_ms, *sorted(live)))
+
+
+def adopt_entries_call(stream: str, group: str, gone: str, member: str, min_idle_ms: int, count: int) -> Call:
+    """Claim for *member* the entries pending at *gone* idle for *min_idle_ms* (*count* at most).
+
+    Reply: [listed ids, claimed ids]; listed and not claimed: trimmed while pending.
+    """
+    return run_script("adopt_entries", (stream,), (group, gone, member, min_idle_ms, count))
