@@ -168,6 +168,8 @@ class PushConsumer:
             s.consume_timeout_ms / 1000,
             self._settling.on_done,
             c.handler_times,
+            wanted=c.wanted,
+            dropped=c.drop,
         )
         if c.orderly_topics:
             c.orderly = OrderlyRunner(

@@ -59,6 +59,36 @@ class Context:
         self.retry_wakeup = asyncio.Event()
         self.drained = asyncio.Event()  # the pool is closed: no outcome will come any more
         self.log = log.bind(group=group, member=self.member)
+        # monotonic: until then the group counts this member as live (its last heartbeat + expiry)
+        self.member_valid_until = 0.0
+        self.dropped = 0  # listener calls dropped since the last report
+
+    def membership_current(self) -> bool:
+        return time.monotonic() < self.member_valid_until
+
+    def wanted(self, token: Delivery | list[Delivery]) -> bool:
+        """Whether a queued listener call may start: its queue is still ours as when it was read.
+
+        A worker resumed after a SIGSTOP past member expiry has lost its queues, and a
+        survivor has taken over their pending entries: what it read ahead is not run.
+        """
+        d = token if type(token) is Delivery else token[0]  # type: ignore[index]
+        return d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until
+
+    def drop(self, token: Delivery | list[Delivery]) -> None:
+        """Forget a call that will not start; its entries, if still pending at us, are read again."""
+        for d in token if isinstance(token, list) else [token]:
+            self.dropped += 1
+            self.release(d)
+            d.stream.scan_from = b"0-0"
+
+    def lapse(self) -> None:
+        """The membership lapsed (silent past member expiry): every queue's calls read so far are dropped."""
+        for q in self.queues.values():
+            q.epoch += 1
+            for st in q.streams:
+                st.scan_from = b"0-0"
+        self.capacity.set()
 
     def redis(self) -> AsyncClient:
         assert self.client is not None, "the consumer is not started"

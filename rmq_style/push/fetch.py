@@ -49,6 +49,8 @@ class Fetcher:
         *reserved*: entries read but not registered yet, per queue.
         """
         s = self.c.settings
+        if not self.c.membership_current():
+            return []  # silent past member expiry: nothing is read until the heartbeat is renewed
         extra = reserved or {}
         room = s.pull_threshold_for_all - self.c.total - sum(extra.values())
         now = time.monotonic()
@@ -236,6 +238,7 @@ class Fetcher:
             sub = queue.sub
             topic, queue_id = queue.mq.topic, queue.mq.queue_id
             in_flight = stream.in_flight
+            epoch = queue.epoch
             tags = sub.filter.tags
             one_by_one = batch_size == 1 and sub.model is None
             listener, is_async = sub.listener, sub.is_async
@@ -259,7 +262,7 @@ class Fetcher:
                     self.settling.settle(Delivery(stream, entry_id, fields, body_size), DeadLetterIt(problem))
                     continue
                 msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
-                d = Delivery(stream, entry_id, fields, body_size, msg)
+                d = Delivery(stream, entry_id, fields, body_size, msg, None, epoch)
                 if tags is not None and msg.tag not in tags:
                     self.c.stats.filtered += 1
                     self.settling.settle(d, ACK)

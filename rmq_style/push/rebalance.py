@@ -82,6 +82,7 @@ class Rebalancer:
         client = self.c.client
         assert client is not None
         ms = self.c.settings.membership
+        sent = time.monotonic()
         subs = list(self.c.subs.values())
         calls = [
             heartbeat_call(self.c.keys, self.c.group, s.topic, self.c.member, ms.member_expiry_ms)
@@ -90,6 +91,9 @@ class Rebalancer:
         # the route too: an expanded topic's new queues are taken within one interval
         calls += [command("HGETALL", self.c.keys.topic_meta(s.topic)) for s in subs]
         replies = await execute(client, calls)
+        for reply in replies[: len(subs)]:
+            single(reply)
+        self.renewed(sent)
         for sub, reply, meta in zip(subs, replies, replies[len(subs) :], strict=False):
             self.take_route(sub, single(meta))
             members = frozenset(m.decode() for m in single(reply))
@@ -101,10 +105,27 @@ class Rebalancer:
             for mq, state in self.c.queues.items():
                 if mq.topic == sub.topic and state.owned and mq not in mine:
                     state.owned = False
+                    state.epoch += 1  # its calls not started yet are dropped
                     self.c.log.info("queue.released", topic=mq.topic, queue=mq.queue_id)
             new = [mq for mq in sorted(mine) if mq not in self.c.queues or not self.c.queues[mq].owned]
             if new:
                 await self.acquire(sub, new)
+
+    def renewed(self, sent: float) -> None:
+        """The heartbeat sent at *sent* (monotonic) was taken: the membership holds until expiry after it.
+
+        Silent past the expiry before (a SIGSTOP, a stalled loop, Redis away), this member may have
+        been dropped and its queues and pending entries taken over: the calls read until now go.
+        """
+        c = self.c
+        expiry_s = c.settings.membership.member_expiry_ms * 0.9 / 1000  # margin: Redis's clock runs later
+        if sent >= c.member_valid_until and c.queues:
+            c.log.warning("member.lapsed", silent_s=round(sent - c.member_valid_until + expiry_s, 3))
+            c.lapse()
+        c.member_valid_until = sent + expiry_s
+        if c.dropped:
+            c.log.info("calls.dropped", count=c.dropped, why="their queue was lost before they started")
+            c.dropped = 0
 
     def take_route(self, sub: Subscription, meta: dict[bytes, bytes]) -> None:
         """Take in the topic's queue count (it only grows) and retention; the topic may be deleted."""

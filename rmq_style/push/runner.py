@@ -98,10 +98,13 @@ class HandlerPool:
         consume_timeout_s: float,
         on_done: Callable[[Any, object], None],
         times: HandlerTimes | None = None,
+        wanted: Callable[[Any], bool] | None = None,
+        dropped: Callable[[Any], None] | None = None,
     ) -> None:
         """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception.
 
-        With *times*, each call's duration is counted there.
+        With *times*, each call's duration is counted there. With *wanted*, a queued call is
+        started only if ``wanted(token)``; else ``dropped(token)`` is told instead.
         """
         self.concurrency = concurrency
         self.budget: Budget | None = None  # shared(): a budget with the orderly queue tasks
@@ -112,6 +115,8 @@ class HandlerPool:
         self._timeout = consume_timeout_s
         self._on_done = on_done
         self._times = times
+        self._wanted = wanted
+        self._dropped = dropped
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
         # per worker slot: the call running (None: idle), and whether the watchdog cut it
@@ -157,7 +162,7 @@ class HandlerPool:
         loop = asyncio.get_running_loop()
         pending, idle, budget = self._pending, self._idle, self.budget
         current, timed_out = self._current, self._timed_out
-        on_done = self._on_done
+        on_done, wanted = self._on_done, self._wanted
         observe = self._times.observe if self._times is not None else None
         while not self._closing:
             if not pending:
@@ -181,6 +186,11 @@ class HandlerPool:
             if pending and idle and not self._waking:
                 self._wake_one()  # the rest of the calls may need another worker
             listener, is_async, args, token = call
+            if wanted is not None and not wanted(token):
+                if budget is not None:
+                    budget.give()
+                self._drop(token)
+                continue
             timed_out[slot] = False
             current[slot] = call
             outcome: object
@@ -212,6 +222,13 @@ class HandlerPool:
                 on_done(token, outcome)
             except Exception:  # a bookkeeping bug must not take this worker's slot away
                 log.exception("handler.outcome_failed")
+
+    def _drop(self, token: Any) -> None:
+        try:
+            if self._dropped is not None:
+                self._dropped(token)
+        except Exception:  # a bookkeeping bug must not take this worker's slot away
+            log.exception("handler.drop_failed")
 
     def shared(self) -> Budget:
         """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).

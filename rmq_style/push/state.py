@@ -52,6 +52,9 @@ class QueueState:
     keys: QueueKeys
     sub: Subscription
     owned: bool = True
+    # ownership generation: moves on when the queue is released or the membership lapsed; a call
+    # read in an earlier one is dropped before it starts (its entry is re-read if still ours)
+    epoch: int = 0
     count: int = 0  # in-flight messages (read, not yet acknowledged in Redis)
     size: int = 0  # their body bytes
     streams: tuple[StreamState, ...] = ()
@@ -70,6 +73,7 @@ class Delivery:
     size: int
     message: ReceivedMessage | None = None
     decision: Decision | None = None
+    epoch: int = 0  # of its queue when read
 
     @property
     def origin_offset(self) -> bytes:
