@@ -1,27 +1,7 @@
-"""Orderly consumption, the pure part: decisions, lease arithmetic, the calls and their replies (no I/O).
+"""Orderly consumption, the pure part: lease arithmetic, the fenced calls and their replies (no I/O).
 
-An orderly queue is handled by the holder of its lease lock only, one
-message (or one batch) at a time, in offset order. What happens to a message
-after its listener ran:
+What happens to a message after its listener ran: ``rmq_style.push.outcomes``.
 
-    listener outcome                                 failed attempts a   decision
-    -----------------------------------------------  ------------------  ------------------------
-    returns SUCCESS or anything else                 any                 Proceed
-    raises DeadLetter / returns DEAD_LETTER          any                 DeadLetterIt(reason)
-    bad input (undecodable, invalid)                 any                 DeadLetterIt(reason)
-    raises / SUSPEND_... / RECONSUME_LATER / timeout  a < max (or max -1) Suspend(a + 1)
-    raises / SUSPEND_... / RECONSUME_LATER / timeout  a >= max            DeadLetterIt(reason)
-
-So a poison message is handled exactly ``max_reconsume_times + 1`` times.
-
->>> decide_orderly(None, 0, 2)
-Proceed()
->>> decide_orderly(ValueError("boom"), 1, 2)
-Suspend(attempts=2, reason='ValueError: boom')
->>> decide_orderly(ConsumeResult.SUSPEND_CURRENT_QUEUE_A_MOMENT, 2, 2).reason
-'SUSPEND_CURRENT_QUEUE_A_MOMENT (after 3 attempts)'
->>> decide_orderly(ValueError("boom"), 10**6, -1).attempts
-1000001
 >>> lock_value("host@1-ab", 7)
 'host@1-ab/7'
 """
@@ -32,58 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._calls import Call, Flow, command, run_script, single
-from .._message import MessageQueue
-from .._names import Keys, QueueKeys
+from .._calls import Call, command, run_script
+from .._names import QueueKeys
 from .._replies import ReplyCode, classify
-from .outcomes import ConsumeResult, DeadLetter, DeadLetterIt, _plain, describe_error, is_bad_input
 
 __all__ = [
-    "HeldQueue",
     "OrderlyRead",
-    "Proceed",
-    "Suspend",
-    "decide_orderly",
-    "held_flow",
     "is_fenced",
     "lease_deadline",
     "lock_value",
     "parse_read",
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Proceed:
-    """The message succeeded: acknowledge it, go on with the next one."""
-
-
-@dataclass(frozen=True, slots=True)
-class Suspend:
-    """The message failed: hold the queue, try it again after the suspend time."""
-
-    attempts: int  # failed attempts so far, this one included (= reconsume_times of the next try)
-    reason: str
-
-
-OrderlyDecision = Proceed | Suspend | DeadLetterIt
-
-
-def decide_orderly(outcome: object, failed_before: int, max_reconsume_times: int) -> OrderlyDecision:
-    """The decision for a message that failed *failed_before* times and now returned or raised *outcome*."""
-    if outcome is ConsumeResult.SUCCESS or not isinstance(outcome, ConsumeResult | BaseException):
-        return Proceed()
-    if outcome is ConsumeResult.DEAD_LETTER:
-        return DeadLetterIt("DeadLetter: the listener returned DEAD_LETTER")
-    if isinstance(outcome, BaseException):
-        reason = describe_error(outcome) if outcome.__traceback__ else _plain(outcome)
-        if isinstance(outcome, DeadLetter) or is_bad_input(outcome):
-            return DeadLetterIt(reason)
-    else:
-        reason = outcome.name
-    attempts = failed_before + 1
-    if 0 <= max_reconsume_times <= failed_before:
-        return DeadLetterIt(f"{reason} (after {attempts} attempts)")
-    return Suspend(attempts, reason)
 
 
 def lock_value(member: str, token: int) -> str:
@@ -203,49 +142,3 @@ def renew_call(qk: QueueKeys, group: str, value: str, lease_ms: int) -> Call:
 
 def release_call(qk: QueueKeys, group: str, value: str) -> Call:
     return run_script("lock_release", (qk.lock(group),), (value,))
-
-
-@dataclass(frozen=True, slots=True)
-class HeldQueue:
-    """An orderly queue held by a failing message (what ``progress`` shows)."""
-
-    queue: MessageQueue
-    owner: str  # member that recorded the last failure
-    offset: str  # entry id of the blocked message
-    attempts: int  # failed attempts so far
-    since_ms: int  # Redis server time of its first failure
-    reason: str  # of the last failure
-    lock_owner: str | None  # member holding the lease now (None: nobody)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def held_flow(keys: Keys, group: str, queue: MessageQueue) -> Flow[HeldQueue | None]:
-    """Whether a failing message holds (group, queue), and since when; None when the queue flows."""
-    qk = keys.queue(queue.topic, queue.queue_id)
-    held, lock = yield [command("HGETALL", qk.held(group)), command("GET", qk.lock(group))]
-    return parse_held(queue, held, lock)
-
-
-def lock_owner(lock_reply: Any) -> str | None:
-    """The member holding a lease, from the lock key's value (``member/token``); None when free."""
-    value = single(lock_reply)
-    return _text(value).rpartition("/")[0] if value else None
-
-
-def parse_held(queue: MessageQueue, held_reply: Any, lock_reply: Any) -> HeldQueue | None:
-    """HeldQueue from the replies of HGETALL held and GET lock (None when the queue flows)."""
-    fields = {_text(k): _text(v) for k, v in (single(held_reply) or {}).items()}
-    if "offset" not in fields:
-        return None
-    return HeldQueue(
-        queue,
-        fields.get("owner", ""),
-        fields["offset"],
-        int(fields.get("attempts") or 0),
-        int(fields.get("since") or 0),
-        fields.get("reason", ""),
-        lock_owner(lock_reply),
-    )
