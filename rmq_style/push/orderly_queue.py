@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 import structlog
 
 from .._aio import wait_event
-from .._async._io import TRANSIENT_ERRORS, execute
+from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._calls import Call
 from .._entry_check import rejection, shown
 from .._errors import FencedError
 from .._message import MessageQueue, ReceivedMessage, decode_entry
+from .._names import Keys
 from .._replies import ReplyCode, classify
 from .orderly_leases import (
     OrderlyRead,
@@ -34,10 +36,8 @@ from .orderly_leases import (
 )
 from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_error
 from .redis_calls import create_groups_calls, packed_record
+from .settings import PushSettings
 from .state import Subscription
-
-if TYPE_CHECKING:
-    from .orderly import OrderlyRunner
 
 __all__ = ["OrderlyQueue"]
 
@@ -48,6 +48,23 @@ _tokens = itertools.count(1)
 Entry = tuple[bytes, dict[bytes, bytes]]
 
 
+class Host(Protocol):
+    """What a queue task uses of its runner (``rmq_style.push.orderly.OrderlyRunner``)."""
+
+    group: str
+    member: str
+    keys: Keys
+    settings: PushSettings
+    stats: Any
+    client: AsyncClient
+    wait_client: AsyncClient
+    log: Any
+    queues: dict[MessageQueue, OrderlyQueue]
+    start_position: Callable[[], tuple[str, str]]
+
+    async def call(self, q: OrderlyQueue, messages: list[ReceivedMessage]) -> object: ...
+
+
 class _Lost(Exception):
     """The lease is gone (fenced, renewal refused or overdue): stop handling this queue."""
 
@@ -55,7 +72,7 @@ class _Lost(Exception):
 class OrderlyQueue:
     """One owned orderly queue: its lease and its consuming task."""
 
-    def __init__(self, runner: OrderlyRunner, mq: MessageQueue, sub: Subscription) -> None:
+    def __init__(self, runner: Host, mq: MessageQueue, sub: Subscription) -> None:
         self.runner = runner
         self.mq = mq
         self.sub = sub
