@@ -38,6 +38,7 @@ from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_e
 from .redis_calls import create_groups_calls, packed_record
 from .settings import PushSettings
 from .state import Subscription
+from .waits import Backoff
 
 __all__ = ["OrderlyQueue"]
 
@@ -150,7 +151,7 @@ class OrderlyQueue:
     async def _write(self, call: Call) -> Any:
         """One fenced script, retried while Redis is away; FENCED ends the ownership."""
         r = self.runner
-        backoff = r.settings.reconnect_backoff_ms / 1000
+        backoff = Backoff(r.settings.reconnect_backoff_ms, r.settings.reconnect_backoff_max_ms)
         while True:
             try:
                 (reply,) = await execute(r.client, [call])
@@ -159,8 +160,7 @@ class OrderlyQueue:
                 if not self.lease_valid:
                     self.lost = True
                     raise _Lost from exc
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, r.settings.reconnect_backoff_max_ms / 1000)
+                await backoff.sleep()
                 continue
             if is_fenced(reply):
                 self.lost = True

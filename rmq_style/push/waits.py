@@ -19,8 +19,15 @@ class Backoff:
         self.next = self.first
 
     async def wait(self, stop: asyncio.Event) -> None:
+        await wait_event(stop, self._step() / 1000)
+
+    async def sleep(self) -> None:
+        """Wait out the delay whatever happens (a write that must go out before anything else)."""
+        await asyncio.sleep(self._step() / 1000)
+
+    def _step(self) -> int:
         delay, self.next = self.next, min(self.next * 2, self.max)
-        await wait_event(stop, delay / 1000)
+        return delay
 
 
 async def wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
