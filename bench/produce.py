@@ -11,6 +11,8 @@ dict every time, round-robin over the queues.
   ``XADD`` per round trip (json.dumps of the dict, round-robin over 8 streams).
 - batch: ``Producer.send_batch`` of 100 messages (one pipelined round trip of
   8 script calls) against a pipeline of 100 ``XADD`` (transaction=False).
+- async_single: ``AsyncProducer.send`` awaited one at a time against a
+  ``redis.asyncio`` loop of one ``XADD`` per round trip (one event loop for both).
 
 Each case runs 3 rounds (producer and baseline alternate inside a round) and
 reports the medians, one JSON object per line.
@@ -19,6 +21,7 @@ reports the medians, one JSON object per line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import itertools
@@ -31,8 +34,9 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+import redis.asyncio as redis_asyncio
 
-from rmq_style import Admin, Message, Producer
+from rmq_style import Admin, AsyncProducer, Message, Producer
 from rmq_style._connection import parse_url
 from rmq_style.testing import private_redis_url
 
@@ -69,10 +73,16 @@ class Workload:
         self.producer = Producer(url)
         self.streams = [f"raw:{{bench:{q}}}:s" for q in range(QUEUES)]
         self._rr = itertools.cycle(self.streams)
+        self.loop = asyncio.new_event_loop()
+        self.async_producer = AsyncProducer(url)
+        self.async_raw = redis_asyncio.Redis.from_url(url, **parse_url(url).client_options)
 
     def close(self) -> None:
         self.producer.close()
         self.raw.close()
+        self.loop.run_until_complete(self.async_producer.close())
+        self.loop.run_until_complete(self.async_raw.aclose())
+        self.loop.close()
 
     # the producer: the body dict goes through the codec each time
     def producer_single(self, n: int) -> None:
@@ -84,6 +94,14 @@ class Workload:
         send_batch = self.producer.send_batch
         for _ in range(n // BATCH):
             send_batch([Message(TOPIC, BODY) for _ in range(BATCH)])
+
+    def producer_async_single(self, n: int) -> None:
+        async def run() -> None:
+            send = self.async_producer.send
+            for _ in range(n):
+                await send(Message(TOPIC, BODY))
+
+        self.loop.run_until_complete(run())
 
     # the baseline: json.dumps the same dict, XADD round-robin over 8 streams
     def raw_single(self, n: int) -> None:
@@ -99,17 +117,28 @@ class Workload:
                 pipe.xadd(next(rr), {"d": json.dumps(BODY)})
             pipe.execute()
 
+    def raw_async_single(self, n: int) -> None:
+        async def run() -> None:
+            xadd, rr = self.async_raw.xadd, self._rr
+            for _ in range(n):
+                await xadd(next(rr), {"d": json.dumps(BODY)})
+
+        self.loop.run_until_complete(run())
+
     def warm_up(self) -> None:
         self.producer_single(200)
         self.producer_batch(200)
         self.raw_single(200)
         self.raw_batch(200)
+        self.producer_async_single(200)
+        self.raw_async_single(200)
 
 
 CASES: dict[str, tuple[int, str]] = {
     # case: (messages per round, baseline description)
     "single": (4000, "redis-py XADD, one per round trip, json.dumps body, 8 streams round-robin"),
     "batch": (30000, "redis-py pipeline of 100 XADD (transaction=False), json.dumps body, 8 streams"),
+    "async_single": (4000, "redis.asyncio XADD, one per round trip, json.dumps body, 8 streams round-robin"),
 }
 
 
@@ -136,7 +165,7 @@ def measure(work: Workload, case: str, n: int) -> dict[str, Any]:
         "ratio": round(msgs / baseline, 3),
         "round_ratios": [round(x, 3) for x in ratios],
         "messages_per_round": n,
-        "messages_per_call": 1 if case == "single" else BATCH,
+        "messages_per_call": BATCH if case == "batch" else 1,
         "rounds": ROUNDS,
         "queues": QUEUES,
         "body_bytes": len(json.dumps(BODY, separators=(",", ":"))),
