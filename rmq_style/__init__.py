@@ -51,11 +51,11 @@ from ._errors import (
     TopicNotFoundError,
     UsageError,
 )
-from ._lite_pulling import ConsumeFrom, LitePullSettings
+from ._lite_pulling import LitePullSettings
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult
 from ._names import LAYOUT_VERSION, Keys
 from ._offset_store import QueueProgress
-from ._offsets import Offset, parse_offset
+from ._offsets import ConsumeFrom, Offset, parse_offset
 from ._producing import ProducerSettings
 from ._pulling import PullResult, PullStatus
 from ._routing import queue_for_key

@@ -121,7 +121,7 @@ class Context:
             at = s.consume_timestamp
             ms = int(at.timestamp() * 1000) if at is not None else int(time.time() * 1000) - 30 * 60_000
             return "timestamp", str(ms)
-        return s.consume_from, ""
+        return s.consume_from.value, ""
 
     # -- in-flight accounting: the only place the counts change -----------------------------------
 
