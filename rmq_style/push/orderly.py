@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import structlog
 
@@ -39,7 +39,6 @@ from .orderly_leases import (
     renew_call,
 )
 from .orderly_queue import OrderlyQueue
-from .outcomes import ConsumeTimeout
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Subscription
@@ -80,7 +79,6 @@ class OrderlyRunner:
         self.start_position = start_position
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
-        self._timeout_s = settings.consume_timeout_ms / 1000
         self._stop = asyncio.Event()
 
     @property
@@ -145,44 +143,12 @@ class OrderlyRunner:
             return exc
         async with self.budget:  # one budget with the consumer's concurrent listener calls
             q._check()  # the wait for a slot may have outlived the lease, or the queue must go
-            q.call_started = started = time.perf_counter()
-            try:
-                if sub.is_async:
-                    return cast(object, await sub.listener(*args))
-                loop = asyncio.get_running_loop()
-                return cast(
-                    object, await loop.run_in_executor(self.pool.threads(), lambda: sub.listener(*args))
-                )
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not q.timed_out or task is None or task.uncancel() > 0:
-                    raise  # a stop, not (only) the watchdog
-                return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout_s:g} s)")
-            except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
-                return exc
-            finally:
-                q.call_started = None
-                q.timed_out = False
-                self.times.observe(time.perf_counter() - started)
-
-    async def watch_loop(self) -> None:
-        """Cut listener calls running longer than consume_timeout (between it and one period more)."""
-        period = min(max(self._timeout_s / 8, 0.005), 0.5)
-        while True:
-            await asyncio.sleep(period)
-            now = time.perf_counter()
-            for q in list(self.queues.values()):
-                started, task = q.call_started, q.task
-                if started is not None and now - started > self._timeout_s and not q.timed_out and task:
-                    q.timed_out = True
-                    q.log.warning("handler.timeout", timeout_s=self._timeout_s, sync=not q.sub.is_async)
-                    task.cancel()
+            # the runner's thread pool, timeout watchdog and exception boundary
+            return await self.pool.run(sub.listener, sub.is_async, args, q.log)
 
     async def background_loop(self) -> None:
-        """The lease renewals and the watchdog (one fails: both restart)."""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.renew_loop())
-            tasks.create_task(self.watch_loop())
+        """The lease renewals."""
+        await self.renew_loop()
 
     async def stop(self, deadline_s: float) -> int:
         """Hand every queue back once its running message finished; return how many were cut off."""

@@ -88,8 +88,6 @@ class OrderlyQueue:
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
         self.task: asyncio.Task[None] | None = None
-        self.call_started: float | None = None  # perf_counter of the listener call running now
-        self.timed_out = False  # the watchdog cut that call
         self.log = runner.log.bind(topic=mq.topic, queue=mq.queue_id)
 
     def __repr__(self) -> str:

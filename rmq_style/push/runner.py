@@ -1,4 +1,10 @@
-"""The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
+"""The listener runner of a push consumer: exactly ``concurrency`` listener calls run at once.
+
+One runner for every kind of listener call: concurrent ones (single or batch)
+are queued here and run by its workers; an orderly queue task runs its call
+through ``run`` in its own task. Both use the one thread pool for sync
+listeners, the one timeout watchdog and the one exception boundary (what a
+listener raises is its outcome, never the runner's failure).
 
 With orderly subscriptions too, the limit is a Budget of ``concurrency``
 slots (``shared()``) that the workers and the orderly queue tasks take a slot
@@ -26,7 +32,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -90,6 +96,16 @@ class Budget:
         self.give()
 
 
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A call run by ``HandlerPool.run`` in its caller's task."""
+
+    started: float  # perf_counter
+    sync: bool
+    log: Any
+    timed_out: bool = False
+
+
 class HandlerPool:
     def __init__(
         self,
@@ -124,6 +140,7 @@ class HandlerPool:
         self._timed_out: list[bool] = [False] * concurrency
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
+        self._inline: dict[asyncio.Task[Any], _Running] = {}  # calls run by run(), by their task
 
     def __repr__(self) -> str:
         return f"<HandlerPool running={self.running}/{self.concurrency} queued={len(self._pending)}>"
@@ -230,6 +247,34 @@ class HandlerPool:
         except Exception:  # a bookkeeping bug must not take this worker's slot away
             log.exception("handler.drop_failed")
 
+    async def run(
+        self, listener: Callable[..., Any], is_async: bool, args: Sequence[Any], bound: Any = None
+    ) -> object:
+        """Run one listener call in the calling task (an orderly queue's); its outcome: the return
+        value, the exception raised, or ConsumeTimeout. The caller holds a slot of the budget.
+
+        *bound*: the logger the watchdog tells of a timeout (the queue's).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        started = perf_counter()
+        running = self._inline[task] = _Running(started, not is_async, bound or log)
+        try:
+            if is_async:
+                return cast(object, await listener(*args))
+            loop = asyncio.get_running_loop()
+            return cast(object, await loop.run_in_executor(self._threads(), _call_in_context(listener, args)))
+        except asyncio.CancelledError:
+            if not running.timed_out or task.uncancel() > 0:
+                raise  # a stop, not (only) the watchdog
+            return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout:g} s)")
+        except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
+            return exc
+        finally:
+            del self._inline[task]
+            if self._times is not None:
+                self._times.observe(perf_counter() - started)
+
     def shared(self) -> Budget:
         """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).
 
@@ -271,6 +316,12 @@ class HandlerPool:
                     self._timed_out[slot] = True
                     log.warning("handler.timeout", timeout_s=self._timeout, sync=not call[1])
                     self._workers[slot].cancel()
+            clock = perf_counter()  # calls run in their caller's task: timed from their start
+            for task, running in list(self._inline.items()):
+                if not running.timed_out and clock - running.started > self._timeout:
+                    running.timed_out = True
+                    running.log.warning("handler.timeout", timeout_s=self._timeout, sync=running.sync)
+                    task.cancel()
 
     async def close(self, deadline_s: float) -> int:
         """Start nothing new, wait up to *deadline_s* for running handlers; return how many were cut off."""
