@@ -19,7 +19,7 @@ from .._message import MessageQueue, ReceivedMessage
 from .._replies import ReplyCode, classify
 from .context import TRANSIENT, Context
 from .outcomes import Ack, DeadLetterIt
-from .redis_calls import create_groups_calls, fetch_command
+from .redis_calls import check_created, create_groups_calls, fetch_command
 from .runner import Call, Work
 from .settling import Settler
 from .state import Delivery, QueueState, StreamState, Subscription
@@ -213,9 +213,7 @@ class Fetcher:
                     at=value,
                     error=error,
                 )
-        for reply in await execute(client, calls):
-            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
-                raise reply
+        check_created(await execute(client, calls))
 
     def on_read(self, reply: Any, scans: list[StreamState] | None) -> None:
         """Register the entries read and hand them to the pool (or settle them at once).

@@ -112,7 +112,7 @@ def settle_call(
     )
 
 
-def dead_letter_call(
+def fenced_dead_letter_call(
     qk: QueueKeys,
     group: str,
     value: str,

@@ -25,7 +25,7 @@ from .._replies import ReplyCode, classify
 from .orderly_leases import (
     OrderlyRead,
     acquire_call,
-    dead_letter_call,
+    fenced_dead_letter_call,
     is_fenced,
     lease_deadline,
     lock_value,
@@ -35,7 +35,7 @@ from .orderly_leases import (
     settle_call,
 )
 from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_error
-from .redis_calls import create_groups_calls, packed_record
+from .redis_calls import check_created, create_groups_calls, packed_record
 from .settings import PushSettings
 from .state import Subscription
 from .waits import Backoff
@@ -127,8 +127,7 @@ class OrderlyQueue:
                 self.log.warning("consumer.redis_unavailable", task="lock", error=str(exc))
                 await wait_event(self.release, retry_s)
                 continue
-            if isinstance(created, Exception) and classify(created) is not ReplyCode.BUSYGROUP:
-                raise created
+            check_created([created])
             if reply is not None and not isinstance(reply, Exception):
                 self.locked = True
                 self.valid_until = lease_deadline(sent, s.orderly_lease_ms)
@@ -177,9 +176,7 @@ class OrderlyQueue:
         r = self.runner
         where, at = ("after", self.last_id.decode()) if self.last_id else r.start_position()
         self.log.warning("group.recreated", where=where, at=at, error=error)
-        for reply in await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]):
-            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
-                raise reply
+        check_created(await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]))
 
     async def _finish(self) -> None:
         """Acknowledge what was handled and give the lock back (unless it is not ours any more).
@@ -364,7 +361,7 @@ class OrderlyQueue:
         origin = fields.get(b"o", entry_id) if self.retry else entry_id
         record = packed_record(fields, origin, failed)
         reply = await self._write(
-            dead_letter_call(
+            fenced_dead_letter_call(
                 self.keys,
                 r.group,
                 self.value,

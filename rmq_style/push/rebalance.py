@@ -17,11 +17,10 @@ from .._calls import command, single
 from .._membership import heartbeat_call, my_queues
 from .._message import MessageQueue
 from .._offsets import parse_offset
-from .._replies import ReplyCode, classify
 from .._topics import TopicRoute
 from .._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 from .context import TRANSIENT, Context
-from .redis_calls import adopt_entries_call, create_groups_calls, prune_consumers_call
+from .redis_calls import adopt_entries_call, check_created, create_groups_calls, prune_consumers_call
 from .state import QueueState, StreamState, Subscription
 from .waits import wait_event
 
@@ -144,9 +143,7 @@ class Rebalancer:
         calls = []
         for mq in queues:
             calls += create_groups_calls(self.c.keys.queue(mq.topic, mq.queue_id), self.c.group, where, value)
-        for reply in await execute(client, calls):
-            if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
-                raise reply
+        check_created(await execute(client, calls))
         for mq in queues:
             state = self.c.queues.get(mq)
             if state is None:

@@ -8,10 +8,12 @@ from typing import Any
 from .._calls import Call, Command, command, run_script
 from .._message import pack_fields
 from .._names import QueueKeys
+from .._replies import ReplyCode, classify
 
 __all__ = [
     "ack_calls",
     "adopt_entries_call",
+    "check_created",
     "create_groups_calls",
     "dead_letter_call",
     "fetch_command",
@@ -100,6 +102,13 @@ def create_groups_calls(qk: QueueKeys, group: str, where: str, value: str) -> li
         run_script("create_group", (qk.stream, qk.seq), (group, where, value)),
         command("XGROUP", "CREATE", qk.retry_stream(group), group, "0", "MKSTREAM"),
     ]
+
+
+def check_created(replies: Iterable[object]) -> None:
+    """Raise the first failure among the replies of group creations; BUSYGROUP (it exists) is fine."""
+    for reply in replies:
+        if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
+            raise reply
 
 
 def prune_consumers_call(stream: str, group: str, min_idle_ms: int, live: Iterable[str]) -> Call:
