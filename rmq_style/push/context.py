@@ -72,7 +72,7 @@ class Context:
         A worker resumed after a SIGSTOP past member expiry has lost its queues, and a
         survivor has taken over their pending entries: what it read ahead is not run.
         """
-        d = token if type(token) is Delivery else token[0]  # type: ignore[index]
+        d = token[0] if isinstance(token, list) else token
         return d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until
 
     def drop(self, token: Delivery | list[Delivery]) -> None:
