@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from .._async._io import AsyncClient, execute, open_client
+from .._calls import Command, single
 from .._entry_check import rejection
 from .._errors import SerializationError
 from .._message import MessageQueue, ReceivedMessage
@@ -29,6 +30,12 @@ __all__ = ["Fetcher"]
 
 ACK = Ack()
 PREFETCH_MIN = 4  # entries in a reply worth reading ahead of handling them
+
+
+async def run_one(client: AsyncClient, cmd: Command) -> Any:
+    """One read through the calls-as-values front; an error reply is raised (NOGROUP: re-create)."""
+    (reply,) = await execute(client, [cmd])
+    return single(reply)
 
 
 def scanning(q: QueueState) -> bool:
@@ -93,7 +100,7 @@ class Fetcher:
             [st.key for st in streams],
             [">"] * len(streams),
         )
-        read: asyncio.Future[Any] = asyncio.ensure_future(cast(Any, client).execute_command(*cmd.args))
+        read: asyncio.Future[Any] = asyncio.ensure_future(run_one(client, cmd))
         return read
 
     def prefetch(
@@ -167,7 +174,7 @@ class Fetcher:
                             [st.key for st in scans],
                             [st.scan_from.decode() for st in scans if st.scan_from is not None],
                         )
-                        reply = await cast(Any, client).execute_command(*cmd.args)
+                        reply = await run_one(client, cmd)
                         self.on_read(reply, scans)
                     else:
                         read, ahead = ahead or self.read_new(client, streams), None
