@@ -16,6 +16,8 @@ dict every time, round-robin over the queues.
   both with the replica attached. The bench starts a replica of its private
   server before these cases (the others run without one); with --redis-url
   the server must have one, or these cases are skipped.
+- async_single: ``AsyncProducer.send`` awaited one at a time against a
+  ``redis.asyncio`` loop of one ``XADD`` per round trip (one event loop for both).
 
 Each case runs 3 rounds (producer and baseline alternate inside a round) and
 reports the medians, one JSON object per line.
@@ -24,6 +26,7 @@ reports the medians, one JSON object per line.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import cProfile
 import io
@@ -38,8 +41,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+import redis.asyncio as redis_asyncio
 
-from rmq_style import Admin, Message, Producer, SendStatus
+from rmq_style import Admin, AsyncProducer, Message, Producer, SendStatus
 from rmq_style._connection import parse_url
 from rmq_style.testing import RedisServer, private_redis_url
 
@@ -77,11 +81,17 @@ class Workload:
         self.replicated = Producer(url, min_replicas=1, replica_timeout_ms=1000)
         self.streams = [f"raw:{{bench:{q}}}:s" for q in range(QUEUES)]
         self._rr = itertools.cycle(self.streams)
+        self.loop = asyncio.new_event_loop()
+        self.async_producer = AsyncProducer(url)
+        self.async_raw = redis_asyncio.Redis.from_url(url, **parse_url(url).client_options)
 
     def close(self) -> None:
         self.replicated.close()
         self.producer.close()
         self.raw.close()
+        self.loop.run_until_complete(self.async_producer.close())
+        self.loop.run_until_complete(self.async_raw.aclose())
+        self.loop.close()
 
     # the producer: the body dict goes through the codec each time
     def producer_single(self, n: int) -> None:
@@ -110,6 +120,14 @@ class Workload:
     def has_replica(self) -> bool:
         return int(self.raw.info("replication")["connected_slaves"]) > 0
 
+    def producer_async_single(self, n: int) -> None:
+        async def run() -> None:
+            send = self.async_producer.send
+            for _ in range(n):
+                await send(Message(TOPIC, BODY))
+
+        self.loop.run_until_complete(run())
+
     # the baseline: json.dumps the same dict, XADD round-robin over 8 streams
     def raw_single(self, n: int) -> None:
         xadd, rr = self.raw.xadd, self._rr
@@ -124,11 +142,21 @@ class Workload:
                 pipe.xadd(next(rr), {"d": json.dumps(BODY)})
             pipe.execute()
 
+    def raw_async_single(self, n: int) -> None:
+        async def run() -> None:
+            xadd, rr = self.async_raw.xadd, self._rr
+            for _ in range(n):
+                await xadd(next(rr), {"d": json.dumps(BODY)})
+
+        self.loop.run_until_complete(run())
+
     def warm_up(self) -> None:
         self.producer_single(200)
         self.producer_batch(200)
         self.raw_single(200)
         self.raw_batch(200)
+        self.producer_async_single(200)
+        self.raw_async_single(200)
 
 
 CASES: dict[str, tuple[int, str, str, str]] = {
@@ -140,6 +168,10 @@ CASES: dict[str, tuple[int, str, str, str]] = {
     "batch": (
         30000, "redis-py pipeline of 100 XADD (transaction=False), json.dumps body, 8 streams",
         "producer_batch", "raw_batch",
+    ),
+    "async_single": (
+        4000, "redis.asyncio XADD, one per round trip, json.dumps body, 8 streams round-robin",
+        "producer_async_single", "raw_async_single",
     ),
     "replicated-single": (
         2000, "Producer.send without min_replicas, same server and replica", "replicated_single",

@@ -51,16 +51,13 @@ from ._errors import (
     TopicNotFoundError,
     UsageError,
 )
-from ._lite_pulling import ConsumeFrom, LitePullSettings
+from ._lite_pulling import LitePullSettings
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult, SendStatus
 from ._names import LAYOUT_VERSION, Keys
 from ._offset_store import QueueProgress
-from ._offsets import Offset, parse_offset
+from ._offsets import ConsumeFrom, Offset, parse_offset
 from ._producing import ProducerSettings
 from ._pulling import PullResult, PullStatus
-from ._push_consumer import PushConsumer, PushStats
-from ._push_core import ConsumeResult, ConsumeTimeout, DeadLetter
-from ._push_settings import PushSettings
 from ._routing import queue_for_key
 from ._sync.admin import Admin
 from ._sync.lite_pull import LitePullConsumer
@@ -76,6 +73,9 @@ from ._transaction import (
     TransactionStateError,
 )
 from .app import App, HandlerSubscription
+from .push.consumer import PushConsumer, PushStats
+from .push.outcomes import ConsumeResult, ConsumeTimeout, DeadLetter
+from .push.settings import PushSettings
 from .settings import AppSettings
 
 __all__ = [

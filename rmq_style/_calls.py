@@ -11,17 +11,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from redis.exceptions import (
-    AskError,
-    AuthenticationError,
-    MovedError,
-    NoPermissionError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-)
-
-from ._errors import BrokerRefusedError
+from ._replies import refusal
 from ._scripts import Script, script
 
 __all__ = [
@@ -111,47 +101,3 @@ def single(reply: Any) -> Any:
             raise refused from reply
         raise reply
     return reply
-
-
-# error codes by which Redis refuses a command it understood; redis-py strips the code of some
-_REFUSALS = frozenset(
-    {"OOM", "READONLY", "NOREPLICAS", "NOPERM", "MISCONF", "MASTERDOWN", "NOAUTH", "WRONGPASS"}
-)
-_SCRIPT_NOPERM = "The user executing the script can't run this command"
-_REFUSAL_CLASSES: tuple[tuple[type[Exception], str], ...] = (
-    (AuthenticationError, "AUTH"),
-    (OutOfMemoryError, "OOM"),
-    (ReadOnlyError, "READONLY"),
-    (NoPermissionError, "NOPERM"),
-)
-_CLUSTER_CLASSES: tuple[tuple[type[Exception], str], ...] = ((MovedError, "MOVED"), (AskError, "ASK"))
-
-
-def refusal(exc: BaseException) -> BrokerRefusedError | None:
-    """*exc* as a BrokerRefusedError if Redis refused the command, else None.
-
-    >>> refusal(ResponseError("NOREPLICAS Not enough good replicas to write.")).code
-    'NOREPLICAS'
-    >>> refusal(OutOfMemoryError("command not allowed when used memory > 'maxmemory'.")).code
-    'OOM'
-    >>> refusal(MovedError("3999 127.0.0.1:6381")).code
-    'MOVED'
-    >>> refusal(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")) is None
-    True
-    """
-    for cls, code in _REFUSAL_CLASSES:
-        if isinstance(exc, cls):
-            return BrokerRefusedError(code, str(exc))
-    for cls, code in _CLUSTER_CLASSES:  # a plain client on a node of a Redis Cluster
-        if isinstance(exc, cls):
-            return BrokerRefusedError(
-                code, f"{exc} (a Redis Cluster: connect with redis+cluster://host:port)"
-            )
-    if isinstance(exc, ResponseError):
-        text = str(exc)
-        code = text.split(" ", 1)[0]
-        if code in _REFUSALS:
-            return BrokerRefusedError("AUTH" if code in ("NOAUTH", "WRONGPASS") else code, text)
-        if _SCRIPT_NOPERM in text:  # an ACL refusal inside a script comes back as a plain ERR
-            return BrokerRefusedError("NOPERM", text)
-    return None

@@ -15,11 +15,10 @@ from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
-from ._orderly_core import HeldQueue, lock_owner, parse_held
 from ._pulling import RouteCache, position_for_timestamp_flow
 from ._topics import route_flow
 
-__all__ = ["DeadLetterRecord", "QueueReport"]
+__all__ = ["DeadLetterRecord", "HeldQueue", "QueueReport", "held_flow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +189,45 @@ def replay_flow(keys: Keys, group: str, records: Sequence[DeadLetterRecord]) -> 
         return 0
     replies = yield calls
     return sum(1 for reply in replies if single(reply) != 0)
+
+
+@dataclass(frozen=True, slots=True)
+class HeldQueue:
+    """An orderly queue held by a failing message (what ``progress`` shows)."""
+
+    queue: MessageQueue
+    owner: str  # member that recorded the last failure
+    offset: str  # entry id of the blocked message
+    attempts: int  # failed attempts so far
+    since_ms: int  # Redis server time of its first failure
+    reason: str  # of the last failure
+    lock_owner: str | None  # member holding the lease now (None: nobody)
+
+
+def held_flow(keys: Keys, group: str, queue: MessageQueue) -> Flow[HeldQueue | None]:
+    """Whether a failing message holds (group, queue), and since when; None when the queue flows."""
+    qk = keys.queue(queue.topic, queue.queue_id)
+    held, lock = yield [command("HGETALL", qk.held(group)), command("GET", qk.lock(group))]
+    return parse_held(queue, held, lock)
+
+
+def lock_owner(lock_reply: Any) -> str | None:
+    """The member holding a lease, from the lock key's value (``member/token``); None when free."""
+    value = single(lock_reply)
+    return _text(value).rpartition("/")[0] if value else None
+
+
+def parse_held(queue: MessageQueue, held_reply: Any, lock_reply: Any) -> HeldQueue | None:
+    """HeldQueue from the replies of HGETALL held and GET lock (None when the queue flows)."""
+    fields = {_text(k): _text(v) for k, v in (single(held_reply) or {}).items()}
+    if "offset" not in fields:
+        return None
+    return HeldQueue(
+        queue,
+        fields.get("owner", ""),
+        fields["offset"],
+        int(fields.get("attempts") or 0),
+        int(fields.get("since") or 0),
+        fields.get("reason", ""),
+        lock_owner(lock_reply),
+    )

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,7 +26,7 @@ from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._offset_store import MessageModel, OffsetStore, default_instance_name
-from ._offsets import Offset, parse_offset
+from ._offsets import ConsumeFrom, Offset, parse_offset
 from ._pulling import (
     DEFAULT_BOUNDS_TTL_MS,
     MAX_PULL,
@@ -52,14 +51,6 @@ __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
 log = structlog.get_logger("rmq_style.lite_pull")
 _ALL = TagFilter(None)
 CLUSTER_WAIT_SLICE_MS = 50  # a Redis Cluster: longest wait on one queue while others may get messages
-
-
-class ConsumeFrom(StrEnum):
-    """Where a group starts in a queue where it has no position yet (never applied otherwise)."""
-
-    FIRST = "first"
-    LAST = "last"
-    TIMESTAMP = "timestamp"
 
 
 class LitePullSettings(BaseModel):

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ResponseError
 
 from ._allocation import STRATEGIES, AllocationStrategy
 from ._calls import Call, command, run_script, single
@@ -23,6 +22,7 @@ from ._errors import SubscriptionConflictError
 from ._filter import TagFilter
 from ._message import MessageQueue
 from ._names import Keys
+from ._replies import ReplyCode, classify
 
 __all__ = ["ListenerKind", "MembershipSettings", "new_member_id"]
 
@@ -66,7 +66,7 @@ def check_subscribe_replies(
     replies: Sequence[object], group: str, topic: str, expression: TagFilter, kind: ListenerKind
 ) -> None:
     first = replies[0]
-    if isinstance(first, ResponseError) and str(first).startswith("SUBCONFLICT"):
+    if classify(first) is ReplyCode.SUBCONFLICT:
         current_kind, _, current = str(first).partition(" ")[2].partition(" ")
         raise SubscriptionConflictError(
             f"group {group!r} already subscribes topic {topic!r} with {current!r} ({current_kind}), "

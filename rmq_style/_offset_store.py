@@ -16,13 +16,12 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from redis.exceptions import ResponseError
-
 from ._calls import Call, Flow, command, run_script, single
 from ._errors import InvalidOffsetError
 from ._message import MessageQueue
 from ._names import Keys
 from ._offsets import Offset, parse_offset
+from ._replies import ReplyCode, classify, is_error_reply
 
 __all__ = ["MessageModel", "OffsetStore", "QueueProgress", "default_instance_name", "progress_flow"]
 
@@ -39,7 +38,7 @@ def _text(value: Any) -> str:
 
 
 def _no_such_key(reply: Any) -> bool:
-    return isinstance(reply, ResponseError) and "no such key" in str(reply).lower()
+    return is_error_reply(reply) and "no such key" in str(reply).lower()
 
 
 def _group_info(reply: Any, group: str) -> dict[str, Any] | None:
@@ -90,7 +89,7 @@ class OffsetStore:
     def parse_commit(self, queue: MessageQueue, position: Offset, replies: list[Any]) -> Offset:
         """The position in effect after commit_calls (the stored one, for init)."""
         last = replies[-1]
-        if isinstance(last, ResponseError) and str(last).startswith("OFFSETRANGE"):
+        if classify(last) is ReplyCode.OFFSETRANGE:
             end = str(last).partition(" ")[2]
             raise InvalidOffsetError(
                 f"offset {position} of queue {queue} lies after its last entry {end}: "

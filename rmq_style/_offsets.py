@@ -12,13 +12,22 @@ True
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import NamedTuple
 
 from ._errors import InvalidOffsetError
 
-__all__ = ["MAX_SEQ", "Offset", "parse_offset"]
+__all__ = ["MAX_SEQ", "ConsumeFrom", "Offset", "parse_offset"]
 
 MAX_SEQ = 2**64 - 1
+
+
+class ConsumeFrom(StrEnum):
+    """Where a group starts in a queue where it has no position yet (never applied otherwise)."""
+
+    FIRST = "first"
+    LAST = "last"
+    TIMESTAMP = "timestamp"
 
 
 class Offset(NamedTuple):

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import ResponseError
 
 from ._calls import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single, unknown_waitaof
 from ._codec import Codec
@@ -33,6 +32,7 @@ from ._message import (
     wire,
 )
 from ._names import Keys
+from ._replies import ReplyCode, classify
 from ._routing import RoundRobin, check_queue_id, queue_for_key
 from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
@@ -278,7 +278,7 @@ class ProducerCore:
         return (SendStatus.SEND_OK if ok else SendStatus.FLUSH_SLAVE_TIMEOUT), replicas
 
     def _reply(self, topic: str, outcome: Any) -> Any:
-        if isinstance(outcome, ResponseError) and str(outcome).startswith("NOTOPIC"):
+        if classify(outcome) is ReplyCode.NOTOPIC:
             self.forget_route(topic)
             raise TopicNotFoundError(topic) from None
         return single(outcome)

@@ -25,8 +25,6 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from redis.exceptions import ResponseError
-
 from ._calls import Call, Flow, command, single
 from ._errors import TopicNotFoundError, UsageError
 from ._filter import TagFilter
@@ -34,6 +32,7 @@ from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys
 from ._offsets import ZERO, Offset, parse_offset
 from ._producing import release_due_call
+from ._replies import ReplyCode, classify
 from ._routing import check_queue_id
 from ._topics import TopicRoute, route_flow
 
@@ -111,7 +110,7 @@ def prepare_call(keys: Keys, route: TopicRoute, queue_id: int, limit: int = 1000
 
 
 def parse_bounds(topic: str, reply: Any) -> QueueBounds:
-    if isinstance(reply, ResponseError) and str(reply).startswith("NOTOPIC"):
+    if classify(reply) is ReplyCode.NOTOPIC:
         raise TopicNotFoundError(topic) from None
     nxt, now, first, last, added, length = single(reply)
     return QueueBounds(

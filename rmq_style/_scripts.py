@@ -37,6 +37,7 @@ SCRIPTS: dict[str, int] = {
     "orderly_settle": 3,
     "orderly_dead_letter": 4,
     "prune_consumers": 1,
+    "adopt_entries": 1,
     "tx_half": 3,
     "tx_commit": 6,
     "tx_rollback": 3,

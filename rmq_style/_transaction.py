@@ -19,7 +19,6 @@ from typing import Any
 
 import structlog
 from pydantic import Field
-from redis.exceptions import ResponseError
 
 from ._calls import Call, Flow, command, run_script, single
 from ._errors import RmqError, TopicNotFoundError, UsageError
@@ -27,6 +26,7 @@ from ._membership import new_member_id
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult, pack_fields, unpack_fields
 from ._names import Keys, QueueKeys, check_group
 from ._producing import ProducerCore, ProducerSettings, SendPlan, ShardingKey
+from ._replies import ReplyCode, classify
 from ._topics import route_flow
 
 __all__ = [
@@ -159,12 +159,11 @@ def half_keys(qk: QueueKeys, group: str) -> tuple[str, str, str]:
 
 def tx_error(reply: Any, msg_id: str, action: str, topic: str) -> Any:
     """The reply of a tx script, its error codes raised as named exceptions."""
-    if isinstance(reply, ResponseError):
-        code = str(reply).split(" ", 1)[0]
-        if code.startswith("TX"):
-            raise TransactionStateError(code, msg_id, action) from None
-        if code == "NOTOPIC":
-            raise TopicNotFoundError(topic) from None
+    code = classify(reply)
+    if code is not None and code.is_transaction_state:
+        raise TransactionStateError(code.value, msg_id, action) from None
+    if code is ReplyCode.NOTOPIC:
+        raise TopicNotFoundError(topic) from None
     return single(reply)
 
 

@@ -36,13 +36,13 @@ from ._handlers import HandlerSpec, inspect_handler
 from ._message import ReceivedMessage
 from ._names import check_group, check_topic
 from ._producing import ProducerSettings
-from ._push_consumer import PushConsumer
-from ._push_settings import PushSettings
 from ._sync.admin import Admin
 from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
 from ._sync.transaction import TransactionProducer
 from ._transaction import TransactionSettings
+from .push.consumer import PushConsumer
+from .push.settings import PushSettings
 from .settings import AppSettings
 
 __all__ = ["App", "HandlerSubscription"]

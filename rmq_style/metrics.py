@@ -37,8 +37,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 from redis.exceptions import RedisError
 
-from ._push_consumer import PushStats
 from ._sync.admin import Admin
+from .push.consumer import PushStats
 
 if TYPE_CHECKING:
     from .app import App

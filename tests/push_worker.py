@@ -3,12 +3,15 @@
 Usage: python -m tests.push_worker URL GROUP HANDLER_MS
 
 Each handled message's id goes into the Redis set ``test:handled`` at the end
-of the handler, so a message cut off by a kill is not counted.
+of the handler, so a message cut off by a kill is not counted; ``test:counts``
+counts the handler calls per message id, and ``test:in_flight:PID`` holds the
+consumer's in-flight count (refreshed every 20 ms).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 
 import redis.asyncio as redis_asyncio
@@ -24,12 +27,15 @@ async def main(url: str, group: str, handler_ms: int) -> None:
     async def listener(msg: ReceivedMessage) -> None:
         await asyncio.sleep(handler_ms / 1000)
         await client.sadd("test:handled", msg.msg_id)
+        await client.hincrby("test:counts", msg.msg_id, 1)
 
     consumer = PushConsumer(url, group, fast_settings(concurrency=8))
     consumer.subscribe("orders", "*", listener)
     await consumer.start()
     print("ready", flush=True)
-    await asyncio.Event().wait()
+    while True:
+        await client.set(f"test:in_flight:{os.getpid()}", consumer.in_flight)
+        await asyncio.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -17,16 +17,16 @@ import pytest
 
 from rmq_style import Keys, Message
 from rmq_style._async._io import execute, open_client
-from rmq_style._orderly_core import (
+from rmq_style.push.orderly_leases import (
     acquire_call,
-    dead_letter_call,
+    fenced_dead_letter_call,
     is_fenced,
     read_call,
     release_call,
     renew_call,
     settle_call,
 )
-from rmq_style._push_calls import packed_record
+from rmq_style.push.redis_calls import packed_record
 from tests.pushkit import create_topic, send
 
 QK = Keys().queue("orders", 0)
@@ -100,7 +100,9 @@ def test_orderly_dead_letter_is_fenced(url: str, intruder: str) -> None:
     async def body(client: Any, entries: Any) -> None:
         (first_id, _), (dead_id, fields) = entries
         record = packed_record(fields, dead_id, 3)
-        call = dead_letter_call(QK, "billing", intruder, dead_id, fields[b"i"], record, "boom", [first_id])
+        call = fenced_dead_letter_call(
+            QK, "billing", intruder, dead_id, fields[b"i"], record, "boom", [first_id]
+        )
         (refused,) = await execute(client, [call])
         assert is_fenced(refused), refused
 
@@ -139,7 +141,7 @@ def test_the_holder_passes_every_check(url: str) -> None:
             call = settle_call(QK, "billing", HOLDER, [first_id], blocked=dead_id, attempts=1, owner="a")
             assert await execute(client, [call]) == [1]
             record = packed_record(fields, dead_id, 1)
-            call = dead_letter_call(QK, "billing", HOLDER, dead_id, fields[b"i"], record, "boom", [])
+            call = fenced_dead_letter_call(QK, "billing", HOLDER, dead_id, fields[b"i"], record, "boom", [])
             (dlq_id,) = await execute(client, [call])
             assert dlq_id not in (0, b"0") and await client.xlen(QK.dlq("billing")) == 1
             assert await client.hgetall(QK.held("billing")) == {}

@@ -18,7 +18,7 @@ from structlog.testing import capture_logs
 
 from rmq_style import App, Keys, Message, MessageTooLargeError, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
-from rmq_style._push_pool import HandlerPool
+from rmq_style.push.runner import HandlerPool
 from tests.pushkit import create_topic, dead_letters, fast_settings, send, until
 
 MSG_ID = b"0123456789abcdef0123456789abcdef"
@@ -100,8 +100,8 @@ def test_undecodable_entries_are_dead_lettered_and_every_slot_survives(url: str)
         async with consumer:
             await until(lambda: len(seen) >= 20, timeout=8, what="the good messages")
             await until(lambda: consumer.in_flight == 0, what="every entry settled")
-            assert consumer._pool is not None
-            assert all(not w.done() for w in consumer._pool._workers)  # no slot lost
+            assert consumer._ctx.pool is not None
+            assert all(not w.done() for w in consumer._ctx.pool._workers)  # no slot lost
         assert Counter(m for m, _ in seen) == Counter(ids)  # each exactly once
         dead = await dead_letters(url, "billing", queues=1)
         assert _reason_kinds(dead) == {
@@ -156,7 +156,7 @@ def test_a_failure_while_settling_is_contained(url: str) -> None:
             raise ValueError("fails, so the outcome is planned")
 
         consumer.subscribe("orders", "*", listener)
-        consumer._policy = None  # type: ignore[assignment]  # planning a retry now raises
+        consumer._ctx.policy = None  # type: ignore[assignment]  # planning a retry now raises
         with capture_logs() as logs:
             async with consumer:
                 await until(lambda: consumer.stats.dead_lettered == 6, what="six dead letters")
@@ -174,12 +174,12 @@ def test_a_message_whose_settling_cannot_be_planned_is_dead_lettered_alone(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A retry call that cannot be built: that message is dead-lettered, the rest of its round settles."""
-    from rmq_style import _push_settle
+    from rmq_style.push import settle_plan
 
     def broken_retry_call(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("cannot build the retry")
 
-    monkeypatch.setattr(_push_settle, "retry_call", broken_retry_call)
+    monkeypatch.setattr(settle_plan, "retry_call", broken_retry_call)
 
     async def main() -> None:
         await create_topic(url, queues=1)
@@ -283,15 +283,15 @@ def test_an_orderly_queue_task_that_fails_is_logged_and_started_again(url: str) 
         consumer.subscribe("orders", "*", listener, orderly=True)
         with capture_logs() as logs:
             async with consumer:
-                assert consumer._orderly is not None
-                call, failures = consumer._orderly.call, [RuntimeError("a bug in the runtime")]
+                assert consumer._ctx.orderly is not None
+                call, failures = consumer._ctx.orderly.call, [RuntimeError("a bug in the runtime")]
 
                 async def failing_once(*args: Any) -> object:
                     if failures:
                         raise failures.pop()
                     return await call(*args)
 
-                consumer._orderly.call = failing_once  # type: ignore[method-assign]
+                consumer._ctx.orderly.call = failing_once  # type: ignore[method-assign]
                 ids = await send(url, [Message("orders", {"id": i}) for i in range(3)])
                 await until(lambda: seen == ids, what="the messages, after the queue was started again")
         assert [e["event"] for e in logs].count("queue.task_crashed") == 1

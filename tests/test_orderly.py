@@ -18,16 +18,16 @@ from structlog.testing import capture_logs
 
 from rmq_style import ConsumeResult, Keys, Message, PushConsumer, ReceivedMessage
 from rmq_style._async._io import drive, execute, open_client
+from rmq_style._group_admin import held_flow
 from rmq_style._message import MessageQueue
-from rmq_style._orderly_core import (
+from rmq_style.push.orderly_leases import (
     acquire_call,
-    decide_orderly,
-    held_flow,
     read_call,
     release_call,
     renew_call,
     settle_call,
 )
+from rmq_style.push.outcomes import decide_orderly
 from tests.pushkit import create_topic, dead_letters, fast_settings, until
 
 QUEUES = 4

@@ -24,9 +24,9 @@ from rmq_style import (
 )
 from rmq_style._async._io import execute, open_client
 from rmq_style._names import Keys
-from rmq_style._orderly_core import acquire_call, read_call
-from rmq_style._push_pool import Budget
 from rmq_style.cli import app as cli_app
+from rmq_style.push.orderly_leases import acquire_call, read_call
+from rmq_style.push.runner import Budget
 from tests.pushkit import create_topic, fast_settings, send, until
 
 

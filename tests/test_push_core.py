@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from rmq_style import ConsumeResult, DeadLetter, RetrySchedule, SerializationError
-from rmq_style._push_core import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide
+from rmq_style.push.outcomes import Ack, DeadLetterIt, RetryLater, RetryPolicy, decide
 
 POLICY = RetryPolicy(RetrySchedule(), max_reconsume_times=16)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from rmq_style._push_core import ConsumeTimeout
-from rmq_style._push_pool import HandlerPool, Work
+from rmq_style.push.outcomes import ConsumeTimeout
+from rmq_style.push.runner import HandlerPool, Work
 from tests.pushkit import until
 
 

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from rmq_style import Message, PushConsumer, ReceivedMessage
 from rmq_style._async._io import AsyncClient, execute, open_client
 from rmq_style._names import Keys
-from rmq_style._push_calls import prune_consumers_call
+from rmq_style.push.redis_calls import prune_consumers_call
 from tests.pushkit import create_topic, fast_settings, send, until
 
 STREAM = "rmq:{orders:0}:s"

@@ -38,7 +38,7 @@ def test_push_consumer_start_fails_cleanly_and_starts_again_later(
         with pytest.raises(BrokerUnavailableError, match="Redis unreachable at start") as caught:
             await consumer.start()
         assert type(caught.value.__cause__).__module__.startswith("redis")
-        assert consumer.queues == [] and consumer._client is None
+        assert consumer.queues == [] and consumer._ctx.client is None
         private_redis.start()
         with Producer(url) as producer:
             producer.send(Message("orders", b"after"))

@@ -16,11 +16,11 @@ from .._group_admin import (
     replay_flow,
     reset_offset_flow,
 )
-from .._lookup import MessageQuery, find_flow
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys, check_topic
 from .._offsets import Offset
 from .._producing import release_due_flow
+from .._query_by_key import MessageQuery, find_flow
 from .._topics import (
     DEFAULT_QUEUE_COUNT,
     Retention,

@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._filter import TagFilter
-from ._message import MessageQueue, ReceivedMessage
-from ._names import QueueKeys
-from ._push_core import Decision
-from ._topics import Retention
+from .._filter import TagFilter
+from .._message import MessageQueue, ReceivedMessage
+from .._names import QueueKeys
+from .._topics import Retention
+from .outcomes import Decision
 
-__all__ = ["Delivery", "QueueState", "StreamState", "Subscription"]
+__all__ = ["Delivery", "PushStats", "QueueState", "StreamState", "Subscription"]
 
 
 @dataclass(slots=True, eq=False)
@@ -52,6 +52,9 @@ class QueueState:
     keys: QueueKeys
     sub: Subscription
     owned: bool = True
+    # ownership generation: moves on when the queue is released or the membership lapsed; a call
+    # read in an earlier one is dropped before it starts (its entry is re-read if still ours)
+    epoch: int = 0
     count: int = 0  # in-flight messages (read, not yet acknowledged in Redis)
     size: int = 0  # their body bytes
     streams: tuple[StreamState, ...] = ()
@@ -70,8 +73,21 @@ class Delivery:
     size: int
     message: ReceivedMessage | None = None
     decision: Decision | None = None
+    epoch: int = 0  # of its queue when read
 
     @property
     def origin_offset(self) -> bytes:
         """The entry's offset in its topic queue (a retried copy carries it in field ``o``)."""
         return self.fields.get(b"o", self.entry_id) if self.stream.retry else self.entry_id
+
+
+@dataclass(slots=True)
+class PushStats:
+    consumed: int = 0  # listener succeeded
+    failed: int = 0  # listener raised, returned RECONSUME_LATER or DEAD_LETTER, or timed out
+    retried: int = 0  # retry scheduled
+    dead_lettered: int = 0  # written to the dead-letter queue
+    filtered: int = 0  # acked without a listener call (tag did not match)
+    suspended: int = 0  # orderly: a failure held the queue, the message is tried again
+    fenced: int = 0  # orderly: a write refused because the lease was lost
+    trimmed: int = 0  # maxlen retention removed entries before the group handled them (as logged here)

@@ -1,7 +1,10 @@
 """What happens to a delivered message after its listener ran: pure decisions, no I/O.
 
-Everything that decides a message's fate in concurrent push consumption lives
-here; the runtime (rmq_style._push_runtime) only carries the decisions out.
+Everything that decides a message's fate in push consumption lives here, the
+concurrent table and the orderly one side by side; the runtime
+(rmq_style.push) only carries the decisions out.
+
+Concurrent (``decide``):
 
     listener outcome                      reconsume_times r      decision
     ------------------------------------  ---------------------  ------------------------------------
@@ -21,6 +24,36 @@ RetryLater(delay_ms=20, reconsume_times=2, reason='ValueError: boom')
 'ValueError: boom (after 2 retries)'
 >>> decide(DeadLetter("bad order"), 0, policy)
 DeadLetterIt(reason='DeadLetter: bad order')
+
+Orderly (``decide_orderly``): a queue is handled by the holder of its lease, one
+message (or batch) at a time, in offset order; a failure holds the queue:
+
+    listener outcome                                 failed attempts a   decision
+    -----------------------------------------------  ------------------  ------------------------
+    returns SUCCESS or anything else                 any                 Proceed
+    raises DeadLetter / returns DEAD_LETTER          any                 DeadLetterIt(reason)
+    bad input (undecodable, invalid)                 any                 DeadLetterIt(reason)
+    raises / SUSPEND_... / RECONSUME_LATER / timeout  a < max (or max -1) Suspend(a + 1)
+    raises / SUSPEND_... / RECONSUME_LATER / timeout  a >= max            DeadLetterIt(reason)
+
+So a poison message is handled exactly ``max_reconsume_times + 1`` times.
+
+>>> decide_orderly(None, 0, 2)
+Proceed()
+>>> decide_orderly(ValueError("boom"), 1, 2)
+Suspend(attempts=2, reason='ValueError: boom')
+>>> decide_orderly(ConsumeResult.SUSPEND_CURRENT_QUEUE_A_MOMENT, 2, 2).reason
+'SUSPEND_CURRENT_QUEUE_A_MOMENT (after 3 attempts)'
+>>> decide_orderly(ValueError("boom"), 10**6, -1).attempts
+1000001
+>>> decide_orderly(None, 0, 2)
+Proceed()
+>>> decide_orderly(ValueError("boom"), 1, 2)
+Suspend(attempts=2, reason='ValueError: boom')
+>>> decide_orderly(ConsumeResult.SUSPEND_CURRENT_QUEUE_A_MOMENT, 2, 2).reason
+'SUSPEND_CURRENT_QUEUE_A_MOMENT (after 3 attempts)'
+>>> decide_orderly(ValueError("boom"), 10**6, -1).attempts
+1000001
 """
 
 from __future__ import annotations
@@ -31,8 +64,8 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from ._delay import RetrySchedule
-from ._errors import SerializationError
+from .._delay import RetrySchedule
+from .._errors import SerializationError
 
 __all__ = [
     "Ack",
@@ -41,9 +74,13 @@ __all__ = [
     "DeadLetter",
     "DeadLetterIt",
     "Decision",
+    "OrderlyDecision",
+    "Proceed",
     "RetryLater",
     "RetryPolicy",
+    "Suspend",
     "decide",
+    "decide_orderly",
     "describe_error",
 ]
 
@@ -131,3 +168,37 @@ def decide(outcome: object, reconsume_times: int, policy: RetryPolicy) -> Decisi
 
 def _plain(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:MAX_REASON_LENGTH]
+
+
+@dataclass(frozen=True, slots=True)
+class Proceed:
+    """The message succeeded: acknowledge it, go on with the next one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Suspend:
+    """The message failed: hold the queue, try it again after the suspend time."""
+
+    attempts: int  # failed attempts so far, this one included (= reconsume_times of the next try)
+    reason: str
+
+
+OrderlyDecision = Proceed | Suspend | DeadLetterIt
+
+
+def decide_orderly(outcome: object, failed_before: int, max_reconsume_times: int) -> OrderlyDecision:
+    """The decision for a message that failed *failed_before* times and now returned or raised *outcome*."""
+    if outcome is ConsumeResult.SUCCESS or not isinstance(outcome, ConsumeResult | BaseException):
+        return Proceed()
+    if outcome is ConsumeResult.DEAD_LETTER:
+        return DeadLetterIt("DeadLetter: the listener returned DEAD_LETTER")
+    if isinstance(outcome, BaseException):
+        reason = describe_error(outcome) if outcome.__traceback__ else _plain(outcome)
+        if isinstance(outcome, DeadLetter) or is_bad_input(outcome):
+            return DeadLetterIt(reason)
+    else:
+        reason = outcome.name
+    attempts = failed_before + 1
+    if 0 <= max_reconsume_times <= failed_before:
+        return DeadLetterIt(f"{reason} (after {attempts} attempts)")
+    return Suspend(attempts, reason)

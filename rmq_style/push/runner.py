@@ -1,4 +1,10 @@
-"""The handler pool of a push consumer: exactly ``concurrency`` handlers run at once.
+"""The listener runner of a push consumer: exactly ``concurrency`` listener calls run at once.
+
+One runner for every kind of listener call: concurrent ones (single or batch)
+are queued here and run by its workers; an orderly queue task runs its call
+through ``run`` in its own task. Both use the one thread pool for sync
+listeners, the one timeout watchdog and the one exception boundary (what a
+listener raises is its outcome, never the runner's failure).
 
 With orderly subscriptions too, the limit is a Budget of ``concurrency``
 slots (``shared()``) that the workers and the orderly queue tasks take a slot
@@ -26,12 +32,12 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
-from ._handler_times import HandlerTimes
-from ._push_core import ConsumeTimeout
+from .handler_times import HandlerTimes
+from .outcomes import ConsumeTimeout
 
 __all__ = ["Budget", "Call", "HandlerPool", "Work"]
 
@@ -90,6 +96,16 @@ class Budget:
         self.give()
 
 
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A call run by ``HandlerPool.run`` in its caller's task."""
+
+    started: float  # perf_counter
+    sync: bool
+    log: Any
+    timed_out: bool = False
+
+
 class HandlerPool:
     def __init__(
         self,
@@ -98,10 +114,13 @@ class HandlerPool:
         consume_timeout_s: float,
         on_done: Callable[[Any, object], None],
         times: HandlerTimes | None = None,
+        wanted: Callable[[Any], bool] | None = None,
+        dropped: Callable[[Any], None] | None = None,
     ) -> None:
         """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception.
 
-        With *times*, each call's duration is counted there.
+        With *times*, each call's duration is counted there. With *wanted*, a queued call is
+        started only if ``wanted(token)``; else ``dropped(token)`` is told instead.
         """
         self.concurrency = concurrency
         self.budget: Budget | None = None  # shared(): a budget with the orderly queue tasks
@@ -112,6 +131,8 @@ class HandlerPool:
         self._timeout = consume_timeout_s
         self._on_done = on_done
         self._times = times
+        self._wanted = wanted
+        self._dropped = dropped
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
         # per worker slot: the call running (None: idle), and whether the watchdog cut it
@@ -119,6 +140,7 @@ class HandlerPool:
         self._timed_out: list[bool] = [False] * concurrency
         self._watchdog: asyncio.Task[None] | None = None
         self._closing = False
+        self._inline: dict[asyncio.Task[Any], _Running] = {}  # calls run by run(), by their task
 
     def __repr__(self) -> str:
         return f"<HandlerPool running={self.running}/{self.concurrency} queued={len(self._pending)}>"
@@ -157,7 +179,7 @@ class HandlerPool:
         loop = asyncio.get_running_loop()
         pending, idle, budget = self._pending, self._idle, self.budget
         current, timed_out = self._current, self._timed_out
-        on_done = self._on_done
+        on_done, wanted = self._on_done, self._wanted
         observe = self._times.observe if self._times is not None else None
         while not self._closing:
             if not pending:
@@ -181,6 +203,11 @@ class HandlerPool:
             if pending and idle and not self._waking:
                 self._wake_one()  # the rest of the calls may need another worker
             listener, is_async, args, token = call
+            if wanted is not None and not wanted(token):
+                if budget is not None:
+                    budget.give()
+                self._drop(token)
+                continue
             timed_out[slot] = False
             current[slot] = call
             outcome: object
@@ -212,6 +239,41 @@ class HandlerPool:
                 on_done(token, outcome)
             except Exception:  # a bookkeeping bug must not take this worker's slot away
                 log.exception("handler.outcome_failed")
+
+    def _drop(self, token: Any) -> None:
+        try:
+            if self._dropped is not None:
+                self._dropped(token)
+        except Exception:  # a bookkeeping bug must not take this worker's slot away
+            log.exception("handler.drop_failed")
+
+    async def run(
+        self, listener: Callable[..., Any], is_async: bool, args: Sequence[Any], bound: Any = None
+    ) -> object:
+        """Run one listener call in the calling task (an orderly queue's); its outcome: the return
+        value, the exception raised, or ConsumeTimeout. The caller holds a slot of the budget.
+
+        *bound*: the logger the watchdog tells of a timeout (the queue's).
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        started = perf_counter()
+        running = self._inline[task] = _Running(started, not is_async, bound or log)
+        try:
+            if is_async:
+                return cast(object, await listener(*args))
+            loop = asyncio.get_running_loop()
+            return cast(object, await loop.run_in_executor(self._threads(), _call_in_context(listener, args)))
+        except asyncio.CancelledError:
+            if not running.timed_out or task.uncancel() > 0:
+                raise  # a stop, not (only) the watchdog
+            return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout:g} s)")
+        except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
+            return exc
+        finally:
+            del self._inline[task]
+            if self._times is not None:
+                self._times.observe(perf_counter() - started)
 
     def shared(self) -> Budget:
         """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).
@@ -254,6 +316,12 @@ class HandlerPool:
                     self._timed_out[slot] = True
                     log.warning("handler.timeout", timeout_s=self._timeout, sync=not call[1])
                     self._workers[slot].cancel()
+            clock = perf_counter()  # calls run in their caller's task: timed from their start
+            for task, running in list(self._inline.items()):
+                if not running.timed_out and clock - running.started > self._timeout:
+                    running.timed_out = True
+                    running.log.warning("handler.timeout", timeout_s=self._timeout, sync=running.sync)
+                    task.cancel()
 
     async def close(self, deadline_s: float) -> int:
         """Start nothing new, wait up to *deadline_s* for running handlers; return how many were cut off."""

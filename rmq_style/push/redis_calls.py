@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ._calls import Call, Command, command, run_script
-from ._message import pack_fields
-from ._names import QueueKeys
+from .._calls import Call, Command, command, run_script
+from .._message import pack_fields
+from .._names import QueueKeys
+from .._replies import ReplyCode, classify
 
 __all__ = [
     "ack_calls",
+    "adopt_entries_call",
+    "check_created",
     "create_groups_calls",
     "dead_letter_call",
     "fetch_command",
@@ -101,9 +104,24 @@ def create_groups_calls(qk: QueueKeys, group: str, where: str, value: str) -> li
     ]
 
 
+def check_created(replies: Iterable[object]) -> None:
+    """Raise the first failure among the replies of group creations; BUSYGROUP (it exists) is fine."""
+    for reply in replies:
+        if isinstance(reply, Exception) and classify(reply) is not ReplyCode.BUSYGROUP:
+            raise reply
+
+
 def prune_consumers_call(stream: str, group: str, min_idle_ms: int, live: Iterable[str]) -> Call:
     """Delete the group's consumers on *stream* that are not *live*, own nothing, idled *min_idle_ms*.
 
     Reply: how many were deleted (0 when the stream or the group is missing).
     """
     return run_script("prune_consumers", (stream,), (group, min_idle_ms, *sorted(live)))
+
+
+def adopt_entries_call(stream: str, group: str, gone: str, member: str, min_idle_ms: int, count: int) -> Call:
+    """Claim for *member* the entries pending at *gone* idle for *min_idle_ms* (*count* at most).
+
+    Reply: [listed ids, claimed ids]; listed and not claimed: trimmed while pending.
+    """
+    return run_script("adopt_entries", (stream,), (group, gone, member, min_idle_ms, count))

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ._delay import RetrySchedule
-from ._errors import ConfigurationError
-from ._membership import MembershipSettings
-from ._message import DEFAULT_MAX_MESSAGE_SIZE
+from .._delay import RetrySchedule
+from .._errors import ConfigurationError
+from .._membership import MembershipSettings
+from .._message import DEFAULT_MAX_MESSAGE_SIZE
+from .._offsets import ConsumeFrom
 
 __all__ = ["ConsumeFrom", "PushSettings"]
-
-ConsumeFrom = Literal["first", "last", "timestamp"]
 
 
 class PushSettings(BaseModel):
@@ -45,7 +43,7 @@ class PushSettings(BaseModel):
     )
     retry_delays_ms: tuple[int, ...] = Field(RetrySchedule().delays_ms, min_length=1)
     retry_poll_ms: int = Field(1000, ge=1, description="longest wait between checks for due retries")
-    consume_from: ConsumeFrom = "last"
+    consume_from: ConsumeFrom = ConsumeFrom.LAST
     consume_timestamp: datetime | None = Field(None, description="with consume_from='timestamp'")
     membership: MembershipSettings = MembershipSettings()
     shutdown_timeout_ms: int = Field(30_000, ge=0, description="graceful stop: wait for handlers")

@@ -1,23 +1,7 @@
-"""Orderly consumption, the runtime: one task per owned queue, holding the queue's lease lock.
+"""One owned orderly queue (OrderlyQueue): its lease, and the task that consumes it in order.
 
-A queue task (OrderlyQueue) lives while its queue is allocated to this member:
-
-1. acquire: ``SET lock member/token NX PX lease``, tried again every
-   heartbeat interval while someone else holds it (an owner finishing its
-   running message, or a dead one whose lease runs out);
-2. consume: ``orderly_read`` acknowledges what was handled and returns the
-   next entries in offset order (the group's pending ones first: a takeover
-   re-handles the previous owner's unacknowledged entries), each handled one
-   at a time; a failure holds the queue (``orderly_settle`` records it) and
-   the same message is tried again after the suspend time, until it succeeds
-   or goes to the dead-letter queue (``orderly_dead_letter``);
-3. release: when the queue is no longer allocated (or on stop), after the
-   running message finished: acknowledge, compare-and-delete the lock.
-
-Every write checks the lease in the same script (fenced); a refused write
-(FencedError) makes the task drop the queue at once. The runner renews every
-lease every third of it in one round trip; an owner whose renewal failed or
-is overdue starts no handler any more.
+The lifecycle (acquire, consume, release) and the fencing are described in
+``rmq_style.push.orderly``, whose runner starts and stops these tasks.
 """
 
 from __future__ import annotations
@@ -26,48 +10,60 @@ import asyncio
 import itertools
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import structlog
-from redis.exceptions import ResponseError
 
-from ._aio import wait_event
-from ._async._io import TRANSIENT_ERRORS, AsyncClient, execute
-from ._calls import Call
-from ._entry_check import rejection, shown
-from ._errors import FencedError
-from ._handler_times import HandlerTimes
-from ._message import MessageQueue, ReceivedMessage, decode_entry
-from ._names import Keys
-from ._orderly_core import (
+from .._aio import wait_event
+from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
+from .._calls import Call
+from .._entry_check import rejection, shown
+from .._errors import FencedError
+from .._message import MessageQueue, ReceivedMessage, decode_entry
+from .._names import Keys
+from .._replies import ReplyCode, classify
+from .orderly_leases import (
     OrderlyRead,
-    Proceed,
-    Suspend,
     acquire_call,
-    dead_letter_call,
-    decide_orderly,
+    fenced_dead_letter_call,
     is_fenced,
     lease_deadline,
     lock_value,
     parse_read,
     read_call,
     release_call,
-    renew_call,
     settle_call,
 )
-from ._push_calls import create_groups_calls, packed_record
-from ._push_core import ConsumeTimeout, DeadLetterIt, describe_error
-from ._push_pool import HandlerPool
-from ._push_settings import PushSettings
-from ._push_state import Subscription
+from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_error
+from .redis_calls import check_created, create_groups_calls, packed_record
+from .settings import PushSettings
+from .state import Subscription
+from .waits import Backoff
 
-__all__ = ["OrderlyQueue", "OrderlyRunner"]
+__all__ = ["OrderlyQueue"]
 
 log = structlog.get_logger("rmq_style.orderly")
 _TRANSIENT = (*TRANSIENT_ERRORS, OSError)
 _tokens = itertools.count(1)
 
 Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class Host(Protocol):
+    """What a queue task uses of its runner (``rmq_style.push.orderly.OrderlyRunner``)."""
+
+    group: str
+    member: str
+    keys: Keys
+    settings: PushSettings
+    stats: Any
+    client: AsyncClient
+    wait_client: AsyncClient
+    log: Any
+    queues: dict[MessageQueue, OrderlyQueue]
+    start_position: Callable[[], tuple[str, str]]
+
+    async def call(self, q: OrderlyQueue, messages: list[ReceivedMessage]) -> object: ...
 
 
 class _Lost(Exception):
@@ -77,7 +73,7 @@ class _Lost(Exception):
 class OrderlyQueue:
     """One owned orderly queue: its lease and its consuming task."""
 
-    def __init__(self, runner: OrderlyRunner, mq: MessageQueue, sub: Subscription) -> None:
+    def __init__(self, runner: Host, mq: MessageQueue, sub: Subscription) -> None:
         self.runner = runner
         self.mq = mq
         self.sub = sub
@@ -92,8 +88,6 @@ class OrderlyQueue:
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
         self.task: asyncio.Task[None] | None = None
-        self.call_started: float | None = None  # perf_counter of the listener call running now
-        self.timed_out = False  # the watchdog cut that call
         self.log = runner.log.bind(topic=mq.topic, queue=mq.queue_id)
 
     def __repr__(self) -> str:
@@ -133,8 +127,7 @@ class OrderlyQueue:
                 self.log.warning("consumer.redis_unavailable", task="lock", error=str(exc))
                 await wait_event(self.release, retry_s)
                 continue
-            if isinstance(created, Exception) and not str(created).startswith("BUSYGROUP"):
-                raise created
+            check_created([created])
             if reply is not None and not isinstance(reply, Exception):
                 self.locked = True
                 self.valid_until = lease_deadline(sent, s.orderly_lease_ms)
@@ -155,7 +148,7 @@ class OrderlyQueue:
     async def _write(self, call: Call) -> Any:
         """One fenced script, retried while Redis is away; FENCED ends the ownership."""
         r = self.runner
-        backoff = r.settings.reconnect_backoff_ms / 1000
+        backoff = Backoff(r.settings.reconnect_backoff_ms, r.settings.reconnect_backoff_max_ms)
         while True:
             try:
                 (reply,) = await execute(r.client, [call])
@@ -164,8 +157,7 @@ class OrderlyQueue:
                 if not self.lease_valid:
                     self.lost = True
                     raise _Lost from exc
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, r.settings.reconnect_backoff_max_ms / 1000)
+                await backoff.sleep()
                 continue
             if is_fenced(reply):
                 self.lost = True
@@ -173,7 +165,7 @@ class OrderlyQueue:
                 self.log.error("queue.fenced", error=str(FencedError(str(reply))), unacked=len(self.acks))
                 self.acks.clear()
                 raise _Lost
-            if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
+            if classify(reply) is ReplyCode.NOGROUP:
                 await self._recreate_group(str(reply))
                 continue
             if isinstance(reply, Exception):
@@ -184,9 +176,7 @@ class OrderlyQueue:
         r = self.runner
         where, at = ("after", self.last_id.decode()) if self.last_id else r.start_position()
         self.log.warning("group.recreated", where=where, at=at, error=error)
-        for reply in await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]):
-            if isinstance(reply, Exception) and not str(reply).startswith("BUSYGROUP"):
-                raise reply
+        check_created(await execute(r.client, create_groups_calls(self.keys, r.group, where, at)[:1]))
 
     async def _finish(self) -> None:
         """Acknowledge what was handled and give the lock back (unless it is not ours any more).
@@ -371,7 +361,7 @@ class OrderlyQueue:
         origin = fields.get(b"o", entry_id) if self.retry else entry_id
         record = packed_record(fields, origin, failed)
         reply = await self._write(
-            dead_letter_call(
+            fenced_dead_letter_call(
                 self.keys,
                 r.group,
                 self.value,
@@ -397,153 +387,3 @@ def _with_attempts(msg: ReceivedMessage, fields: dict[bytes, bytes], failed: int
     shown = dict(fields)
     shown[b"r"] = str(failed).encode()
     return ReceivedMessage(msg.topic, msg.queue_id, msg.offset, shown)
-
-
-class OrderlyRunner:
-    """The orderly queues of one PushConsumer: their tasks, the lease renewals, the listener calls."""
-
-    def __init__(
-        self,
-        *,
-        group: str,
-        member: str,
-        keys: Keys,
-        settings: PushSettings,
-        stats: Any,
-        times: HandlerTimes,
-        pool: HandlerPool,
-        client: AsyncClient,
-        wait_client: AsyncClient,
-        start_position: Callable[[], tuple[str, str]],
-    ) -> None:
-        self.group = group
-        self.member = member
-        self.keys = keys
-        self.settings = settings
-        self.stats = stats
-        self.times = times
-        self.pool = pool  # its budget and thread pool are shared with the concurrent listeners
-        self.budget = pool.shared()
-        self.client = client
-        self.wait_client = wait_client
-        self.start_position = start_position
-        self.queues: dict[MessageQueue, OrderlyQueue] = {}
-        self.log = log.bind(group=group, member=member)
-        self._timeout_s = settings.consume_timeout_ms / 1000
-        self._stop = asyncio.Event()
-
-    @property
-    def owned(self) -> list[MessageQueue]:
-        return sorted(mq for mq, q in self.queues.items() if q.locked and not q.release.is_set())
-
-    def assign(self, sub: Subscription, mine: set[MessageQueue]) -> None:
-        """The queues of *sub*'s topic allocated to this member now: start new ones, hand back the others."""
-        if self._stop.is_set():
-            return
-        for mq, q in list(self.queues.items()):
-            if mq.topic == sub.topic and mq not in mine and not q.release.is_set():
-                q.release.set()
-        for mq in sorted(mine):
-            if mq in self.queues:
-                continue  # running, or still finishing a hand-back: a new task once it is gone
-            q = OrderlyQueue(self, mq, sub)
-            self.queues[mq] = q
-            q.task = asyncio.create_task(q.run())
-
-    async def renew_loop(self) -> None:
-        """Renew every held lease every third of it, in one round trip."""
-        s = self.settings
-        period = s.orderly_lease_ms / 3000
-        while not await wait_event(self._stop, period):
-            held = [q for q in self.queues.values() if q.locked and not q.lost]
-            if not held:
-                continue
-            sent = time.monotonic()
-            try:
-                replies = await execute(
-                    self.client, [renew_call(q.keys, self.group, q.value, s.orderly_lease_ms) for q in held]
-                )
-            except _TRANSIENT as exc:
-                self.log.warning("consumer.redis_unavailable", task="renew", error=str(exc))
-                continue
-            for q, reply in zip(held, replies, strict=True):
-                if reply == 1:
-                    q.valid_until = lease_deadline(sent, s.orderly_lease_ms)
-                elif not isinstance(reply, Exception) and q.locked:
-                    q.lost = True
-                    q.log.warning("queue.lease_lost")
-
-    async def call(self, q: OrderlyQueue, messages: list[ReceivedMessage]) -> object:
-        """Run *q*'s listener once; its return value, or the exception it raised.
-
-        A call running longer than consume_timeout is cut by the watchdog (no timer per call).
-        """
-        sub = q.sub
-        args: list[Any]
-        try:
-            if sub.model is not None:
-                bodies = [m.decode(sub.model) for m in messages]
-                args = (
-                    [bodies, messages]
-                    if self.settings.consume_message_batch_max_size > 1
-                    else [bodies[0], messages[0]]
-                )
-            else:
-                args = [messages] if self.settings.consume_message_batch_max_size > 1 else [messages[0]]
-        except Exception as exc:  # noqa: BLE001 - bad input: the decision sends it to the DLQ
-            return exc
-        async with self.budget:  # one budget with the consumer's concurrent listener calls
-            q._check()  # the wait for a slot may have outlived the lease, or the queue must go
-            q.call_started = started = time.perf_counter()
-            try:
-                if sub.is_async:
-                    return cast(object, await sub.listener(*args))
-                loop = asyncio.get_running_loop()
-                return cast(
-                    object, await loop.run_in_executor(self.pool.threads(), lambda: sub.listener(*args))
-                )
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not q.timed_out or task is None or task.uncancel() > 0:
-                    raise  # a stop, not (only) the watchdog
-                return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout_s:g} s)")
-            except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
-                return exc
-            finally:
-                q.call_started = None
-                q.timed_out = False
-                self.times.observe(time.perf_counter() - started)
-
-    async def watch_loop(self) -> None:
-        """Cut listener calls running longer than consume_timeout (between it and one period more)."""
-        period = min(max(self._timeout_s / 8, 0.005), 0.5)
-        while True:
-            await asyncio.sleep(period)
-            now = time.perf_counter()
-            for q in list(self.queues.values()):
-                started, task = q.call_started, q.task
-                if started is not None and now - started > self._timeout_s and not q.timed_out and task:
-                    q.timed_out = True
-                    q.log.warning("handler.timeout", timeout_s=self._timeout_s, sync=not q.sub.is_async)
-                    task.cancel()
-
-    async def background_loop(self) -> None:
-        """The lease renewals and the watchdog (one fails: both restart)."""
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.renew_loop())
-            tasks.create_task(self.watch_loop())
-
-    async def stop(self, deadline_s: float) -> int:
-        """Hand every queue back once its running message finished; return how many were cut off."""
-        self._stop.set()
-        for q in self.queues.values():
-            q.release.set()
-        tasks = [q.task for q in self.queues.values() if q.task is not None]
-        cut = 0
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(deadline_s, 0.1))
-            cut = len(pending)
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return cut

@@ -10,12 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import ResponseError
-
-from ._calls import Call
-from ._push_calls import ack_calls, dead_letter_call, packed_record, retry_call
-from ._push_core import Ack, DeadLetterIt, RetryLater
-from ._push_state import Delivery
+from .._calls import Call
+from .._replies import ReplyCode, classify
+from .outcomes import Ack, DeadLetterIt, RetryLater
+from .redis_calls import ack_calls, dead_letter_call, packed_record, retry_call
+from .state import Delivery
 
 __all__ = ["SettleRound", "Settled", "plan_round"]
 
@@ -51,7 +50,7 @@ class SettleRound:
         for deliveries, extra in self.owners:
             reply = replies[index]
             index += 1 + extra
-            if isinstance(reply, ResponseError) and str(reply).startswith("NOGROUP"):
+            if classify(reply) is ReplyCode.NOGROUP:
                 done.extend(Settled(d, "group_lost") for d in deliveries)
             elif isinstance(reply, Exception):
                 failed.extend((d, reply) for d in deliveries)

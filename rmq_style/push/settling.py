@@ -1,0 +1,152 @@
+"""Settling: listener outcomes into decisions (ack, retry, dead letter), carried out in rounds.
+
+The runner reports each call's outcome to ``on_done``; the decision is
+buffered and the settle loop runs the buffer as one round of calls planned
+by ``settle_plan``. A failure to decide or to plan is contained to its message.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._async._io import execute
+from .._entry_check import shown
+from .context import TRANSIENT, Context
+from .outcomes import Ack, DeadLetterIt, RetryLater, decide, describe_error
+from .settle_plan import SettleRound, plan_round
+from .state import Delivery
+from .waits import wait_event
+
+__all__ = ["Settler"]
+
+ACK = Ack()
+
+
+class Settler:
+    def __init__(self, c: Context) -> None:
+        self.c = c
+        self._settle_buffer: list[Delivery] = []
+
+    def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
+        if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
+            self.c.stats.consumed += 1
+            if self.c.settings.trace_messages:
+                self.event(token).debug("message.consumed")
+            token.decision = ACK
+            self._settle_buffer.append(token)
+            self.c.settle_wakeup.set()
+            return
+        for d in token if isinstance(token, list) else [token]:
+            if d.decision is not None:
+                continue
+            try:
+                if outcome is None:
+                    self.succeed(d)
+                else:
+                    self.fail(d, outcome)
+            except Exception as exc:
+                self.c.log.exception("message.outcome_failed", offset=d.entry_id.decode())
+                if d.decision is None:
+                    self.settle(d, DeadLetterIt(f"settling failed: {describe_error(exc)}"))
+
+    def succeed(self, d: Delivery) -> None:
+        self.c.stats.consumed += 1
+        if self.c.settings.trace_messages:
+            self.event(d).debug("message.consumed")
+        self.settle(d, ACK)
+
+    def fail(self, d: Delivery, outcome: object) -> None:
+        reconsume = d.message.reconsume_times if d.message is not None else 0
+        decision = decide(outcome, reconsume, self.c.policy)
+        if isinstance(decision, Ack):
+            self.succeed(d)
+            return
+        self.c.stats.failed += 1
+        reason = decision.reason
+        self.event(d).warning(
+            "message.failed",
+            reconsume_times=reconsume,
+            reason=reason,
+            next="retry" if isinstance(decision, RetryLater) else "dead_letter",
+        )
+        self.settle(d, decision)
+
+    def event(self, d: Delivery) -> Any:
+        m = d.message
+        return self.c.log.bind(
+            msg_id=shown(d.fields.get(b"i") or b"") if m is None else m.msg_id,
+            topic=d.stream.queue.mq.topic,
+            queue=d.stream.queue.mq.queue_id,
+            offset=shown(d.origin_offset),
+        )
+
+    def settle(self, d: Delivery, decision: Any) -> None:
+        d.decision = decision
+        self._settle_buffer.append(d)
+        self.c.settle_wakeup.set()
+
+    async def settle_loop(self) -> None:
+        client = self.c.client
+        assert client is not None
+        backoff = self.c.backoff()
+        while True:
+            if not self._settle_buffer:
+                if self.c.drained.is_set():
+                    return
+                self.c.settle_wakeup.clear()
+                await wait_event(self.c.settle_wakeup, 0.5)
+                continue
+            batch, self._settle_buffer = self._settle_buffer, []
+            round_ = self.plan(batch)
+            try:
+                replies = await execute(client, round_.calls)
+            except TRANSIENT as exc:
+                self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
+                self._settle_buffer = batch + self._settle_buffer
+                await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
+                continue
+            backoff.reset()
+            acked, done, failed = round_.read_grouped(replies)
+            for deliveries in acked:
+                self.c.release_acked(deliveries)
+            for settled in done:
+                self.account(settled.delivery, settled.outcome)
+            for d, error in failed:
+                # left pending in Redis: our own-PEL re-read delivers it again
+                self.event(d).error("message.settle_failed", error=str(error))
+                self.c.release(d)
+
+    def plan(self, batch: list[Delivery]) -> SettleRound:
+        """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
+        try:
+            return plan_round(self.c.group, batch)
+        except Exception:  # noqa: BLE001 - a bug or an unforeseen value: contain it to its message
+            planned = []
+            for d in batch:
+                try:
+                    plan_round(self.c.group, [d])
+                except Exception as exc:  # noqa: BLE001 - logged, then dead-lettered
+                    self.event(d).exception("message.settle_failed")
+                    d.decision = DeadLetterIt(f"settling failed: {describe_error(exc)}")
+                    try:
+                        plan_round(self.c.group, [d])
+                    except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
+                        self.event(d).error("message.left_pending")
+                        self.c.release(d)
+                        continue
+                planned.append(d)
+            return plan_round(self.c.group, planned)
+
+    def account(self, d: Delivery, outcome: str) -> None:
+        if outcome == "retried":
+            self.c.stats.retried += 1
+            self.c.retry_wakeup.set()
+            self.event(d).info(
+                "message.retry_scheduled", reconsume_times=getattr(d.decision, "reconsume_times", 0)
+            )
+        elif outcome == "dead_lettered":
+            self.c.stats.dead_lettered += 1
+            self.event(d).warning("message.dead_lettered", reason=getattr(d.decision, "reason", ""))
+        elif outcome == "group_lost":
+            self.event(d).warning("message.group_lost")
+        self.c.release(d)
