@@ -25,7 +25,6 @@ __all__ = [
     "refusal",
     "run_script",
     "single",
-    "unknown_waitaof",
 ]
 
 T = TypeVar("T")
@@ -64,18 +63,13 @@ class Pause:
 Call = Command | ScriptCall
 
 
-class WaitAofRefused(ResponseError):
+class WaitAofRefused(Exception):
     """WAITAOF refused by a server before 7.2, with the reply of the WAIT a cluster driver ran in its
     place on the same connection (a WAIT sent later on another connection would count nothing)."""
 
     def __init__(self, message: str, wait_reply: Any) -> None:
         super().__init__(message)
         self.wait_reply = wait_reply
-
-
-def unknown_waitaof(error: ResponseError) -> bool:
-    text = str(error).lower()
-    return "unknown command" in text and "waitaof" in text
 
 
 # yields calls (or a Pause), receives their replies ([] after a Pause), returns T

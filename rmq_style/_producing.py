@@ -17,7 +17,7 @@ from typing import Any, cast
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._calls import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single, unknown_waitaof
+from ._calls import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
@@ -32,7 +32,7 @@ from ._message import (
     wire,
 )
 from ._names import Keys
-from ._replies import ReplyCode, classify
+from ._replies import ReplyCode, classify, unknown_waitaof
 from ._routing import RoundRobin, check_queue_id, queue_for_key
 from ._scripts import Script, script
 from ._topics import DEFAULT_QUEUE_COUNT, Retention, TopicRoute, create_flow, route_flow
@@ -265,7 +265,7 @@ class ProducerCore:
         A server without WAITAOF (before 7.2) refuses it: the producer says so once and waits with
         WAIT from then on (this send too), which promises the replicas' memory, not their disk.
         """
-        if isinstance(acked, ResponseError) and unknown_waitaof(acked):
+        if isinstance(acked, WaitAofRefused) or unknown_waitaof(acked):
             log.warning("producer.waitaof_unavailable", fallback="WAIT", error=str(acked))
             self._wait = _wait_command(self.settings, aof=False)
             if isinstance(acked, WaitAofRefused):  # a cluster node: WAIT already ran on its connection

@@ -15,7 +15,7 @@ from enum import StrEnum
 
 from ._errors import BrokerRefusedError
 
-__all__ = ["ReplyCode", "classify", "is_error_reply", "refusal"]
+__all__ = ["ReplyCode", "classify", "is_error_reply", "refusal", "unknown_waitaof"]
 
 
 class ReplyCode(StrEnum):
@@ -130,3 +130,16 @@ def refusal(exc: BaseException) -> BrokerRefusedError | None:
     if is_error_reply(exc) and _SCRIPT_NOPERM in str(exc):  # an ACL refusal in a script is a plain ERR
         return BrokerRefusedError("NOPERM", str(exc))
     return None
+
+
+def unknown_waitaof(reply: object) -> bool:
+    """Whether *reply* is a server before 7.2 refusing WAITAOF (it has WAIT only).
+
+    >>> from redis.exceptions import ResponseError
+    >>> unknown_waitaof(ResponseError("unknown command 'WAITAOF', with args beginning with: '0' '1' "))
+    True
+    >>> unknown_waitaof(ResponseError("NOREPLICAS Not enough good replicas to write."))
+    False
+    """
+    text = str(reply).lower()
+    return is_error_reply(reply) and "unknown command" in text and "waitaof" in text
