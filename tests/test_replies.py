@@ -18,7 +18,17 @@ from rmq_style._replies import ReplyCode, classify, is_error_reply
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rmq_style"
 # the I/O fronts and the modules that own a client: the only ones that may import redis
-IO_MODULES = {"_async/_io.py", "_sync/_io.py", "metrics.py", "testing.py"}
+# the I/O layer (clients, sentinel-following masters, per-node replicated round trips, the
+# sentinel listener), the test kit's server processes and the metrics endpoint
+IO_MODULES = {
+    *(f"{front}/{name}.py" for front in ("_async", "_sync") for name in ("_io", "_master", "_replicated")),
+    "_sentinel_watch.py",
+    "_kit_server.py",
+    "_kit_sentinel.py",
+    "_kit_cluster.py",
+    "metrics.py",
+    "testing.py",
+}
 
 
 @pytest.mark.parametrize(

@@ -24,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
 from .._connection import ClusterTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
+from ._master import master_client
 from ._replicated import cluster_waited_round_trip
 
 __all__ = [
@@ -57,9 +58,7 @@ def open_client(url: str) -> Client:
         server = memory_server(spec.memory_name)
         return FakeRedis(server=server, protocol=2)  # type: ignore[no-any-return,unused-ignore]
     if spec.sentinel is not None:
-        from ._master import master_client  # noqa: PLC0415 - _master builds on LaneClient
-
-        return master_client(spec.sentinel, spec.client_options)
+        return master_client(spec.sentinel, spec.client_options, LaneClient)
     if spec.cluster is not None:
         return _cluster_client(spec.cluster, spec.client_options)
     return LaneClient.from_url(url, **spec.client_options)

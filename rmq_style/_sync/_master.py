@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from redis.connection import SSLConnection
 from redis.retry import Retry
@@ -14,12 +14,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .._connection import SentinelTarget
 from .._sentinel_watch import SwitchWatch, acquire_watch, release_watch
-from ._io import LaneClient
 
 __all__ = ["MasterConnection", "MasterPool", "master_client"]
 
+C = TypeVar("C")
 
-def master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient:
+
+def master_client(target: SentinelTarget, options: dict[str, Any], client_class: type[C]) -> C:
     """A client of the master the sentinels name, following a failover as soon as they announce it.
 
     Each connection asks the sentinels when it connects (or takes the address
@@ -27,6 +28,7 @@ def master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient
     before each send: after a switch it leaves the old master before writing.
     A connection refused with READONLY (a demoted master: redis-py's sentinel
     connection disconnects and raises a ConnectionError) reconnects too.
+    *client_class* is the I/O layer's client (it imports this module, not the reverse).
     """
     # one try per sentinel (redis-py's default is 3, with backoff): discovery moves on to the
     # next sentinel at once, and our callers retry with their own policy
@@ -34,13 +36,13 @@ def master_client(target: SentinelTarget, options: dict[str, Any]) -> LaneClient
     sentinels = cast(Any, Sentinel)(list(target.sentinels), sentinel_kwargs=asking)
     client = sentinels.master_for(
         target.master_name,
-        redis_class=LaneClient,
+        redis_class=client_class,
         connection_pool_class=MasterPool,
         sentinel_target=target,
         **options,
         **target.master_options(),
     )
-    return cast(LaneClient, client)
+    return cast(C, client)
 
 
 class MasterConnection(SentinelManagedConnection):
