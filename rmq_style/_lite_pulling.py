@@ -22,7 +22,7 @@ from ._allocation import AllocationStrategy
 from ._calls import Call, Flow, Pause, single
 from ._errors import ConfigurationError, InvalidOffsetError, UsageError
 from ._filter import TagFilter
-from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
+from ._membership import check_subscribe_replies, heartbeat_call, new_member_id, subscribe_calls
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._offset_store import MessageModel, OffsetStore, default_instance_name
@@ -43,6 +43,7 @@ from ._pulling import (
     read_call,
     read_reply,
 )
+from ._rebalance import all_queues, grown_queues, my_queues, reassign
 from ._topics import TopicRoute
 
 __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
@@ -170,17 +171,13 @@ class LitePullCore:
             # fresh each time: an expanded topic's new queues are taken within one interval
             routes[topic] = yield from self.routes.route_flow(topic, refresh=True)
         # queues added while we ran start at their first entry (nothing sent there is skipped)
-        grown = {
-            MessageQueue(t, q)
-            for t, r in routes.items()
-            if t in self._counts
-            for q in range(self._counts[t], r.queue_count)
-        }
-        self._counts = {t: r.queue_count for t, r in routes.items()}
+        counts = {t: r.queue_count for t, r in routes.items()}
+        grown = grown_queues(self._counts, counts)
+        self._counts = counts
         wanted: set[MessageQueue] = set()
         if self.settings.message_model == "broadcasting":
             for topic, route in routes.items():
-                wanted.update(MessageQueue(topic, q) for q in range(route.queue_count))
+                wanted.update(all_queues(topic, route.queue_count))
         else:
             expiry = self.settings.member_expiry_ms
             replies = yield [heartbeat_call(self.keys, self.group, t, self.member, expiry) for t in routes]
@@ -191,13 +188,14 @@ class LitePullCore:
         yield from self._reassign_flow(wanted, grown)
 
     def _reassign_flow(self, wanted: set[MessageQueue], grown: set[MessageQueue] | None = None) -> Flow[None]:
-        dropped = [q for q in self._owned if q not in wanted]
+        change = reassign(self._owned, wanted)
+        dropped = change.lost
         if dropped:
             yield from self.commit_flow(dropped)  # hand the queues over at our last position
             for queue in dropped:
                 del self._owned[queue]
             log.info("queues_released", group=self.group, queues=[str(q) for q in dropped])
-        added = sorted(q for q in wanted if q not in self._owned)
+        added = change.gained
         for queue in added:
             position = yield from self._start_position_flow(queue, first=queue in (grown or ()))
             self._owned[queue] = _QueueState(position, position, position)
