@@ -15,7 +15,8 @@ from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
-from ._pulling import RouteCache, position_for_timestamp_flow
+from ._pulling import RouteCache
+from ._search_offset import position_for_timestamp_flow
 from ._topics import route_flow
 
 __all__ = ["DeadLetterRecord", "HeldQueue", "QueueReport", "held_flow"]

@@ -36,13 +36,13 @@ from ._pulling import (
     bounds_flow,
     decode_matching,
     parse_bounds,
-    position_for_timestamp_flow,
     prepare_call,
     queue_offset,
     read_call,
     read_reply,
 )
 from ._rebalance import all_queues, grown_queues, my_queues, reassign
+from ._search_offset import position_for_timestamp_flow
 from ._topics import TopicRoute
 
 __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
