@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
 from ._async.transaction import AsyncTransactionProducer
@@ -42,7 +43,6 @@ from ._sync.transaction import TransactionProducer
 from ._transaction import TransactionSettings
 from .push.consumer import PushConsumer
 from .push.settings import PushSettings
-from .push.waits import wait_event
 from .settings import AppSettings
 
 __all__ = ["App", "HandlerSubscription"]

@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from .._aio import wait_event
 from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys
@@ -41,7 +42,6 @@ from .orderly_queue import OrderlyQueue
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Subscription
-from .waits import wait_event
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 

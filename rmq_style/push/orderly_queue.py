@@ -14,6 +14,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from .._aio import wait_event
 from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._calls import Call
 from .._entry_check import rejection, shown
@@ -37,7 +38,7 @@ from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_e
 from .redis_calls import check_created, create_groups_calls, packed_record
 from .settings import PushSettings
 from .state import Subscription
-from .waits import Backoff, wait_event
+from .waits import Backoff
 
 __all__ = ["OrderlyQueue"]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from .._aio import wait_event
+
 __all__ = ["Backoff", "wait_any", "wait_event"]
 
 
@@ -35,17 +37,3 @@ async def wait_any(a: asyncio.Event, b: asyncio.Event, seconds: float) -> None:
     finally:
         for w in waiters:
             w.cancel()
-
-
-async def wait_event(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for *event* at most *seconds*; True if it is set."""
-    if event.is_set():
-        return True
-    # asyncio.timeout, not wait_for: no task per wait, and on 3.11 wait_for can swallow a
-    # cancellation that arrives as the event is set (a stop() that never lands)
-    try:
-        async with asyncio.timeout(seconds):
-            await event.wait()
-    except TimeoutError:
-        return False
-    return True

@@ -1,10 +1,10 @@
-"""The scoped waits of the push runtime (push/waits.py)."""
+"""The asyncio helpers of the push runtime."""
 
 from __future__ import annotations
 
 import asyncio
 
-from rmq_style.push.waits import wait_event
+from rmq_style._aio import wait_event
 
 
 def test_a_cancel_that_races_the_event_a_loop_waits_for_is_never_lost() -> None:
