@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ._allocation import STRATEGIES
-from ._calls import Flow, command, run_script, single
+from ._call_values import Flow, command, run_script, single
 from ._errors import UsageError
 from ._membership import MembershipSettings
 from ._message import MessageQueue, ReceivedMessage, decode_entry

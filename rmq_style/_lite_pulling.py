@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ._allocation import AllocationStrategy
 from ._assigned_queues import AssignedQueues, QueueState
-from ._calls import Call, Flow, Pause, single
+from ._call_values import Call, Flow, Pause, single
 from ._errors import ConfigurationError, InvalidOffsetError, UsageError
 from ._filter import TagFilter
 from ._membership import check_subscribe_replies, heartbeat_call, new_member_id, subscribe_calls

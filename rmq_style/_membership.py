@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._allocation import AllocationStrategy
-from ._calls import Call, command, run_script, single
+from ._call_values import Call, command, run_script, single
 from ._errors import SubscriptionConflictError
 from ._filter import TagFilter
 from ._names import Keys

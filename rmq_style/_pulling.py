@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from ._calls import Call, Flow, command, single
+from ._call_values import Call, Flow, command, single
 from ._errors import TopicNotFoundError, UsageError
 from ._filter import TagFilter
 from ._message import MessageQueue, ReceivedMessage

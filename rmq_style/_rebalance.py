@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from ._allocation import STRATEGIES, AllocationStrategy
-from ._calls import single
+from ._call_values import single
 from ._message import MessageQueue
 
 __all__ = ["Reassignment", "all_queues", "grown_queues", "my_queues", "reassign"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from ._calls import Flow, command, single
+from ._call_values import Flow, command, single
 from ._errors import UsageError
 from ._message import MessageQueue
 from ._names import Keys

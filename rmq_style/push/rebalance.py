@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from .._async._io import execute
-from .._calls import command, single
+from .._call_values import command, single
 from .._membership import heartbeat_call
 from .._message import MessageQueue
 from .._offsets import parse_offset
