@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._calls import Flow, command, single
+from ._call_values import Flow, command, single
 from ._group_admin import topics_flow
 from ._membership import MembershipSettings
 from ._names import Keys

@@ -8,14 +8,15 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ._allocation import STRATEGIES
-from ._calls import Flow, command, run_script, single
+from ._call_values import Flow, command, run_script, single
 from ._errors import UsageError
 from ._membership import MembershipSettings
 from ._message import MessageQueue, ReceivedMessage, decode_entry
 from ._names import Keys, check_group, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
-from ._pulling import RouteCache, position_for_timestamp_flow
+from ._pulling import RouteCache
+from ._search_offset import position_for_timestamp_flow
 from ._topics import route_flow
 
 __all__ = ["DeadLetterRecord", "HeldQueue", "QueueReport", "held_flow"]

@@ -11,18 +11,17 @@ messages.
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from ._allocation import AllocationStrategy
-from ._calls import Call, Flow, Pause, single
+from ._assigned_queues import AssignedQueues, QueueState
+from ._call_values import Call, Flow, Pause, single
 from ._errors import ConfigurationError, InvalidOffsetError, UsageError
 from ._filter import TagFilter
-from ._membership import check_subscribe_replies, heartbeat_call, my_queues, new_member_id, subscribe_calls
+from ._membership import check_subscribe_replies, heartbeat_call, new_member_id, subscribe_calls
 from ._message import MessageQueue, ReceivedMessage
 from ._names import Keys, check_group, check_topic
 from ._offset_store import MessageModel, OffsetStore, default_instance_name
@@ -37,12 +36,13 @@ from ._pulling import (
     bounds_flow,
     decode_matching,
     parse_bounds,
-    position_for_timestamp_flow,
     prepare_call,
     queue_offset,
     read_call,
     read_reply,
 )
+from ._rebalance import all_queues, grown_queues, my_queues, reassign
+from ._search_offset import position_for_timestamp_flow
 from ._topics import TopicRoute
 
 __all__ = ["ConsumeFrom", "LitePullCore", "LitePullSettings"]
@@ -79,14 +79,6 @@ class LitePullSettings(BaseModel):
     )
 
 
-@dataclass(slots=True)
-class _QueueState:
-    position: Offset  # last message handed to the application (or skipped)
-    fetched: Offset  # last entry read from Redis
-    committed: Offset | None
-    buffer: deque[ReceivedMessage] = field(default_factory=deque)
-
-
 class LitePullCore:
     """State and flows shared by LitePullConsumer and AsyncLitePullConsumer."""
 
@@ -103,12 +95,10 @@ class LitePullCore:
         self._clock = clock
         self._mode: str | None = None
         self._subs: dict[str, TagFilter] = {}
-        self._owned: dict[MessageQueue, _QueueState] = {}
+        self._owned = AssignedQueues()
         self._counts: dict[str, int] = {}  # queue count of each subscribed topic at the last rebalance
-        self._paused: set[MessageQueue] = set()
         self._next_rebalance = 0.0
         self._next_commit = clock() + settings.auto_commit_interval_ms / 1000
-        self._turn = 0
         self.closed = False
         self.one_queue_per_read = False  # set by the front on a Redis Cluster
         self._wait_turn = 0
@@ -116,13 +106,13 @@ class LitePullCore:
     # -- what the application sees -------------------------------------------------
 
     def assignment(self) -> list[MessageQueue]:
-        return sorted(self._owned)
+        return self._owned.assignment()
 
     def pause(self, queues: Iterable[MessageQueue]) -> None:
-        self._paused.update(queues)
+        self._owned.pause(queues)
 
     def resume(self, queues: Iterable[MessageQueue]) -> None:
-        self._paused.difference_update(queues)
+        self._owned.resume(queues)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -170,17 +160,13 @@ class LitePullCore:
             # fresh each time: an expanded topic's new queues are taken within one interval
             routes[topic] = yield from self.routes.route_flow(topic, refresh=True)
         # queues added while we ran start at their first entry (nothing sent there is skipped)
-        grown = {
-            MessageQueue(t, q)
-            for t, r in routes.items()
-            if t in self._counts
-            for q in range(self._counts[t], r.queue_count)
-        }
-        self._counts = {t: r.queue_count for t, r in routes.items()}
+        counts = {t: r.queue_count for t, r in routes.items()}
+        grown = grown_queues(self._counts, counts)
+        self._counts = counts
         wanted: set[MessageQueue] = set()
         if self.settings.message_model == "broadcasting":
             for topic, route in routes.items():
-                wanted.update(MessageQueue(topic, q) for q in range(route.queue_count))
+                wanted.update(all_queues(topic, route.queue_count))
         else:
             expiry = self.settings.member_expiry_ms
             replies = yield [heartbeat_call(self.keys, self.group, t, self.member, expiry) for t in routes]
@@ -191,16 +177,17 @@ class LitePullCore:
         yield from self._reassign_flow(wanted, grown)
 
     def _reassign_flow(self, wanted: set[MessageQueue], grown: set[MessageQueue] | None = None) -> Flow[None]:
-        dropped = [q for q in self._owned if q not in wanted]
+        change = reassign(self._owned, wanted)
+        dropped = change.lost
         if dropped:
             yield from self.commit_flow(dropped)  # hand the queues over at our last position
             for queue in dropped:
                 del self._owned[queue]
             log.info("queues_released", group=self.group, queues=[str(q) for q in dropped])
-        added = sorted(q for q in wanted if q not in self._owned)
+        added = change.gained
         for queue in added:
             position = yield from self._start_position_flow(queue, first=queue in (grown or ()))
-            self._owned[queue] = _QueueState(position, position, position)
+            self._owned[queue] = QueueState(position, position, position)
         if added:
             log.info("queues_acquired", group=self.group, queues=[str(q) for q in added])
 
@@ -225,40 +212,27 @@ class LitePullCore:
 
     # -- positions ------------------------------------------------------------------
 
-    def _state(self, queue: MessageQueue) -> _QueueState:
-        state = self._owned.get(queue)
-        if state is None:
-            raise UsageError(
-                f"queue {queue} is not assigned to this consumer (assignment: {self.assignment()})"
-            )
-        return state
-
     def seek_flow(self, queue: MessageQueue, offset: str | Offset) -> Flow[None]:
         """Continue *queue* after *offset* (must lie between its min and max offset)."""
         position = parse_offset(offset)
-        self._state(queue)
+        self._owned.state(queue)
         bounds = yield from bounds_flow(self.keys, self.routes, queue)
         if bounds.correction(position) is not None:
             raise InvalidOffsetError(
                 f"offset {position} is outside queue {queue}'s range "
                 f"{bounds.min_position} .. {bounds.max_position}"
             )
-        self._move(queue, position)
+        self._owned.move(queue, position)
 
     def seek_bound_flow(self, queue: MessageQueue, end: bool) -> Flow[None]:
-        self._state(queue)
+        self._owned.state(queue)
         bounds = yield from bounds_flow(self.keys, self.routes, queue)
-        self._move(queue, bounds.max_position if end else bounds.min_position)
+        self._owned.move(queue, bounds.max_position if end else bounds.min_position)
 
     def seek_timestamp_flow(self, queue: MessageQueue, ts: object) -> Flow[None]:
-        self._state(queue)
+        self._owned.state(queue)
         position = yield from position_for_timestamp_flow(self.keys, self.routes, queue, ts)  # type: ignore[arg-type]
-        self._move(queue, position)
-
-    def _move(self, queue: MessageQueue, position: Offset) -> None:
-        state = self._owned[queue]
-        state.buffer.clear()
-        state.position = state.fetched = position
+        self._owned.move(queue, position)
 
     def committed_flow(self, queue: MessageQueue) -> Flow[str | None]:
         yield from self.routes.queue_flow(queue)
@@ -294,36 +268,6 @@ class LitePullCore:
             self._next_commit = now + self.settings.auto_commit_interval_ms / 1000
             yield from self.commit_flow()
 
-    def _take(self) -> list[ReceivedMessage]:
-        """Up to one batch of prefetched messages, round-robin over the unpaused queues."""
-        queues = [q for q in sorted(self._owned) if q not in self._paused and self._owned[q].buffer]
-        out: list[ReceivedMessage] = []
-        if not queues:
-            return out
-        self._turn = (self._turn + 1) % len(queues)
-        queues = queues[self._turn :] + queues[: self._turn]
-        limit = self.settings.pull_batch_size
-        if len(queues) == 1:
-            buffer = self._owned[queues[0]].buffer
-            out = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-            taken = {queues[0]: out[-1]}
-        else:
-            taken = {}
-            while len(out) < limit and queues:
-                for queue in list(queues):
-                    buffer = self._owned[queue].buffer
-                    taken[queue] = message = buffer.popleft()
-                    out.append(message)
-                    if not buffer:
-                        queues.remove(queue)
-                    if len(out) >= limit:
-                        break
-        for queue, message in taken.items():
-            state = self._owned[queue]
-            # past any filtered-out entries too once the buffer is drained
-            state.position = parse_offset(message.offset) if state.buffer else state.fetched
-        return out
-
     def _absorb(self, queue: MessageQueue, stream: str, entries: list[Entry]) -> bool:
         """Buffer the messages of a legal read (non-empty) of *queue*."""
         tags = self._subs.get(queue.topic, _ALL)
@@ -347,10 +291,10 @@ class LitePullCore:
         batch = self.settings.pull_batch_size
         while True:
             yield from self._maintain_flow()
-            taken = self._take()
+            taken = self._owned.take(batch)
             if taken:
                 return taken
-            active = [q for q in sorted(self._owned) if q not in self._paused]
+            active = self._owned.active()
             streams = [self.keys.queue(q.topic, q.queue_id).stream for q in active]
             if active:
                 # one XREAD per queue; a queue whose position the cache cannot vouch for is checked first

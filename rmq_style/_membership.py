@@ -3,7 +3,7 @@
 Members announce themselves with a heartbeat every ``heartbeat_interval_ms``;
 one silent for ``member_expiry_ms`` is dropped by the next heartbeat of
 anyone. Each member then computes its share of the topic's queues from the
-same sorted member list (rmq_style._allocation). The push and the lite pull
+same sorted member list (rmq_style._rebalance). The push and the lite pull
 consumers both use this piece.
 """
 
@@ -16,11 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._allocation import STRATEGIES, AllocationStrategy
-from ._calls import Call, command, run_script, single
+from ._allocation import AllocationStrategy
+from ._call_values import Call, command, run_script, single
 from ._errors import SubscriptionConflictError
 from ._filter import TagFilter
-from ._message import MessageQueue
 from ._names import Keys
 from ._replies import ReplyCode, classify
 
@@ -82,11 +81,3 @@ def heartbeat_call(
 ) -> Call:
     """Renew (or end, with join=False) a membership; the reply is the live member list."""
     return run_script("heartbeat", (keys.members(group, topic),), (member, expiry_ms, "1" if join else "0"))
-
-
-def my_queues(
-    topic: str, queue_count: int, members_reply: object, member: str, strategy: AllocationStrategy
-) -> list[MessageQueue]:
-    members = [m.decode() if isinstance(m, bytes) else str(m) for m in single(members_reply)]
-    queues = [MessageQueue(topic, q) for q in range(queue_count)]
-    return STRATEGIES[strategy](queues, members, member)

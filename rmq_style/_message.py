@@ -18,9 +18,7 @@ The store timestamp is the entry id's millisecond part (Redis server clock).
 from __future__ import annotations
 
 import json
-import os
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -30,7 +28,9 @@ from ._codec import Codec, decode_model, decode_value, encode_body
 from ._entry_check import entry_problem
 from ._entry_check import raw as shown_raw
 from ._errors import MessageTooLargeError, UsageError
+from ._msg_id import msg_ids_with_prefix, new_msg_id, new_msg_ids
 from ._names import check_topic
+from ._wire import pack_fields, unpack_fields, wire
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -51,49 +51,6 @@ __all__ = [
 DEFAULT_MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 FIELD_ORDER = (b"i", b"q", b"r", b"b", b"t", b"k", b"p", b"c", b"d")
 M = TypeVar("M")
-
-
-def new_msg_id(now_ms: int | None = None) -> str:
-    """32 hex chars: 48 bits of ms time then 80 random bits (sortable by birth, unique)."""
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    return f"{now_ms:012x}{os.urandom(10).hex()}"
-
-
-def new_msg_ids(count: int, now_ms: int) -> list[str]:
-    """*count* msg ids born at *now_ms*, with one call for the randomness of them all."""
-    return _msg_ids(f"{now_ms:012x}", count)
-
-
-def _msg_ids(prefix: str, count: int) -> list[str]:
-    if count == 1:
-        return [prefix + _random_part()]
-    entropy = os.urandom(10 * count).hex()
-    return [prefix + entropy[n : n + 20] for n in range(0, 20 * count, 20)]
-
-
-# Random parts of single msg ids, drawn 256 at a time (one os.urandom call, not one per send).
-_entropy: Iterator[str] = iter(())
-
-
-def _random_part() -> str:
-    """80 random bits as 20 hex chars; next() on a list iterator is atomic, so threads never share one."""
-    global _entropy
-    part = next(_entropy, None)
-    if part is None:
-        hexed = os.urandom(2560).hex()
-        fresh = iter([hexed[n : n + 20] for n in range(0, 5120, 20)])
-        part = next(fresh)
-        _entropy = fresh
-    return part
-
-
-def _forget_entropy() -> None:
-    global _entropy
-    _entropy = iter(())
-
-
-os.register_at_fork(after_in_child=_forget_entropy)  # a forked child must not reuse the parent's draws
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -343,15 +300,6 @@ _CONTENT_TYPES = {ct: ct.encode() for ct in ("b", "s", "j", "m")}
 _EMPTY_WIRE = b"$0\r\n\r\n"
 
 
-def wire(value: bytes) -> bytes:
-    """*value* as a RESP bulk string: what a command argument looks like on the wire.
-
-    >>> wire(b"j")
-    b'$1\\r\\nj\\r\\n'
-    """
-    return b"$%d\r\n%b\r\n" % (len(value), value)
-
-
 class EntryEncoder:
     """Encodes the messages of one batch for the send script (one clock reading for all).
 
@@ -370,7 +318,7 @@ class EntryEncoder:
 
     def msg_ids(self, count: int) -> list[str]:
         """*count* new msg ids born at this encoder's time (see new_msg_id)."""
-        return _msg_ids(self.id_prefix, count)
+        return msg_ids_with_prefix(self.id_prefix, count)
 
     def encode(self, message: Message, msg_id: str) -> tuple[list[Any], bytes]:
         """Raise MessageTooLargeError (or SerializationError) before anything is written."""
@@ -417,25 +365,3 @@ def decode_entry(
 ) -> ReceivedMessage:
     """The received view of one stream entry (hot path of every consumer: decoding is deferred)."""
     return ReceivedMessage(topic, queue_id, entry_id, fields)
-
-
-def pack_fields(values: Iterable[bytes]) -> bytes:
-    """Length-prefixed concatenation (``<len>:<bytes>`` each) that Lua unpacks without a library.
-
-    >>> pack_fields([b"ab", b""])
-    b'2:ab0:'
-    >>> unpack_fields(pack_fields([b"x:y", b"1"]))
-    [b'x:y', b'1']
-    """
-    return b"".join(b"%d:%s" % (len(v), v) for v in values)
-
-
-def unpack_fields(blob: bytes) -> list[bytes]:
-    out: list[bytes] = []
-    pos = 0
-    while pos < len(blob):
-        colon = blob.index(b":", pos)
-        length = int(blob[pos:colon])
-        out.append(blob[colon + 1 : colon + 1 + length])
-        pos = colon + 1 + length
-    return out

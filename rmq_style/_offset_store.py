@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ._calls import Call, Flow, command, run_script, single
+from ._call_values import Call, Flow, command, run_script, single
 from ._errors import InvalidOffsetError
 from ._message import MessageQueue
 from ._names import Keys

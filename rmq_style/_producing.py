@@ -17,7 +17,7 @@ from typing import Any, cast
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._calls import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single
+from ._call_values import Call, Command, Flow, ScriptCall, WaitAofRefused, run_script, single
 from ._codec import Codec
 from ._delay import due_spec
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError

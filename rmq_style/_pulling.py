@@ -1,4 +1,4 @@
-"""Pull consumption, free of I/O: queue bounds, pull statuses, the pull flow, offsets by timestamp.
+"""Pull consumption, free of I/O: queue bounds, pull statuses, the pull flow.
 
 Offsets are positions between entries, named by entry ids, exactly like XREAD:
 pulling from offset ``X`` returns the entries strictly after ``X``; ``"0-0"`` is
@@ -21,11 +21,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from ._calls import Call, Flow, command, single
+from ._call_values import Call, Flow, command, single
 from ._errors import TopicNotFoundError, UsageError
 from ._filter import TagFilter
 from ._message import MessageQueue, ReceivedMessage
@@ -36,7 +35,7 @@ from ._replies import ReplyCode, classify
 from ._routing import check_queue_id
 from ._topics import TopicRoute, route_flow
 
-__all__ = ["PullResult", "PullStatus", "QueueBounds", "QueueCache", "RouteCache", "timestamp_ms"]
+__all__ = ["PullResult", "PullStatus", "QueueBounds", "QueueCache", "RouteCache"]
 
 MAX_PULL = 1024  # entries per pull (bounds one reply)
 INF = float("inf")
@@ -244,15 +243,6 @@ def decode_matching(queue: MessageQueue, entries: Sequence[Entry], tags: TagFilt
     return messages
 
 
-def timestamp_ms(ts: datetime | int | float) -> int:
-    """A timestamp as epoch ms: a datetime (naive = local time), or epoch ms as a number."""
-    if isinstance(ts, datetime):
-        return int(ts.timestamp() * 1000)
-    if isinstance(ts, bool) or not isinstance(ts, int | float):
-        raise UsageError(f"a timestamp is a datetime or epoch milliseconds, got {ts!r}")
-    return int(ts)
-
-
 @dataclass(slots=True)
 class RouteCache:
     """Topic routes cached for *ttl_s* seconds; resolves and checks a MessageQueue."""
@@ -373,38 +363,3 @@ def bounds_flow(keys: Keys, routes: RouteCache, queue: MessageQueue) -> Flow[Que
     route = yield from routes.queue_flow(queue)
     (prep,) = yield [prepare_call(keys, route, queue.queue_id)]
     return parse_bounds(queue.topic, prep)
-
-
-def offset_for_timestamp_flow(
-    keys: Keys, routes: RouteCache, queue: MessageQueue, ts: datetime | int | float
-) -> Flow[str | None]:
-    """The id of the first entry stored at or after *ts* (exact), or None if there is none yet."""
-    ms = timestamp_ms(ts)
-    yield from routes.queue_flow(queue)
-    stream = keys.queue(queue.topic, queue.queue_id).stream
-    (found,) = yield [command("XRANGE", stream, str(Offset.from_timestamp_ms(ms)), "+", "COUNT", 1)]
-    found = single(found)
-    if not found:
-        return None
-    eid = found[0][0]
-    return eid.decode() if isinstance(eid, bytes) else str(eid)
-
-
-def position_for_timestamp_flow(
-    keys: Keys, routes: RouteCache, queue: MessageQueue, ts: datetime | int | float
-) -> Flow[Offset]:
-    """The offset from which a pull returns exactly the entries stored at or after *ts*."""
-    ms = timestamp_ms(ts)
-    route = yield from routes.queue_flow(queue)
-    stream = keys.queue(queue.topic, queue.queue_id).stream
-    calls = [prepare_call(keys, route, queue.queue_id)]
-    if ms > 0:
-        calls.append(command("XREVRANGE", stream, f"({Offset.from_timestamp_ms(ms)}", "-", "COUNT", 1))
-    replies = yield calls
-    bounds = parse_bounds(queue.topic, replies[0])
-    before = single(replies[1]) if ms > 0 else None
-    if before:
-        return parse_offset(before[0][0])
-    if ms > bounds.last.ms:
-        return bounds.last
-    return bounds.min_position

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ._calls import Flow, command, single
+from ._call_values import Flow, command, single
 from ._errors import UsageError
 from ._message import ReceivedMessage, decode_entry
 from ._names import Keys

@@ -1,7 +1,7 @@
 """Typed reply codes: the one place that reads an error reply's code.
 
 A failed call's reply reaches the pure logic as the exception the client
-library made of it (see ``rmq_style._calls``). Everything else asks
+library made of it (see ``rmq_style._call_values``). Everything else asks
 ``classify`` for its ``ReplyCode`` instead of matching text, so this module
 is the only one that knows how error replies look. It imports nothing from
 redis: redis-py strips the code off the replies it has an exception class

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Literal
 
-from ._calls import Call, Flow, command, run_script, single
+from ._call_values import Call, Flow, command, run_script, single
 from ._errors import TopicExistsError, TopicNotFoundError, UsageError
 from ._names import LAYOUT_VERSION, Keys, check_topic
 

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from pydantic import Field
 
-from ._calls import Call, Flow, command, run_script, single
+from ._call_values import Call, Flow, command, run_script, single
 from ._errors import RmqError, TopicNotFoundError, UsageError
 from ._membership import new_member_id
 from ._message import Message, MessageQueue, ReceivedMessage, SendResult, pack_fields, unpack_fields

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ._calls import Call, command, single
+from ._call_values import Call, command, single
 from ._message import MessageQueue
 from ._names import Keys
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from ._calls import Call, Flow, command, run_script, single
+from ._call_values import Call, Flow, command, run_script, single
 from ._errors import TopicNotFoundError
 from ._message import MessageQueue, SendResult, unpack_fields
 from ._names import Keys, check_group

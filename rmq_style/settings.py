@@ -1,7 +1,24 @@
-"""Application settings, from arguments or RMQ_ environment variables.
+"""Every settings model of rmq_style, in one place.
+
+Each model is defined next to the code it configures (the pure core and the
+runtime cannot import this module: it sits above them) and is imported here,
+so ``from rmq_style.settings import ...`` finds any of them:
+
+==========================  ===========================================  ===========================
+model                       configures                                   defined in
+==========================  ===========================================  ===========================
+``AppSettings``             an App (``RMQ_*`` environment variables)      here
+``PushSettings``            a PushConsumer                               ``push/settings.py``
+``MembershipSettings``      heartbeats and allocation (in PushSettings)  ``_membership.py``
+``LitePullSettings``        a LitePullConsumer                           ``_lite_pulling.py``
+``ProducerSettings``        a Producer                                   ``_producing.py``
+``TransactionSettings``     a TransactionProducer                        ``_transaction.py``
+==========================  ===========================================  ===========================
 
 >>> AppSettings(url="memory://settings-doc").namespace
 'rmq'
+>>> PushSettings().membership.allocation
+'averagely'
 """
 
 from __future__ import annotations
@@ -10,8 +27,20 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._codec import Codec
+from ._lite_pulling import LitePullSettings
+from ._membership import MembershipSettings
+from ._producing import ProducerSettings
+from ._transaction import TransactionSettings
+from .push.settings import PushSettings
 
-__all__ = ["AppSettings"]
+__all__ = [
+    "AppSettings",
+    "LitePullSettings",
+    "MembershipSettings",
+    "ProducerSettings",
+    "PushSettings",
+    "TransactionSettings",
+]
 
 
 class AppSettings(BaseSettings):

@@ -21,7 +21,7 @@ from rmq_style import (
     RetrySchedule,
     SerializationError,
 )
-from rmq_style._calls import ScriptCall
+from rmq_style._call_values import ScriptCall
 from rmq_style._codec import decode_model, decode_value, encode_body
 from rmq_style._delay import DELAY_LEVELS_MS, delay_level_ms
 from rmq_style._errors import UsageError

@@ -13,10 +13,10 @@ from rmq_style._membership import (
     ListenerKind,
     check_subscribe_replies,
     heartbeat_call,
-    my_queues,
     subscribe_calls,
 )
 from rmq_style._names import Keys
+from rmq_style._rebalance import my_queues
 from rmq_style._sync._io import execute, open_client
 
 

@@ -1,4 +1,4 @@
-"""Clients, and the driver that runs flows (rmq_style._calls) against Redis."""
+"""Clients, and the driver that runs flows (rmq_style._call_values) against Redis."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from redis.exceptions import ClusterDownError, NoScriptError, RedisError, Respon
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, Flow, Pause, ScriptCall, refusal
+from .._call_values import Call, Command, Flow, Pause, ScriptCall, refusal
 from .._connection import ClusterTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
 from ._master import master_client

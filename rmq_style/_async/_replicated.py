@@ -20,7 +20,7 @@ from redis.exceptions import AskError, MovedError, NoScriptError, RedisClusterEx
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._calls import Call, Command, ScriptCall, WaitAofRefused
+from .._call_values import Call, Command, ScriptCall, WaitAofRefused
 from .._replies import unknown_waitaof
 
 __all__ = ["cluster_waited_round_trip"]

@@ -9,7 +9,7 @@ from typing import Any
 from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
-from .._pulling import offset_for_timestamp_flow
+from .._search_offset import offset_for_timestamp_flow
 from ._io import AsyncClient, ClientHolder, is_cluster
 
 __all__ = ["AsyncLitePullConsumer"]

@@ -15,10 +15,9 @@ from .._pulling import (
     RouteCache,
     bounds_flow,
     check_bounds_ttl_ms,
-    offset_for_timestamp_flow,
-    position_for_timestamp_flow,
     pull_flow,
 )
+from .._search_offset import offset_for_timestamp_flow, position_for_timestamp_flow
 from ._io import AsyncClient, ClientHolder
 
 __all__ = ["AsyncPullConsumer"]

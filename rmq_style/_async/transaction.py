@@ -9,7 +9,7 @@ from typing import Any, Self, cast
 
 import structlog
 
-from .._calls import Flow
+from .._call_values import Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey

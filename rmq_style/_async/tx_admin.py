@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from .._calls import Flow
+from .._call_values import Flow
 from .._message import SendResult
 from .._names import Keys
 from .._transaction import TransactionState

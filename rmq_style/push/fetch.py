@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from .._async._io import AsyncClient, execute, open_client
-from .._calls import Command, single
+from .._call_values import Command, single
 from .._entry_check import rejection
 from .._errors import SerializationError
 from .._message import MessageQueue, ReceivedMessage

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._calls import Call, command, run_script
+from .._call_values import Call, command, run_script
 from .._names import QueueKeys
 from .._replies import ReplyCode, classify
 

@@ -16,7 +16,7 @@ import structlog
 
 from .._aio import wait_event
 from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
-from .._calls import Call
+from .._call_values import Call
 from .._entry_check import rejection, shown
 from .._errors import FencedError
 from .._message import MessageQueue, ReceivedMessage, decode_entry

@@ -13,10 +13,11 @@ import time
 from typing import Any
 
 from .._async._io import execute
-from .._calls import command, single
-from .._membership import heartbeat_call, my_queues
+from .._call_values import command, single
+from .._membership import heartbeat_call
 from .._message import MessageQueue
 from .._offsets import parse_offset
+from .._rebalance import my_queues, reassign
 from .._topics import TopicRoute
 from .._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 from .context import TRANSIENT, Context
@@ -101,14 +102,15 @@ class Rebalancer:
             if self.c.orderly is not None and sub.topic in self.c.orderly_topics:
                 self.c.orderly.assign(sub, mine)
                 continue
-            for mq, state in self.c.queues.items():
-                if mq.topic == sub.topic and state.owned and mq not in mine:
-                    state.owned = False
-                    state.epoch += 1  # its calls not started yet are dropped
-                    self.c.log.info("queue.released", topic=mq.topic, queue=mq.queue_id)
-            new = [mq for mq in sorted(mine) if mq not in self.c.queues or not self.c.queues[mq].owned]
-            if new:
-                await self.acquire(sub, new)
+            owned = [mq for mq, state in self.c.queues.items() if mq.topic == sub.topic and state.owned]
+            change = reassign(owned, mine)
+            for mq in change.lost:
+                state = self.c.queues[mq]
+                state.owned = False
+                state.epoch += 1  # its calls not started yet are dropped
+                self.c.log.info("queue.released", topic=mq.topic, queue=mq.queue_id)
+            if change.gained:
+                await self.acquire(sub, change.gained)
 
     def renewed(self, sent: float) -> None:
         """The heartbeat sent at *sent* (monotonic) was taken: the membership holds until expiry after it.

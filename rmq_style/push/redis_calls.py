@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .._calls import Call, Command, command, run_script
+from .._call_values import Call, Command, command, run_script
 from .._message import pack_fields
 from .._names import QueueKeys
 from .._replies import ReplyCode, classify

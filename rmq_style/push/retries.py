@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._async._io import execute
-from .._calls import Call as RedisCall
+from .._call_values import Call as RedisCall
 from .._message import MessageQueue
 from .._producing import release_due_call
 from .._topics import TopicRoute

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._calls import Call
+from .._call_values import Call
 from .._replies import ReplyCode, classify
 from .outcomes import Ack, DeadLetterIt, RetryLater
 from .redis_calls import ack_calls, dead_letter_call, packed_record, retry_call
