@@ -322,6 +322,9 @@ async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
     return replies
 
 
+_PLAIN_CONNECTION: Any = redis_asyncio.Connection  # typed Any: conn is not narrowed by the check
+
+
 async def _send(conn: Any, packed: bytes) -> None:
     """Write *packed* on *conn*: redis-py's send_packed_command without its per-call wait_for.
 
@@ -329,10 +332,13 @@ async def _send(conn: Any, packed: bytes) -> None:
     send). A small write on an open socket leaves the transport's buffer empty,
     so there is nothing to drain; only a write that did not go out at once
     waits, through send_packed_command (its timeout, its disconnect on error).
+    Only redis-py's own connection class: a subclass's send may do more (a
+    Sentinel-managed connection follows a switch there).
     """
     writer = getattr(conn, "_writer", None)
     if (
-        writer is None
+        type(conn) is not _PLAIN_CONNECTION
+        or writer is None
         or not conn.is_connected
         or writer.transport.is_closing()
         or (conn.health_check_interval and monotonic() > conn.next_health_check)  # the loop's clock
