@@ -11,10 +11,14 @@ a fresh consumer group each time. For N in (1, 2):
 - baseline: N processes, each a redis-py loop of one XREADGROUP over the 8
   streams (COUNT 32) and one pipelined XACK per stream, one group for the N.
 
-Messages/s from the first delivery to an empty group (nothing left to
-deliver, nothing pending), polled every 10 ms with XINFO GROUPS: the start-up
-of the processes is not counted. 3 rounds per side, alternating; medians;
-one JSON object per N.
+Each side starts with its group at the end of the streams and its N
+processes reading (all N seen as consumers of the streams: for the worker,
+after the queues were balanced between its processes, one heartbeat or two);
+then the group is moved to the start (XGROUP SETID 0) and one more message
+per queue wakes the readers. Messages/s from the first delivery to an empty
+group (nothing left to deliver, nothing pending), polled every 10 ms with
+XINFO GROUPS: start-up and balancing are not counted. 3 rounds per side,
+alternating; medians; one JSON object per N.
 """
 
 from __future__ import annotations
@@ -67,7 +71,16 @@ def raw_consumer(url: str, group: str, name: str) -> None:
     """One baseline process: read and ack until a read finds nothing."""
     client = redis.Redis.from_url(url, protocol=2)
     keys = dict.fromkeys(streams(), ">")
-    while reply := client.xreadgroup(group, name, keys, count=COUNT, block=200):
+    for key in keys:  # seen by release() as ready (a read that finds nothing does not create it)
+        client.xgroup_createconsumer(key, group, name)
+    seen, deadline = False, time.monotonic() + LIMIT_S
+    while True:
+        reply = client.xreadgroup(group, name, keys, count=COUNT, block=200)
+        if not reply:
+            if seen or time.monotonic() > deadline:
+                break
+            continue  # the backlog is not in sight yet
+        seen = True
         pipe = client.pipeline(transaction=False)
         for key, entries in reply:
             pipe.xack(key, group, *[entry_id for entry_id, _ in entries])
@@ -92,6 +105,33 @@ def progress(client: redis.Redis, group: str) -> tuple[int, int]:
     return read, left
 
 
+def consumers(client: redis.Redis, group: str) -> set[bytes]:
+    """Names of the consumers *group* has on the 8 streams (a reader appears with its first read)."""
+    names: set[bytes] = set()
+    for key in streams():
+        for info in client.xinfo_groups(key):
+            if group in info["name"].decode():
+                names.update(c["name"] for c in client.xinfo_consumers(key, info["name"]))
+    return names
+
+
+def release(url: str, client: redis.Redis, group: str, n: int, procs: list[subprocess.Popen[bytes]]) -> int:
+    """Once the N processes read, show *group* the whole backlog; the messages it now holds."""
+    deadline = time.monotonic() + LIMIT_S
+    while len(consumers(client, group)) < n:
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise SystemExit(f"{group}: {n} readers never seen")
+        time.sleep(POLL_S)
+    for key in streams():
+        for info in client.xinfo_groups(key):
+            if group in info["name"].decode():
+                client.execute_command("XGROUP", "SETID", key, info["name"], "0", "ENTRIESREAD", "0")
+    with Producer(url) as producer:  # wakes the blocked reads
+        for q in range(QUEUES):
+            producer.send(Message(TOPIC, BODY), queue_id=q)
+    return sum(int(client.xlen(key)) for key in streams())
+
+
 def drain(client: redis.Redis, group: str, procs: list[subprocess.Popen[bytes]], backlog: int) -> float:
     """Messages/s from the first delivery to an empty group."""
     deadline = time.monotonic() + LIMIT_S
@@ -108,31 +148,38 @@ def drain(client: redis.Redis, group: str, procs: list[subprocess.Popen[bytes]],
         time.sleep(POLL_S)
 
 
+def create_groups(client: redis.Redis, group: str) -> None:
+    """*group* at the end of the streams: its readers start with nothing to read (the worker keeps
+    an existing group's position)."""
+    for key in streams():
+        client.execute_command("XGROUP", "CREATE", key, group, "$", "ENTRIESREAD", client.xlen(key))
+
+
 def worker_command() -> list[str]:
     exe = Path(sys.executable).parent / "rmq-style"
     return [str(exe) if exe.exists() else shutil.which("rmq-style") or "rmq-style"]
 
 
-def ours(url: str, client: redis.Redis, n: int, group: str, backlog: int) -> float:
+def ours(url: str, client: redis.Redis, n: int, group: str) -> float:
     env = {**os.environ, "RMQ_URL": url, "SCALE_TOPIC": TOPIC, "SCALE_GROUP": group}
     cmd = [*worker_command(), "worker", "scale_app:app", "--processes", str(n), "--app-dir", "bench"]
+    create_groups(client, group)
     worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        return drain(client, group, [worker], backlog)
+        return drain(client, group, [worker], release(url, client, group, n, [worker]))
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(30)
 
 
-def baseline(url: str, client: redis.Redis, n: int, group: str, backlog: int) -> float:
-    for key in streams():
-        client.xgroup_create(key, group, "0")
+def baseline(url: str, client: redis.Redis, n: int, group: str) -> float:
+    create_groups(client, group)
     procs = [
         subprocess.Popen([sys.executable, __file__, "--raw-consumer", url, group, f"raw-{i}"], cwd=ROOT)
         for i in range(n)
     ]
     try:
-        return drain(client, group, procs, backlog)
+        return drain(client, group, procs, release(url, client, group, n, procs))
     finally:
         for p in procs:
             p.wait(30)
@@ -159,7 +206,7 @@ def main() -> int:
                 # alternate who goes first, so a burst of load elsewhere hurts both sides alike
                 sides = [("ours", ours, mine), ("raw", baseline, theirs)]
                 for side, run, out in sides if r % 2 == 0 else sides[::-1]:
-                    out.append(run(url, client, n, f"{side}-{n}-{r}", backlog))
+                    out.append(run(url, client, n, f"{side}-{n}-{r}"))
             msgs, base = statistics.median(mine), statistics.median(theirs)
             print(
                 json.dumps(
