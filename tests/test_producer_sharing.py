@@ -147,3 +147,19 @@ def test_a_killed_lane_connection_is_replaced(real_url: str) -> None:
         second = producer.send(Message("shared", b"1"))
     assert (first.queue_offset, second.queue_offset) == (0, 1)
     killer.close()
+
+
+def test_an_async_batch_larger_than_the_socket_buffer_is_written_whole(real_url: str) -> None:
+    """A write that does not go out at once is drained before the replies are read (the lane's send
+    skips the drain only when nothing is left in the transport's buffer)."""
+    with Admin(real_url) as admin:
+        admin.create_topic("large", queues=1)
+    body = "x" * 1_000_000  # 8 MB in one round trip: more than a loopback socket takes at once
+
+    async def main() -> list[SendResult]:
+        async with AsyncProducer(real_url) as producer:
+            return await producer.send_batch([Message("large", {"i": i, "b": body}) for i in range(8)])
+
+    results = asyncio.run(main())
+    assert [r.queue_offset for r in results] == list(range(8))
+    check_every_result_matches_its_entry(real_url, "large", results, 8)

@@ -313,7 +313,7 @@ def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
 
 
 def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    conn.send_packed_command([packed])
+    _send(conn, packed)
     replies: list[Any] = []
     for _ in range(count):
         try:
@@ -321,6 +321,34 @@ def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
         except ResponseError as exc:
             replies.append(exc)
     return replies
+
+
+_PLAIN_CONNECTION: Any = redis_asyncio.Connection  # typed Any: conn is not narrowed by the check
+
+
+def _send(conn: Any, packed: bytes) -> None:
+    """Write *packed* on *conn*: redis-py's send_packed_command without its per-call wait_for.
+
+    redis-py wraps every drain in asyncio.wait_for (a task and a loop turn per
+    send). A small write on an open socket leaves the transport's buffer empty,
+    so there is nothing to drain; only a write that did not go out at once
+    waits, through send_packed_command (its timeout, its disconnect on error).
+    Only redis-py's own connection class: a subclass's send may do more (a
+    Sentinel-managed connection follows a switch there).
+    """
+    writer = getattr(conn, "_writer", None)
+    if (
+        type(conn) is not _PLAIN_CONNECTION
+        or writer is None
+        or not conn.is_connected
+        or writer.transport.is_closing()
+        or (conn.health_check_interval and monotonic() > conn.next_health_check)  # the loop's clock
+    ):
+        conn.send_packed_command([packed])  # connects, checks health
+        return
+    writer.write(packed)
+    if writer.transport.get_write_buffer_size():
+        conn.send_packed_command([], check_health=False)  # drains, with the socket timeout
 
 
 def drive(client: Client, flow: Flow[T]) -> T:
