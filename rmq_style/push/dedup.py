@@ -39,6 +39,42 @@ if TYPE_CHECKING:
 __all__ = ["DedupListener"]
 
 
+class Coalescer:
+    """The mark calls of the calls running at once, sent in one round trip: a call's calls wait
+    for the next flush (scheduled when the first arrives), so N concurrent listener calls cost
+    one round trip per transition, not N (the settle loop does the same for acks)."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._calls: list[Call] = []
+        self._waiters: list[tuple[int, int, asyncio.Future[list[Any]]]] = []
+        self._flush: asyncio.Task[None] | None = None
+
+    def run(self, calls: list[Call]) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        start = len(self._calls)
+        self._calls += calls
+        self._waiters.append((start, len(self._calls), future))
+        if self._flush is None:
+            self._flush = asyncio.ensure_future(self._send())
+        return future
+
+    async def _send(self) -> None:
+        await asyncio.sleep(0)  # let the other calls ready now add theirs
+        calls, waiters = self._calls, self._waiters
+        self._calls, self._waiters, self._flush = [], [], None
+        try:
+            replies = await execute(self.ctx.redis(), calls)
+        except Exception as exc:  # noqa: BLE001 - each waiting call gets the failure as its own
+            for _, _, future in waiters:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for start, end, future in waiters:
+            if not future.done():
+                future.set_result(replies[start:end])
+
+
 class DedupListener:
     """An async listener that runs *listener* (async or sync) at most once per dedup key."""
 
@@ -49,6 +85,7 @@ class DedupListener:
         self.is_async = is_async
         self._owner = b"consuming:" + os.urandom(6).hex().encode()
         self._unmarking: set[asyncio.Task[Any]] = set()  # DELs of cancelled calls, kept referenced
+        self._marks = Coalescer(ctx)
 
     def marks(self, messages: Sequence[ReceivedMessage]) -> list[str]:
         prefix, group, spec = self.ctx.keys.prefix, self.ctx.group, self.spec
@@ -63,7 +100,7 @@ class DedupListener:
         claims: list[Call] = []
         for mark in marks:
             claims += [command("SET", mark, self._owner, "NX", "PX", lease), command("GET", mark)]
-        replies = await execute(c.redis(), claims)
+        replies = await self._marks.run(claims)
         keep: list[int] = []  # the messages to hand to the listener
         claimed: list[str] = []  # the marks this call set
         busy = False
@@ -84,7 +121,7 @@ class DedupListener:
                 keep.append(i)
         if busy:  # never two calls of one key at once: let go of ours, the whole call is tried later
             if claimed:
-                await execute(c.redis(), [command("DEL", *claimed)])
+                await self._marks.run([command("DEL", *claimed)])
             raise DuplicateInProgress(
                 f"a duplicate is being consumed ({len(marks) - len(keep)} of {len(marks)})"
             )
@@ -120,7 +157,7 @@ class DedupListener:
         if not calls:
             return
         try:
-            await execute(self.ctx.redis(), calls)
+            await self._marks.run(calls)
         except Exception:  # the listener ran: see above
             self.ctx.log.warning("idempotent.mark_failed", exc_info=True)
 
