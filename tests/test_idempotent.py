@@ -221,18 +221,19 @@ def test_limit_a_retention_shorter_than_the_redelivery_window_lets_a_duplicate_t
         seen: list[int] = []
         consumer = PushConsumer(url, "billing", fast_settings())
         consumer.subscribe(
-            "orders", "*", lambda m: seen.append(field(m, "n")), idempotent=Idempotent("keys", 100)
+            "orders", "*", lambda m: seen.append(field(m, "n")), idempotent=Idempotent("keys", 3000)
         )
         client = open_client(url)
         mark = mark_key("rmq", "orders", "billing", "order-7")
         async with consumer:
             await send(url, [Message("orders", {"n": 1}, keys=("order-7",))])
             await until(lambda: seen == [1], what="first copy")
-            await until(lambda: consumer.in_flight == 0, what="acks")
-            await asyncio.wait_for(_gone(client, mark), 5)  # retention (100 ms) over
-            await send(url, [Message("orders", {"n": 2}, keys=("order-7",))])
-            await until(lambda: seen == [1, 2], what="the late duplicate runs")
-        assert consumer.stats.duplicates == 0
+            await send(url, [Message("orders", {"n": 2}, keys=("order-7",))])  # within the retention
+            await until(lambda: consumer.stats.duplicates == 1, what="the early duplicate skipped")
+            await asyncio.wait_for(_gone(client, mark), 10)  # retention (3 s) over
+            await send(url, [Message("orders", {"n": 3}, keys=("order-7",))])
+            await until(lambda: seen == [1, 3], what="the late duplicate runs")
+        assert consumer.stats.duplicates == 1
         await client.aclose()
 
     run(main())

@@ -42,7 +42,8 @@ __all__ = ["DedupListener"]
 class Coalescer:
     """The mark calls of the calls running at once, sent in one round trip: a call's calls wait
     for the next flush (scheduled when the first arrives), so N concurrent listener calls cost
-    one round trip per transition, not N (the settle loop does the same for acks)."""
+    one round trip per transition, not N (the settle loop does the same for acks). One per
+    subscription: its marks share one slot, so a Cluster takes the pipeline."""
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
