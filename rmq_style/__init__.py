@@ -74,6 +74,7 @@ from ._transaction import (
 )
 from .app import App, HandlerSubscription
 from .push.consumer import PushConsumer, PushStats
+from .push.idempotence import DuplicateInProgress, Idempotent
 from .push.outcomes import ConsumeResult, ConsumeTimeout, DeadLetter
 from .push.settings import PushSettings
 from .settings import AppSettings
@@ -98,9 +99,11 @@ __all__ = [
     "ConsumeResult",
     "ConsumeTimeout",
     "DeadLetter",
+    "DuplicateInProgress",
     "FencedError",
     "HalfMessage",
     "HandlerSubscription",
+    "Idempotent",
     "InvalidNameError",
     "InvalidOffsetError",
     "InvalidUrlError",

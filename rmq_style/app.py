@@ -42,6 +42,7 @@ from ._sync.pull import PullConsumer
 from ._sync.transaction import TransactionProducer
 from ._transaction import TransactionSettings
 from .push.consumer import PushConsumer
+from .push.idempotence import Idempotent
 from .push.settings import PushSettings
 from .settings import AppSettings
 
@@ -62,6 +63,7 @@ class HandlerSubscription:
     handler: HandlerSpec
     orderly: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    idempotent: Idempotent | None = None  # docs/idempotence.md
 
 
 # options a handler may set; each is a PushSettings field of its group's consumer
@@ -110,12 +112,15 @@ class App:
         tags: str = "*",
         orderly: bool = False,
         batch: int | None = None,
+        idempotent: bool | str | Idempotent | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Declare *func* the handler of *topic* for *group*; returns *func* unchanged.
 
         *options*: ``max_reconsume_times``, ``concurrency``, ``consume_from``,
-        ``retry_delays_ms``, ``consume_timeout_ms``.
+        ``retry_delays_ms``, ``consume_timeout_ms``. *idempotent*: handle each message (or
+        business key) once per group (True, ``"keys"``, ``"property:NAME"`` or an Idempotent;
+        docs/idempotence.md).
         """
         check_topic(topic)
         check_group(group)
@@ -128,6 +133,7 @@ class App:
             )
         if batch is not None and batch < 1:
             raise ConfigurationError(f"batch must be at least 1, got {batch}")
+        dedup = Idempotent.of(idempotent)
 
         def decorate(func: F) -> F:
             spec = inspect_handler(func)
@@ -144,7 +150,7 @@ class App:
             opts = dict(options)
             if batch is not None:
                 opts["consume_message_batch_max_size"] = batch
-            self._subscriptions.append(HandlerSubscription(topic, group, tags, spec, orderly, opts))
+            self._subscriptions.append(HandlerSubscription(topic, group, tags, spec, orderly, opts, dedup))
             return func
 
         return decorate
@@ -330,7 +336,10 @@ class App:
 
 
 def _orderly(sub: HandlerSubscription) -> dict[str, Any]:
-    return {"orderly": True} if sub.orderly else {}
+    extra: dict[str, Any] = {"orderly": True} if sub.orderly else {}
+    if sub.idempotent is not None:
+        extra["idempotent"] = sub.idempotent
+    return extra
 
 
 def _listener(spec: HandlerSpec) -> Callable[..., Any]:

@@ -143,6 +143,10 @@ class AppTester:
                 raise AssertionError(f"queues not drained after {timeout} s")
             time.sleep(0.01)  # bounded poll of Redis state
 
+    def stats(self, group: str) -> Any:
+        """The PushStats of *group*'s consumer (``.duplicates``: idempotent deliveries skipped)."""
+        return self.app.consumers[group].stats
+
     def dead_letters(self, group: str) -> list[Any]:
         """The group's dead letters (DeadLetterRecord: .message, .reason ...)."""
         with self.app.admin() as admin:

@@ -29,7 +29,9 @@ from .._message import MessageQueue
 from .._names import check_group, check_topic
 from .._topics import route_flow
 from .context import TRANSIENT, Context
+from .dedup import DedupListener
 from .fetch import Fetcher
+from .idempotence import Idempotent
 from .orderly import OrderlyRunner
 from .rebalance import Rebalancer
 from .retries import Retries
@@ -100,6 +102,7 @@ class PushConsumer:
         *,
         model: Any = None,
         orderly: bool = False,
+        idempotent: bool | str | Idempotent | None = None,
     ) -> None:
         """Consume *topic* messages whose tag matches *expression* (``*`` or ``TagA || TagB``).
 
@@ -109,6 +112,9 @@ class PushConsumer:
         With *orderly*, the messages of each queue are handled one at a time in
         offset order by the holder of the queue's lease (docs/push.md); one
         consumer may mix orderly and concurrent topics.
+        With *idempotent* (True, a key choice or an Idempotent), a message whose
+        dedup key this group already consumed is acked without a call
+        (docs/idempotence.md).
         """
         c = self._ctx
         if self._started:
@@ -121,6 +127,9 @@ class PushConsumer:
         is_async = inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
             getattr(listener, "__call__", None)  # noqa: B004 - an async callable object
         )
+        spec = Idempotent.of(idempotent)
+        if spec is not None:
+            listener, is_async = DedupListener(c, spec, listener, is_async), True
         c.subs[topic] = Subscription(topic, TagFilter.parse(expression), listener, is_async, model)
         if orderly:
             c.orderly_topics.add(topic)

@@ -90,4 +90,5 @@ class PushStats:
     filtered: int = 0  # acked without a listener call (tag did not match)
     suspended: int = 0  # orderly: a failure held the queue, the message is tried again
     fenced: int = 0  # orderly: a write refused because the lease was lost
+    duplicates: int = 0  # idempotent: acked without a listener call (its dedup key was consumed)
     trimmed: int = 0  # maxlen retention removed entries before the group handled them (as logged here)
