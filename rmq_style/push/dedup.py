@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .._async._io import execute
-from .._calls import Call, command
+from .._call_values import Call, command
 from .idempotence import (
     CONSUMED,
     DuplicateInProgress,
