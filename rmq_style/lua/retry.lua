@@ -18,12 +18,15 @@
 ]]
 --@include clock
 
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+-- the writes first, the ack last: a write that fails (a key of the wrong type, written by
+-- someone else) aborts the script with the entry still pending, never acknowledged and lost
+if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) == 0 then
   return 0
 end
 local due = rmq_now_ms() + tonumber(ARGV[5])
+redis.call('HSET', KEYS[3], ARGV[4], ARGV[6])  -- the body before the due time: no due id without one
 redis.call('ZADD', KEYS[2], due, ARGV[4])
-redis.call('HSET', KEYS[3], ARGV[4], ARGV[6])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 if ARGV[3] == '1' then
   redis.call('XDEL', KEYS[1], ARGV[2])
 end
