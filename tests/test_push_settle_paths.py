@@ -20,7 +20,8 @@ QK = Keys().queue("orders", 0)
 
 
 def test_a_group_lost_while_a_message_is_handled_is_recreated_and_consumption_goes_on(url: str) -> None:
-    """XACK on a missing group answers 0 (no NOGROUP): the failed message's retry finds it settled."""
+    """The failed message's retry meets NOGROUP (retry.lua asks XPENDING before it writes): logged
+    as message.group_lost, nothing scheduled, the message let go; the group is re-created."""
 
     async def main() -> PushConsumer:
         await create_topic(url, queues=1)
@@ -57,6 +58,7 @@ def test_a_group_lost_while_a_message_is_handled_is_recreated_and_consumption_go
     recreated = [e for e in events if e["event"] == "group.recreated"]
     assert recreated and all(e["where"] == "after" for e in recreated)
     assert not [e for e in events if e["event"] == "message.retry_scheduled"]
+    assert [e["event"] for e in events if e["event"] == "message.group_lost"] == ["message.group_lost"]
 
 
 @pytest.mark.real_only
