@@ -6,8 +6,8 @@
 One backlog (100k messages on a topic of 8 queues, filled once) is drained by
 a fresh consumer group each time. For N in (1, 2):
 
-- ours: ``rmq-style worker scale_app:app --processes N --app-dir bench``
-  (bench/scale_app.py: a no-op async handler);
+- ours: ``rmq-style worker scale_app:app --processes N --app-dir bench/apps``
+  (bench/apps/scale_app.py: a no-op async handler);
 - baseline: N processes, each a redis-py loop of one XREADGROUP over the 8
   streams (COUNT 32) and one pipelined XACK per stream, one group for the N.
 
@@ -162,7 +162,7 @@ def worker_command() -> list[str]:
 
 def ours(url: str, client: redis.Redis, n: int, group: str) -> float:
     env = {**os.environ, "RMQ_URL": url, "SCALE_TOPIC": TOPIC, "SCALE_GROUP": group}
-    cmd = [*worker_command(), "worker", "scale_app:app", "--processes", str(n), "--app-dir", "bench"]
+    cmd = [*worker_command(), "worker", "scale_app:app", "--processes", str(n), "--app-dir", "bench/apps"]
     create_groups(client, group)
     worker = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

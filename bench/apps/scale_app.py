@@ -1,4 +1,4 @@
-"""The App bench/scale.py drains with ``rmq-style worker scale_app:app --app-dir bench``.
+"""The App bench/scale.py drains with ``rmq-style worker scale_app:app --app-dir bench/apps``.
 
 SCALE_TOPIC and SCALE_GROUP (environment) name the backlog and a fresh group per round.
 """
