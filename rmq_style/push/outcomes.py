@@ -46,14 +46,6 @@ Suspend(attempts=2, reason='ValueError: boom')
 'SUSPEND_CURRENT_QUEUE_A_MOMENT (after 3 attempts)'
 >>> decide_orderly(ValueError("boom"), 10**6, -1).attempts
 1000001
->>> decide_orderly(None, 0, 2)
-Proceed()
->>> decide_orderly(ValueError("boom"), 1, 2)
-Suspend(attempts=2, reason='ValueError: boom')
->>> decide_orderly(ConsumeResult.SUSPEND_CURRENT_QUEUE_A_MOMENT, 2, 2).reason
-'SUSPEND_CURRENT_QUEUE_A_MOMENT (after 3 attempts)'
->>> decide_orderly(ValueError("boom"), 10**6, -1).attempts
-1000001
 """
 
 from __future__ import annotations
