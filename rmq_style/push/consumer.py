@@ -151,9 +151,13 @@ class PushConsumer:
         try:
             await asyncio.wait([ready, main], return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            main.cancel()  # the start is abandoned: its children are cancelled, its clients closed
+            # the start is abandoned: its children are cancelled, its clients closed; a client
+            # that swallowed the cancel (fakeredis does) finishes the start: then it drains
+            self._ctx.tree.stop_requested.set()
+            main.cancel()
             await asyncio.wait([main])
-            self._main = None
+            if main.cancelled() or main.exception() is not None:
+                self._main = None  # undone: it can be started again
             raise
         if not ready.done():  # the lifetime ended before it was ready: the start failed, undone
             self._main = None
