@@ -8,6 +8,7 @@ import asyncio
 from typing import Any
 
 import pytest
+import structlog
 from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
@@ -16,6 +17,8 @@ from rmq_style._async._io import open_client
 from rmq_style._names import Keys
 from rmq_style.push.orderly_queue import OrderlyQueue
 from rmq_style.push.retries import Retries
+from rmq_style.push.tasks import TaskTree
+from rmq_style.push.waits import Backoff
 from tests.pushkit import create_topic, fast_settings, send, until
 
 ALL = [MessageQueue("orders", q) for q in range(4)]
@@ -66,8 +69,10 @@ def test_start_returns_once_ready_and_a_cancelled_start_leaves_nothing(url: str)
 
         consumer = PushConsumer(url, "billing", fast_settings(concurrency=2))
         consumer.subscribe("orders", "*", listener)
+        assert consumer.state == "new"
         await consumer.start()  # ready when this returns
         try:
+            assert consumer.state == "running" and repr(consumer).startswith("<PushConsumer running ")
             assert consumer.queues == ALL  # first rebalance done: its queues taken, groups created
             assert await members(url) == [consumer.member.encode()]  # registered
             running = consumer._ctx.tree.running()
@@ -79,6 +84,7 @@ def test_start_returns_once_ready_and_a_cancelled_start_leaves_nothing(url: str)
         finally:
             await consumer.stop()
         assert consumer._ctx.tree.running() == []  # leaving the task group waited for every child
+        assert consumer.state == "stopped"
         assert await members(url) == []  # left the group
 
     with capture_logs():
@@ -106,6 +112,7 @@ def test_concurrent_stops_both_wait_for_one_drain_that_settles_each_call_once(ur
         await asyncio.wait_for(consumer._ctx.stopping.wait(), 5)  # the drain began
         done, _ = await asyncio.wait(stops, timeout=0.3)
         assert not done  # neither stop() returns while calls run
+        assert consumer.state == "draining"
         release.set()
         await asyncio.wait_for(asyncio.gather(*stops), 5)
         assert sorted(handled) == [0, 1, 2]
@@ -166,6 +173,7 @@ def test_a_loop_that_keeps_crashing_fails_the_consumer_which_hands_its_queues_ba
         with pytest.raises(ConsumerFailedError):
             await consumer.stop()  # says so again, and returns at once
         assert consumer._ctx.tree.running() == []  # nothing half alive
+        assert consumer.state == "failed"
         assert await members(url) == []  # it left: its queues go to the others now
         crashes = events(logs, "consumer.loop_crashed")
         assert [(e["loop"], e["crashes"], e["weather"]) for e in crashes] == [
@@ -269,3 +277,42 @@ def test_app_run_drains_every_consumer_then_raises_a_failure(
 def _fast() -> dict[str, Any]:
     s = fast_settings()
     return {"consume_from": "first", "membership": s.membership, "reconnect_backoff_ms": 20}
+
+
+@pytest.mark.parametrize(
+    ("quiet_s", "raised", "failed_at"),
+    [
+        (60.0, ["weather", "bug", "weather", "bug", "bug", "bug"], 5),  # the third bug in a row: limit 2
+        (60.0, ["weather"] * 6, None),  # Redis weather never fails the consumer
+        (0.0, ["bug"] * 6, None),  # each crash after a quiet period counts anew
+    ],
+)
+def test_the_boundary_counts_bugs_in_a_row(quiet_s: float, raised: list[str], failed_at: int | None) -> None:
+    async def main() -> tuple[int, TaskTree]:
+        stopping = asyncio.Event()
+        tree = TaskTree(structlog.get_logger(), lambda: Backoff(1, 1), stopping, 2, quiet_s)
+        left = iter(raised)
+        calls = 0
+
+        async def loop() -> None:
+            nonlocal calls
+            calls += 1
+            what = next(left, None)
+            if what == "weather":
+                raise ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+            if what == "bug":
+                raise KeyError("a bug")
+
+        async with asyncio.TaskGroup() as group:
+            tree.open(group)
+            tree.spawn("retries", loop)
+        return calls, tree
+
+    with capture_logs() as logs:
+        calls, tree = asyncio.run(main())
+    crashes = len(events(logs, "consumer.loop_crashed"))
+    if failed_at is None:
+        assert (tree.failure, calls, crashes) == (None, len(raised) + 1, len(raised))
+    else:
+        assert tree.failure is not None and tree.stop_requested.is_set()
+        assert (calls, crashes) == (failed_at, failed_at)  # not restarted after it

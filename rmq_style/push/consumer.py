@@ -1,7 +1,9 @@
 """PushConsumer: the lifecycle shell of the push runtime (asyncio).
 
-It owns the tasks of one consumer, all stopped by ``stop()``; the work is in
-the parts it wires together around one shared ``Context``:
+It owns one task group (``tasks.TaskTree``, drawn in docs/architecture.md):
+``start()`` returns once the lifetime task set it up and it is ready;
+``stop()`` and a failure both end in the one drain. The work is in the parts
+it wires together around one shared ``Context``:
 
 - ``rebalance.Rebalancer``: heartbeat per subscribed topic, queue allocation,
   group creation for newly owned queues, adoption of entries left by dead
@@ -87,9 +89,19 @@ class PushConsumer:
     def __repr__(self) -> str:
         owned = [str(mq) for mq in self.queues]
         return (
-            f"<PushConsumer group={self.group!r} member={self.member!r} queues={owned} "
+            f"<PushConsumer {self.state} group={self.group!r} member={self.member!r} queues={owned} "
             f"in_flight={self._ctx.total} {self.stats}>"
         )
+
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``draining``, ``stopped`` or ``failed``."""
+        tree, main = self._ctx.tree, self._main
+        if main is None:
+            return "new"
+        if not main.done():
+            return "draining" if tree.stop_requested.is_set() else "running"
+        return "failed" if tree.failure is not None else "stopped"
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -137,7 +149,8 @@ class PushConsumer:
         """Join the group, take this member's queues and start consuming; returns once ready.
 
         Ready: the member is registered with every subscribed topic, its first rebalance is done
-        (its queues are taken, their groups created) and every task of the consumer is running.
+        (its queues are taken, their groups created; an orderly queue's task takes its lease right
+        after) and every task of the consumer is running.
         Redis unreachable: BrokerUnavailableError, nothing is left running, and the consumer
         can be started again.
         """
@@ -146,6 +159,7 @@ class PushConsumer:
         if not self._ctx.subs:
             raise UsageError("subscribe to at least one topic before start()")
         self._ctx.new_tree()
+        self._loops = {}
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._main = main = asyncio.create_task(self._lifetime(ready), name=f"rmq-push {self.member}")
         try:

@@ -92,7 +92,7 @@ class TaskTree:
     async def guard(self, name: str, loop: Loop, *, restart: bool = True) -> None:
         """Run *loop* until it returns; a crash is logged, then restarted or the consumer fails."""
         backoff = self._backoff()
-        crashes = 0
+        crashes = bugs = 0  # in a row: every crash, and those that were not Redis weather
         since = time.monotonic()
         while True:
             try:
@@ -102,15 +102,15 @@ class TaskTree:
                 now = time.monotonic()
                 weather = isinstance(exc, _WEATHER)
                 if now - since >= self.quiet_s:
-                    crashes = 0
+                    crashes = bugs = 0
                     backoff.reset()
-                crashes, since = crashes + 1, now
+                crashes, bugs, since = crashes + 1, bugs + (not weather), now
                 self.log.exception("consumer.loop_crashed", loop=name, crashes=crashes, weather=weather)
                 if not restart:
                     self.fail(name, exc, "crashed")
                     return
-                if not weather and crashes > self.crash_limit:
-                    self.fail(name, exc, f"crashed {crashes} times in a row")
+                if bugs > self.crash_limit:
+                    self.fail(name, exc, f"crashed {bugs} times in a row")
                     return
                 await backoff.wait(self._stopping)
                 if self._stopping.is_set() and name != "settle":
