@@ -4,7 +4,10 @@ Every task of a consumer is a child of one ``asyncio.TaskGroup`` entered by
 the consumer's lifetime task (``PushConsumer._lifetime``): the service loops
 (membership, fetch, settle, retries, lease renewal), the runner's workers and
 its timeout watchdog, and one task per owned orderly queue. Leaving the group
-waits for every child, so no task outlives the consumer.
+waits for every child, so no task outlives the consumer. (asyncio.TaskGroup,
+not anyio's: the runtime is asyncio-only, its clients too; what anyio would
+add, ``TaskGroup.start`` readiness and cancel scopes, is a future and a few
+bounded waits here.)
 
 The one exception boundary (``guard``) decides what a crash means. A loop's
 expected failures (Redis away, NOGROUP, one bad message) are handled inside
