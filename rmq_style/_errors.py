@@ -17,6 +17,7 @@ One root, families by cause::
     │   └── TopicExistsError        create of a topic that exists
     ├── FencedError                 the caller lost its lease; its write was refused
     ├── BrokerUnavailableError      Redis could not be reached after the retries
+    ├── ConsumerFailedError         a push consumer stopped itself: an internal task kept crashing
     └── BrokerRefusedError          Redis answered and refused: out of memory, read-only replica,
                                     not enough replicas, ACL, authentication (``code`` says which)
 
@@ -30,6 +31,7 @@ __all__ = [
     "BrokerRefusedError",
     "BrokerUnavailableError",
     "ConfigurationError",
+    "ConsumerFailedError",
     "FencedError",
     "InvalidNameError",
     "InvalidOffsetError",
@@ -112,6 +114,12 @@ class FencedError(RmqError):
 
 class BrokerUnavailableError(RmqError):
     """Redis could not be reached; the operation may or may not have taken effect."""
+
+
+class ConsumerFailedError(RmqError):
+    """A push consumer stopped on its own: one of its tasks kept crashing (a bug; the cause is
+    chained and logged as ``consumer.loop_crashed``). It drained and left its group first, so its
+    queues went to the other members; start a new consumer (a worker process exits non-zero)."""
 
 
 class BrokerRefusedError(RmqError):

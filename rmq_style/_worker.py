@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, ConsumerFailedError
 
 log = structlog.get_logger("rmq_style.worker")
 
@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
 
         serve_metrics(app, args.metrics_port, progress=args.metrics_progress)
     log.info("worker_started", app=args.app, only_groups=args.only)
-    asyncio.run(serve(app, args.only, args.concurrency))
+    try:
+        asyncio.run(serve(app, args.only, args.concurrency))
+    except ConsumerFailedError as exc:  # drained and left its group already: a new process takes over
+        log.error("worker_failed", app=args.app, error=str(exc))
+        return 1
     log.info("worker_stopped", app=args.app)
     return 0
 

@@ -317,6 +317,7 @@ class App:
         consumers = [self.consumer(g, concurrency=concurrency, **consumer_settings) for g in groups]
         started: list[PushConsumer] = []
         checking = [self.async_transaction_producer(g) for g in sorted(self._checkers)]
+        failures: list[BaseException] = []
         try:
             for consumer in consumers:
                 await consumer.start()
@@ -327,12 +328,27 @@ class App:
             log.info("app.running", groups=groups)
             if ready is not None:
                 ready.set()
-            await stop.wait()
+            await _until_stopped(stop, started)
         finally:
-            await asyncio.gather(*(c.stop() for c in started))
+            # every consumer drains, even when one failed; then the first failure is raised
+            stopped = await asyncio.gather(*(c.stop() for c in started), return_exceptions=True)
+            failures = [e for e in stopped if isinstance(e, BaseException)]
             await asyncio.gather(*(p.close() for p in checking))
             self.consumers = {}
-            log.info("app.stopped", groups=groups)
+            log.info("app.stopped", groups=groups, failed=len(failures))
+        if failures:
+            raise failures[0]  # ConsumerFailedError: a worker process exits non-zero, and is restarted
+
+
+async def _until_stopped(stop: asyncio.Event, consumers: Sequence[PushConsumer]) -> None:
+    """Until *stop* is set, or a consumer stopped on its own (it failed; its stop() raises why)."""
+    waits = [asyncio.ensure_future(stop.wait()), *(asyncio.ensure_future(c.wait()) for c in consumers)]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)  # retrieved: stop() raises it again
 
 
 def _orderly(sub: HandlerSubscription) -> dict[str, Any]:

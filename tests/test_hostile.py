@@ -209,10 +209,11 @@ async def _consume(
         await until(lambda: len(handled) + consumer.stats.dead_lettered + consumer.stats.filtered >= expected,
                     what="every entry handled, dead-lettered or filtered")  # fmt: skip
         await until(lambda: consumer.in_flight == 0, what="every entry settled")
-        tasks = [*consumer._tasks, *(consumer._ctx.pool._workers if consumer._ctx.pool else [])]
+        tasks = [*consumer._loops.values(), *(consumer._ctx.pool._workers if consumer._ctx.pool else [])]
         if consumer._ctx.orderly is not None:
             tasks += [q.task for q in consumer._ctx.orderly.queues.values() if q.task is not None]
         assert not [t for t in tasks if t.done()]  # no task of the runtime died
+        assert consumer._ctx.tree.failure is None
     gc.collect()  # a task that died reports "Task exception was never retrieved" when collected
     assert errors == []
     return handled, consumer.stats

@@ -1,7 +1,9 @@
 """PushConsumer: the lifecycle shell of the push runtime (asyncio).
 
-It owns the tasks of one consumer, all stopped by ``stop()``; the work is in
-the parts it wires together around one shared ``Context``:
+It owns one task group (``tasks.TaskTree``, drawn in docs/architecture.md):
+``start()`` returns once the lifetime task set it up and it is ready;
+``stop()`` and a failure both end in the one drain. The work is in the parts
+it wires together around one shared ``Context``:
 
 - ``rebalance.Rebalancer``: heartbeat per subscribed topic, queue allocation,
   group creation for newly owned queues, adoption of entries left by dead
@@ -16,6 +18,7 @@ the parts it wires together around one shared ``Context``:
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from collections.abc import Callable
 from types import TracebackType
@@ -80,17 +83,25 @@ class PushConsumer:
         self._fetch = Fetcher(c, self._settling)
         self._rebalance = Rebalancer(c)
         self._retries = Retries(c)
-        self._renew_task: asyncio.Task[None] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopped = asyncio.Event()
-        self._started = False
+        self._main: asyncio.Task[None] | None = None  # the lifetime: the one task group's owner
+        self._loops: dict[str, asyncio.Task[None]] = {}  # the service loops, by name
 
     def __repr__(self) -> str:
         owned = [str(mq) for mq in self.queues]
         return (
-            f"<PushConsumer group={self.group!r} member={self.member!r} queues={owned} "
+            f"<PushConsumer {self.state} group={self.group!r} member={self.member!r} queues={owned} "
             f"in_flight={self._ctx.total} {self.stats}>"
         )
+
+    @property
+    def state(self) -> str:
+        """``new``, ``running``, ``draining``, ``stopped`` or ``failed``."""
+        tree, main = self._ctx.tree, self._main
+        if main is None:
+            return "new"
+        if not main.done():
+            return "draining" if tree.stop_requested.is_set() else "running"
+        return "failed" if tree.failure is not None else "stopped"
 
     # -- public surface -------------------------------------------------------------------------
 
@@ -117,7 +128,7 @@ class PushConsumer:
         (docs/idempotence.md).
         """
         c = self._ctx
-        if self._started:
+        if self._main is not None:
             raise UsageError("subscribe before start()")
         check_topic(topic)
         if topic in c.subs:
@@ -135,23 +146,66 @@ class PushConsumer:
             c.orderly_topics.add(topic)
 
     async def start(self) -> None:
-        """Join the group, take this member's queues and start consuming; returns once running.
+        """Join the group, take this member's queues and start consuming; returns once ready.
 
-        Redis unreachable: BrokerUnavailableError, and the consumer can be started again.
+        Ready: the member is registered with every subscribed topic, its first rebalance is done
+        (its queues are taken, their groups created; an orderly queue's task takes its lease right
+        after) and every task of the consumer is running.
+        Redis unreachable: BrokerUnavailableError, nothing is left running, and the consumer
+        can be started again.
         """
-        if self._started:
+        if self._main is not None:
             raise UsageError("this consumer was already started")
         if not self._ctx.subs:
             raise UsageError("subscribe to at least one topic before start()")
-        self._started = True
+        self._ctx.new_tree()
+        self._loops = {}
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._main = main = asyncio.create_task(self._lifetime(ready), name=f"rmq-push {self.member}")
         try:
-            await self._start()
-        except BaseException as exc:
-            await self._abandon_start()
+            await asyncio.wait([ready, main], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # the start is abandoned: its children are cancelled, its clients closed; a client
+            # that swallowed the cancel (fakeredis does) finishes the start: then it drains
+            self._ctx.tree.stop_requested.set()
+            main.cancel()
+            await asyncio.wait([main])
+            if main.cancelled() or main.exception() is not None:
+                self._main = None  # undone: it can be started again
+            raise
+        if not ready.done():  # the lifetime ended before it was ready: the start failed, undone
+            self._main = None
+            exc = main.exception()
+            assert exc is not None
             if isinstance(exc, TRANSIENT):
                 raise BrokerUnavailableError(f"Redis unreachable at start: {exc}") from exc
-            raise
+            raise exc
         self._ctx.log.info("consumer.started", topics=sorted(self._ctx.subs), queues=self._owned_names())
+
+    async def _lifetime(self, ready: asyncio.Future[None]) -> None:
+        """The consumer's one task group: set up, signal *ready*, serve until asked to stop or
+        a task failed, drain. Leaving the group waits for every child; then the clients close."""
+        c = self._ctx
+        error: BaseException | None = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                c.tree.open(group)
+                try:
+                    await self._start()
+                except BaseException as exc:  # noqa: BLE001 - raised again once the children are gone
+                    error = exc
+                    c.tree.cancel_all()
+                else:
+                    ready.set_result(None)
+                    await c.tree.stop_requested.wait()
+                    await self._drain()
+        finally:
+            await self._close_clients()
+        if error is not None:
+            c.orderly = c.pool = None
+            c.queues.clear()
+            c.streams.clear()
+            raise error
 
     async def _start(self) -> None:
         c = self._ctx
@@ -170,7 +224,7 @@ class PushConsumer:
                 subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry, kind),
             )
             check_subscribe_replies(replies, self.group, sub.topic, sub.filter, kind)
-        s = self.settings
+        s, tree = self.settings, c.tree
         c.pool = pool = HandlerPool(
             s.concurrency,
             s.pull_threshold_for_all,
@@ -192,63 +246,40 @@ class PushConsumer:
                 client=client,
                 wait_client=open_client(self.url),
                 start_position=c.start_position,
+                spawn=functools.partial(tree.spawn, restart=False),  # a queue task is its own state
             )
-            self._renew_task = asyncio.create_task(c.guard("renew", c.orderly.background_loop))
+            self._loops["renew"] = tree.spawn("renew", c.orderly.background_loop)
         await self._rebalance.rebalance()
         await self._rebalance.report_trims()  # a loss while no consumer ran is logged at start
         self._rebalance.schedule_prune()
-        pool.start()
+        pool.start(tree.spawn)
         fetch = self._fetch.fetch_per_queue if is_cluster(c.fetch_client) else self._fetch.fetch_loop
-        self._tasks = [
-            asyncio.create_task(c.guard("membership", self._rebalance.membership_loop)),
-            asyncio.create_task(c.guard("fetch", fetch)),
-            asyncio.create_task(c.guard("settle", self._settling.settle_loop)),
-            asyncio.create_task(c.guard("retries", self._retries.retry_loop)),
-        ]
+        self._loops["membership"] = tree.spawn("membership", self._rebalance.membership_loop)
+        self._loops["fetch"] = tree.spawn("fetch", fetch)
+        self._loops["settle"] = tree.spawn("settle", self._settling.settle_loop)
+        self._loops["retries"] = tree.spawn("retries", self._retries.retry_loop)
 
-    async def _abandon_start(self) -> None:
-        """Undo a start that failed before anything was consumed (the member's heartbeat just expires)."""
-        c = self._ctx
-        if self._renew_task is not None:
-            self._renew_task.cancel()
-            await asyncio.gather(self._renew_task, return_exceptions=True)
-        clients = [c.client, c.fetch_client]
-        if c.orderly is not None:
-            clients.append(c.orderly.wait_client)
-        for client in clients:
-            if client is not None:
-                await client.aclose()
-        c.client = c.fetch_client = c.orderly = c.pool = self._renew_task = None
-        c.queues.clear()
-        c.streams.clear()
-        self._started = False
-
-    async def stop(self) -> None:
-        """Stop fetching, let running handlers finish (shutdown_timeout_ms), settle, leave the group."""
-        if not self._started or self._stopped.is_set():
-            return
-        c = self._ctx
-        self._stopped.set()
+    async def _drain(self) -> None:
+        """Stop fetching, let running calls finish (shutdown_timeout_ms), settle, leave the group."""
+        c, loops = self._ctx, self._loops
         c.stopping.set()
-        fetch, membership, settle, retries = self._tasks
-        await asyncio.gather(fetch, membership, retries, return_exceptions=True)
+        await asyncio.wait([loops["fetch"], loops["membership"], loops["retries"]])
         timeout = self.settings.shutdown_timeout_ms / 1000
         cut = 0
         if c.orderly is not None:
             cut += await c.orderly.stop(timeout)
-            if self._renew_task is not None:
-                self._renew_task.cancel()
-                await asyncio.gather(self._renew_task, return_exceptions=True)
-            await c.orderly.wait_client.aclose()
+            loops["renew"].cancel()
+            await asyncio.wait([loops["renew"]])
         if c.pool is not None:
             cut += await c.pool.close(timeout)
-        c.drained.set()
+        c.drained.set()  # no outcome will come any more: the settle loop ends once its buffer is empty
         c.settle_wakeup.set()
         # Redis away at shutdown: give up after a while; what is not settled stays pending
+        settle = loops["settle"]
         done, _ = await asyncio.wait([settle], timeout=max(timeout, 5.0))
         if not done:
             settle.cancel()
-            await asyncio.gather(settle, return_exceptions=True)
+            await asyncio.wait([settle])
         expiry = self.settings.membership.member_expiry_ms
         try:
             await execute(
@@ -257,18 +288,56 @@ class PushConsumer:
             )
         except TRANSIENT as exc:
             c.log.warning("consumer.leave_failed", error=str(exc))
-        c.log.info("consumer.stopped", unfinished=cut, unsettled=c.total, stats=str(self.stats))
-        for client in (c.client, c.fetch_client):
+        c.tree.cancel_all()  # nothing is left by now; if something were, it must not hold the exit
+        c.log.info(
+            "consumer.stopped",
+            unfinished=cut,
+            unsettled=c.total,
+            failed=c.tree.failure is not None,
+            stats=str(self.stats),
+        )
+
+    async def _close_clients(self) -> None:
+        c = self._ctx
+        clients = [c.client, c.fetch_client, c.orderly.wait_client if c.orderly is not None else None]
+        c.client = c.fetch_client = None
+        for client in clients:
             if client is not None:
                 await client.aclose()
 
+    async def stop(self) -> None:
+        """Stop fetching, let running handlers finish (shutdown_timeout_ms), settle, leave the group.
+
+        Returns once all of that is done, whoever else called it too; cancelling the caller
+        does not cut the drain short. Raises ConsumerFailedError if the consumer failed.
+        """
+        if self._main is None:
+            return
+        self._ctx.tree.stop_requested.set()
+        await self.wait()
+
+    async def wait(self) -> None:
+        """Wait until the consumer stopped (``stop()`` called elsewhere, or a failure).
+
+        Raises ConsumerFailedError if one of its tasks kept crashing (the cause is chained).
+        """
+        main = self._main
+        if main is None:
+            raise UsageError("this consumer is not started")
+        await asyncio.wait([main])  # never cancels the lifetime (the drain) with the caller
+        crash = None if main.cancelled() else main.exception()
+        if crash is not None:
+            raise crash  # a bug of the drain itself
+        if self._ctx.tree.failure is not None:
+            raise self._ctx.tree.failure
+
     async def run(self) -> None:
-        """Start, consume until the task is cancelled, then stop gracefully."""
+        """Start, consume until the task is cancelled (or the consumer stopped), then stop gracefully."""
         await self.start()
         try:
-            await asyncio.Event().wait()
+            await self.wait()
         finally:
-            await asyncio.shield(self.stop())
+            await self.stop()
 
     async def __aenter__(self) -> PushConsumer:
         await self.start()

@@ -22,6 +22,7 @@ from .outcomes import RetryPolicy
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Delivery, PushStats, QueueState, StreamState, Subscription
+from .tasks import TaskTree
 from .waits import Backoff
 
 if TYPE_CHECKING:
@@ -62,6 +63,7 @@ class Context:
         # monotonic: until then the group counts this member as live (its last heartbeat + expiry)
         self.member_valid_until = 0.0
         self.dropped = 0  # listener calls dropped since the last report
+        self.tree = self.new_tree()  # every task of the consumer, and their one exception boundary
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until
@@ -102,18 +104,20 @@ class Context:
         orderly = self.orderly.owned if self.orderly is not None else []
         return sorted([q.mq for q in self.queues.values() if q.owned] + orderly)
 
+    def new_tree(self) -> TaskTree:
+        """The task tree of one run of the consumer (a start that failed leaves a fresh one)."""
+        self.tree = TaskTree(
+            self.log,
+            self.backoff,
+            self.stopping,
+            self.settings.loop_crash_limit,
+            self.settings.membership.member_expiry_ms / 1000,
+        )
+        return self.tree
+
     async def guard(self, name: str, loop: Callable[[], Any]) -> None:
-        """Run a loop; an unexpected error is logged and the loop restarted: the consumer never dies."""
-        backoff = self.backoff()
-        while True:
-            try:
-                await loop()
-                return
-            except Exception:
-                self.log.exception("consumer.loop_crashed", loop=name)
-                await backoff.wait(self.stopping)
-                if self.stopping.is_set() and name != "settle":
-                    return
+        """Run a loop inside the consumer's exception boundary (``TaskTree.guard``)."""
+        await self.tree.guard(name, loop)
 
     def start_position(self) -> tuple[str, str]:
         s = self.settings

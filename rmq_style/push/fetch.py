@@ -130,7 +130,8 @@ class Fetcher:
                 for mq, q in self.c.queues.items():
                     running = loops.get(mq)
                     if (q.owned or scanning(q)) and (running is None or running.done()):
-                        loops[mq] = asyncio.create_task(self.fetch_queue(q))
+                        # a child of the consumer's task group, awaited below too
+                        loops[mq] = self.c.tree.spawn(f"fetch {mq}", partial(self.fetch_queue, q))
                 await wait_event(self.c.queues_changed, self.c.settings.poll_timeout_ms / 1000)
         finally:
             await asyncio.gather(*loops.values(), return_exceptions=True)

@@ -39,7 +39,7 @@ from .orderly_leases import (
     renew_call,
 )
 from .orderly_queue import OrderlyQueue
-from .runner import HandlerPool
+from .runner import HandlerPool, Spawn
 from .settings import PushSettings
 from .state import Subscription
 
@@ -65,7 +65,9 @@ class OrderlyRunner:
         client: AsyncClient,
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
+        spawn: Spawn | None = None,
     ) -> None:
+        """*spawn*: how a queue task is started (a child of the consumer's task group)."""
         self.group = group
         self.member = member
         self.keys = keys
@@ -80,6 +82,7 @@ class OrderlyRunner:
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()
+        self._spawn = spawn
 
     @property
     def owned(self) -> list[MessageQueue]:
@@ -97,7 +100,10 @@ class OrderlyRunner:
                 continue  # running, or still finishing a hand-back: a new task once it is gone
             q = OrderlyQueue(self, mq, sub)
             self.queues[mq] = q
-            q.task = asyncio.create_task(q.run())
+            if self._spawn is None:
+                q.task = asyncio.create_task(q.run())
+            else:  # not restarted: run() ends the queue's task, the next rebalance starts a new one
+                q.task = self._spawn(f"orderly {mq}", q.run)
 
     async def renew_loop(self) -> None:
         """Renew every held lease every third of it, in one round trip."""

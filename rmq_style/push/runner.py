@@ -28,7 +28,7 @@ import asyncio
 import contextvars
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from time import perf_counter
@@ -39,9 +39,12 @@ import structlog
 from .handler_times import HandlerTimes
 from .outcomes import ConsumeTimeout
 
-__all__ = ["Budget", "Call", "HandlerPool", "Work"]
+__all__ = ["Budget", "Call", "HandlerPool", "Spawn", "Work"]
 
 log = structlog.get_logger("rmq_style.push")
+
+# starts a named task running a loop, as a child of a task group (tasks.TaskTree.spawn)
+Spawn = Callable[[str, Callable[[], Awaitable[Any]]], "asyncio.Task[None]"]
 
 # One listener call as queued: (listener, is_async, args, token); the token is handed back to on_done.
 Call = tuple[Callable[..., Any], bool, Sequence[Any], Any]
@@ -149,9 +152,17 @@ class HandlerPool:
     def running(self) -> int:
         return sum(1 for c in self._current if c is not None)
 
-    def start(self) -> None:
-        self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.concurrency)]
-        self._watchdog = asyncio.create_task(self._watch())
+    def start(self, spawn: Spawn | None = None) -> None:
+        """Start the workers and the watchdog: children of the caller's task group with *spawn*
+        (a PushConsumer's ``TaskTree.spawn``), else plain tasks that ``close()`` ends."""
+        if spawn is None:
+            self._workers = [asyncio.create_task(self._worker(i)) for i in range(self.concurrency)]
+            self._watchdog = asyncio.create_task(self._watch())
+            return
+        self._workers = [
+            spawn(f"worker-{i}", functools.partial(self._worker, i)) for i in range(self.concurrency)
+        ]
+        self._watchdog = spawn("watchdog", self._watch)
 
     def submit(self, work: Work) -> None:
         """Queue a call."""

@@ -47,6 +47,9 @@ class PushSettings(BaseModel):
     consume_timestamp: datetime | None = Field(None, description="with consume_from='timestamp'")
     membership: MembershipSettings = MembershipSettings()
     shutdown_timeout_ms: int = Field(30_000, ge=0, description="graceful stop: wait for handlers")
+    loop_crash_limit: int = Field(
+        5, ge=0, description="an internal loop crashing (a bug) more often in a row fails the consumer"
+    )
     reconnect_backoff_ms: int = Field(100, ge=1)
     reconnect_backoff_max_ms: int = Field(2000, ge=1)
     trace_messages: bool = Field(False, description="log every consumed message at debug level")
