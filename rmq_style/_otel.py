@@ -366,11 +366,10 @@ def _carried(m: ReceivedMessage) -> otel_context.Context | None:
         return None
     if not isinstance(props, dict):
         return None
-    carrier = {k: v for k in _fields() if isinstance(v := props.get(k), str)}
-    if not carrier:
+    if not props:
         return None
-    try:
-        return propagate.extract(carrier)
+    try:  # the propagator reads its fields (traceparent, tracestate, baggage); only str values
+        return propagate.extract({k: v for k, v in props.items() if type(v) is str})
     except Exception:  # noqa: BLE001 - a propagator's bug on hostile input: no context
         return None
 
@@ -384,10 +383,6 @@ def _span_context(ctx: otel_context.Context | None) -> trace.SpanContext | None:
 
 def _creation(m: ReceivedMessage) -> trace.SpanContext | None:
     return _span_context(_carried(m))
-
-
-def _fields() -> set[str]:
-    return propagate.get_global_textmap().fields
 
 
 def _with_properties(m: Message, carrier: dict[str, str]) -> Message:

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import baggage, context, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -41,6 +43,7 @@ from rmq_style import (
     TransactionState,
     otel,
 )
+from rmq_style._otel import OtelTelemetry
 from tests.pushkit import ROOT, create_topic, dead_letters, fast_settings, until
 
 
@@ -408,3 +411,58 @@ def test_rmq_style_loads_its_opentelemetry_module_only_when_instrumented() -> No
         [sys.executable, "-c", code], check=False, cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.split() == ["False", "None"], result.stderr
+
+
+@sync
+async def test_orderly_listener_calls_have_process_spans(url: str, traced: Traced) -> None:
+    await create_topic(url, queues=1)
+    async with AsyncProducer(url) as producer:
+        await producer.send(Message("orders", 1))
+    seen: list[int] = []
+
+    async def listener(msg: ReceivedMessage) -> None:
+        seen.append(msg.reconsume_times)
+        if len(seen) == 1:
+            raise ValueError("hold the queue")
+
+    consumer = PushConsumer(url, "billing", fast_settings(suspend_current_queue_time_ms=10))
+    consumer.subscribe("orders", "*", listener, orderly=True)
+    async with consumer:
+        await until(lambda: len(traced.spans("process orders")) == 2, what="two process spans")
+    send = traced.one("send orders")
+    failed, passed = traced.spans("process orders")
+    assert linked(failed) == linked(passed) == [send.context.span_id]
+    assert failed.status.status_code is StatusCode.ERROR and passed.status.status_code is StatusCode.UNSET
+    assert [
+        (s.attributes or {})["messaging.rmq_style.message.reconsume_times"] for s in (failed, passed)
+    ] == [
+        0,
+        1,
+    ]
+
+
+HOSTILE_FIELDS = st.dictionaries(
+    st.sampled_from([b"i", b"q", b"r", b"b", b"t", b"k", b"p", b"c", b"d", b"x"]),
+    st.one_of(
+        st.binary(max_size=40),
+        st.sampled_from([b'{"traceparent": 5}', b"[1]", b'{"traceparent": "00-zz"}', b"{", b'"s"']),
+        st.dictionaries(st.sampled_from(["traceparent", "tracestate", "baggage"]), st.text(max_size=60)).map(
+            lambda d: json.dumps(d).encode()
+        ),
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(fields=HOSTILE_FIELDS)
+def test_the_process_hooks_take_any_entry(fields: dict[bytes, bytes]) -> None:
+    """Whatever an entry holds (read from Redis: hostile), the hooks neither raise nor log a failure."""
+    telemetry = OtelTelemetry(TracerProvider(), MeterProvider())
+    hooks = telemetry.consumer("g")
+    message = ReceivedMessage("orders", 0, b"1-0", fields)
+    with capture_logs() as logs:
+        begun = hooks.begin([message])
+        hooks.end(begun, ValueError("x"))
+        with telemetry.receiving("g") as receiving:
+            receiving.got([message])
+    assert begun is not None and not logs
