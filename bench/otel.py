@@ -110,13 +110,20 @@ def child(kind: str, mode: str, url: str, topic: str) -> None:
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    import rmq_style  # noqa: F401 - imported before the CPU clock starts
+
     if mode == "on":
         instrument()
+    cpu = time.process_time()
     rate = asyncio.run(consume(url, topic, f"g-{mode}")) if kind == "consume" else send(url, topic)
-    print(rate)
+    count = BACKLOG if kind == "consume" else SENDS + 1
+    print(rate, (time.process_time() - cpu) / count * 1e6)  # and the CPU time per message (us)
 
 
-def run_child(kind: str, mode: str, url: str, topic: str, main_code: Path | None) -> float | None:
+def run_child(
+    kind: str, mode: str, url: str, topic: str, main_code: Path | None
+) -> tuple[float, float] | None:
+    """(msgs/s, CPU us per message) of one case in its own process; None: main's code unavailable."""
     code = main_code if mode == "main" else ROOT
     if code is None:
         return None
@@ -125,7 +132,8 @@ def run_child(kind: str, mode: str, url: str, topic: str, main_code: Path | None
         env={**os.environ, "RMQ_BENCH_CODE": str(code)}, cwd=ROOT, capture_output=True, text=True,
         check=True,
     )  # fmt: skip
-    return float(out.stdout.split()[-1])
+    rate, cpu_us = out.stdout.split()[-2:]
+    return float(rate), float(cpu_us)
 
 
 # -- baselines ------------------------------------------------------------------------------------------
@@ -180,11 +188,12 @@ def export_main(into: Path) -> Path | None:
     return into
 
 
-def row(case: str, ours: list[float], baseline: str, base: list[float]) -> None:
+def row(case: str, ours: list[float], baseline: str, base: list[float], **cpu: list[float]) -> None:
     o, b = statistics.median(ours), statistics.median(base)
+    extra = {name: round(statistics.median(values), 1) for name, values in cpu.items()}
     print(json.dumps({
         "bench": "otel", "case": case, "msgs_per_s": round(o), "baseline": baseline,
-        "baseline_msgs_per_s": round(b), "ratio": round(o / b, 3),
+        "baseline_msgs_per_s": round(b), "ratio": round(o / b, 3), **extra,
     }))  # fmt: skip
 
 
@@ -193,6 +202,7 @@ def run(url: str, main_code: Path | None) -> None:
 
     flush = redis.Redis.from_url(url)
     rates: dict[str, list[float]] = {}
+    cpu: dict[str, list[float]] = {}  # CPU time of the child process per message (us): steadier under load
     for n in range(ROUNDS):
         flush.flushall()
         topic = f"bench-otel-{n}"
@@ -208,17 +218,22 @@ def run(url: str, main_code: Path | None) -> None:
         for kind in ("consume", "send"):
             where = topic if kind == "consume" else f"{topic}-send"
             for mode in MODES if n % 2 == 0 else reversed(MODES):  # alternate the order: no mode always first
-                rate = run_child(kind, mode, url, where, main_code)
-                if rate is not None:
-                    rates.setdefault(f"{kind}_{mode}", []).append(rate)
+                measured = run_child(kind, mode, url, where, main_code)
+                if measured is not None:
+                    rates.setdefault(f"{kind}_{mode}", []).append(measured[0])
+                    cpu.setdefault(f"{kind}_{mode}", []).append(measured[1])
     raw_consume_name = "redis.asyncio XREADGROUP (8 streams, COUNT 32) + pipelined XACK"
     for kind, baseline in (("consume", raw_consume_name), ("send", "redis-py XADD loop")):
         for mode in MODES:
             if f"{kind}_{mode}" in rates:
-                row(f"{kind}_{mode}", rates[f"{kind}_{mode}"], baseline, rates[f"{kind}_raw"])
-        if f"{kind}_main" in rates:
-            row(f"{kind}_off_vs_main", rates[f"{kind}_off"], "main's code", rates[f"{kind}_main"])
-        row(f"{kind}_on_vs_off", rates[f"{kind}_on"], "tracing off", rates[f"{kind}_off"])
+                case = f"{kind}_{mode}"
+                row(case, rates[case], baseline, rates[f"{kind}_raw"], cpu_us_per_msg=cpu[case])
+        main, off, on = (f"{kind}_{mode}" for mode in MODES)
+        if main in rates:
+            row(f"{kind}_off_vs_main", rates[off], "main's code", rates[main],
+                cpu_us_per_msg=cpu[off], baseline_cpu_us_per_msg=cpu[main])  # fmt: skip
+        row(f"{kind}_on_vs_off", rates[on], "tracing off", rates[off],
+            cpu_us_per_msg=cpu[on], baseline_cpu_us_per_msg=cpu[off])  # fmt: skip
     flush.close()
 
 
