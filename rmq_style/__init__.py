@@ -27,6 +27,7 @@ Push consumption: a listener per topic; returning acks, raising retries later.
 1
 """
 
+from . import otel
 from ._async.admin import AsyncAdmin
 from ._async.lite_pull import AsyncLitePullConsumer
 from ._async.producer import AsyncProducer
@@ -147,6 +148,7 @@ __all__ = [
     "TransactionState",
     "TransactionStateError",
     "UsageError",
+    "otel",
     "parse_offset",
     "queue_for_key",
 ]

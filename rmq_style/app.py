@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 import structlog
 
+from . import otel
 from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
@@ -88,6 +89,8 @@ class App:
         elif url or overrides:
             raise ConfigurationError("give App either settings or url/keyword settings, not both")
         self.settings = settings
+        if settings.tracing and not otel.instrumented():  # the global OpenTelemetry providers
+            otel.instrument(parent=settings.tracing_parent)
         self._subscriptions: list[HandlerSubscription] = []
         self.consumers: dict[str, PushConsumer] = {}  # group -> its consumer, while run() runs
         # producer group -> its checker and TransactionSettings fields (@transaction_checker)

@@ -57,3 +57,9 @@ class AppSettings(BaseSettings):
     max_reconsume_times: int = Field(16, ge=-1)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     startup_wait_s: float = Field(60.0, ge=0, description="a worker waits this long for Redis at start")
+    tracing: bool = Field(
+        False, description="OpenTelemetry spans and metrics (the otel extra; docs/tracing.md)"
+    )
+    tracing_parent: bool = Field(
+        False, description="with tracing: a process span is the child of its message's send span, not linked"
+    )

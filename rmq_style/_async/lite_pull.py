@@ -10,6 +10,7 @@ from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._search_offset import offset_for_timestamp_flow
+from .._telemetry import active
 from ._io import AsyncClient, ClientHolder, is_cluster
 
 __all__ = ["AsyncLitePullConsumer"]
@@ -46,6 +47,7 @@ class AsyncLitePullConsumer(ClientHolder):
     ) -> None:
         self.settings = check_settings(settings or LitePullSettings(**options))
         self._core = LitePullCore(group, self.settings)
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         super().__init__(url)
         self._core.one_queue_per_read = is_cluster(self._client)
 
@@ -78,7 +80,12 @@ class AsyncLitePullConsumer(ClientHolder):
 
     async def poll(self, timeout: float | None = None) -> list[ReceivedMessage]:
         """Up to ``pull_batch_size`` messages; waits up to *timeout* seconds (long polling) for some."""
-        return await self._drive(self._core.poll_flow(timeout))
+        if self._telemetry is None:
+            return await self._drive(self._core.poll_flow(timeout))
+        with self._telemetry.receiving(self._core.group) as receiving:
+            messages = await self._drive(self._core.poll_flow(timeout))
+            receiving.got(messages)
+        return messages
 
     async def seek(self, queue: MessageQueue, offset: str | Offset) -> None:
         """Continue *queue* with the entries after *offset*."""

@@ -18,6 +18,7 @@ from .._pulling import (
     pull_flow,
 )
 from .._search_offset import offset_for_timestamp_flow, position_for_timestamp_flow
+from .._telemetry import active
 from ._io import AsyncClient, ClientHolder
 
 __all__ = ["AsyncPullConsumer"]
@@ -65,6 +66,7 @@ class AsyncPullConsumer(ClientHolder):
         self._routes = RouteCache(self.keys, route_ttl_s)
         self._queues = QueueCache(check_bounds_ttl_ms(bounds_ttl_ms) / 1000)
         self._store = OffsetStore(self.keys, group, message_model, instance_name or default_instance_name())
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         super().__init__(url)
 
     def __repr__(self) -> str:
@@ -89,7 +91,12 @@ class AsyncPullConsumer(ClientHolder):
         (long polling: returns as soon as one does).
         """
         flow = pull_flow(self.keys, self._routes, queue, offset, max_nums, expression, block, self._queues)
-        return await self._drive(flow)
+        if self._telemetry is None:
+            return await self._drive(flow)
+        with self._telemetry.receiving(self.group, queue.topic, queue.queue_id) as receiving:
+            result = await self._drive(flow)
+            receiving.got(result.messages)
+        return result
 
     async def min_offset(self, queue: MessageQueue) -> str:
         """The smallest legal offset: "0-0" until entries were trimmed away."""

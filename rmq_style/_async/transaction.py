@@ -13,6 +13,7 @@ from .._call_values import Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
+from .._telemetry import active
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -68,6 +69,7 @@ class AsyncTransactionProducer(ClientHolder):
         self._core = TransactionCore(group, self.settings)
         super().__init__(url)
         self._checker = checker
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         self._executing: set[str] = set()  # msg ids whose local transaction runs now, in this process
         self._runner = AsyncCheckRunner(
             self.check_once, self.settings.check_poll_ms / 1000, f"rmq-tx-check-{group}"
@@ -113,6 +115,24 @@ class AsyncTransactionProducer(ClientHolder):
         A delay (refused: RocketMQ clears it) or a list of messages is a UsageError.
         """
         message = refuse_extras(message, (delay, deliver_at, delay_level))
+        if self._telemetry is not None:  # one send span around store, local transaction and end
+            with self._telemetry.sending([message], "transaction") as sending:
+                result = await self._send_in_transaction(
+                    sending.messages[0], execute, arg, sharding_key, queue_id, check_immunity
+                )
+                sending.sent([result])
+            return result
+        return await self._send_in_transaction(message, execute, arg, sharding_key, queue_id, check_immunity)
+
+    async def _send_in_transaction(
+        self,
+        message: Message,
+        execute: Callable[[HalfMessage, Any], Any],
+        arg: Any,
+        sharding_key: ShardingKey | None,
+        queue_id: int | None,
+        check_immunity: timedelta | None,
+    ) -> TransactionSendResult:
         await self.start()
         planned = self._core.half_plan(message, sharding_key, queue_id, check_immunity)
         msg_id = planned[0].entries[0][0]
@@ -236,8 +256,16 @@ class AsyncTransaction:
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         if self.message is not None:
             raise UsageError("one message per transaction: begin another transaction for the next one")
-        planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
-        self.message = await self._producer._store(planned)
+        telemetry = self._producer._telemetry
+        if telemetry is None:
+            planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
+            self.message = await self._producer._store(planned)
+            return self.message
+        with telemetry.sending([message], "transaction") as sending:
+            traced = sending.messages[0]
+            planned = self._producer._core.half_plan(traced, sharding_key, queue_id, check_immunity)
+            self.message = await self._producer._store(planned)
+            sending.sent([self.message])
         return self.message
 
     async def commit(self) -> SendResult:

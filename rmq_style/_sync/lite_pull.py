@@ -11,6 +11,7 @@ from .._lite_pulling import LitePullCore, LitePullSettings, check_settings
 from .._message import MessageQueue, ReceivedMessage
 from .._offsets import Offset
 from .._search_offset import offset_for_timestamp_flow
+from .._telemetry import active
 from ._io import Client, ClientHolder, is_cluster
 
 __all__ = ["LitePullConsumer"]
@@ -47,6 +48,7 @@ class LitePullConsumer(ClientHolder):
     ) -> None:
         self.settings = check_settings(settings or LitePullSettings(**options))
         self._core = LitePullCore(group, self.settings)
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         super().__init__(url)
         self._core.one_queue_per_read = is_cluster(self._client)
 
@@ -79,7 +81,12 @@ class LitePullConsumer(ClientHolder):
 
     def poll(self, timeout: float | None = None) -> list[ReceivedMessage]:
         """Up to ``pull_batch_size`` messages; waits up to *timeout* seconds (long polling) for some."""
-        return self._drive(self._core.poll_flow(timeout))
+        if self._telemetry is None:
+            return self._drive(self._core.poll_flow(timeout))
+        with self._telemetry.receiving(self._core.group) as receiving:
+            messages = self._drive(self._core.poll_flow(timeout))
+            receiving.got(messages)
+        return messages
 
     def seek(self, queue: MessageQueue, offset: str | Offset) -> None:
         """Continue *queue* with the entries after *offset*."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
+from .._telemetry import active
 from ._io import Client, ClientHolder, drive_with_retries
 
 __all__ = ["Producer"]
@@ -36,6 +37,7 @@ class Producer(ClientHolder):
         super().__init__(url)
         in_process = type(self._client).__module__.startswith("fakeredis")  # memory://: no replicas
         self._core = ProducerCore(self.settings, server_replicates=not in_process)
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.settings.namespace!r} codec={self.settings.codec}>"
@@ -51,6 +53,14 @@ class Producer(ClientHolder):
         delay_level: int | None = None,
     ) -> SendResult:
         """Send one message; its queue is round-robin, by *sharding_key*, or *queue_id*."""
+        if self._telemetry is not None:
+            kind = "normal" if (delay, deliver_at, delay_level) == (None, None, None) else "delay"
+            with self._telemetry.sending([message], kind) as sending:
+                results = self._send(
+                    sending.messages, sharding_key, queue_id, delay, deliver_at, delay_level
+                )
+                sending.sent(results)
+            return results[0]
         plan = self._core.plan(
             [message],
             sharding_key=sharding_key,
@@ -81,6 +91,25 @@ class Producer(ClientHolder):
 
         *sharding_key* may be a function of the message, to route each by its own key.
         """
+        if self._telemetry is not None and messages:
+            kind = "normal" if (delay, deliver_at, delay_level) == (None, None, None) else "delay"
+            with self._telemetry.sending(messages, kind) as sending:
+                results = self._send(
+                    sending.messages, sharding_key, queue_id, delay, deliver_at, delay_level
+                )
+                sending.sent(results)
+            return results
+        return self._send(messages, sharding_key, queue_id, delay, deliver_at, delay_level)
+
+    def _send(
+        self,
+        messages: Sequence[Message],
+        sharding_key: ShardingKey | None,
+        queue_id: int | None,
+        delay: timedelta | None,
+        deliver_at: datetime | None,
+        delay_level: int | None,
+    ) -> list[SendResult]:
         plan = self._core.plan(
             messages,
             sharding_key=sharding_key,

@@ -19,6 +19,7 @@ from .._pulling import (
     pull_flow,
 )
 from .._search_offset import offset_for_timestamp_flow, position_for_timestamp_flow
+from .._telemetry import active
 from ._io import Client, ClientHolder
 
 __all__ = ["PullConsumer"]
@@ -66,6 +67,7 @@ class PullConsumer(ClientHolder):
         self._routes = RouteCache(self.keys, route_ttl_s)
         self._queues = QueueCache(check_bounds_ttl_ms(bounds_ttl_ms) / 1000)
         self._store = OffsetStore(self.keys, group, message_model, instance_name or default_instance_name())
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         super().__init__(url)
 
     def __repr__(self) -> str:
@@ -90,7 +92,12 @@ class PullConsumer(ClientHolder):
         (long polling: returns as soon as one does).
         """
         flow = pull_flow(self.keys, self._routes, queue, offset, max_nums, expression, block, self._queues)
-        return self._drive(flow)
+        if self._telemetry is None:
+            return self._drive(flow)
+        with self._telemetry.receiving(self.group, queue.topic, queue.queue_id) as receiving:
+            result = self._drive(flow)
+            receiving.got(result.messages)
+        return result
 
     def min_offset(self, queue: MessageQueue) -> str:
         """The smallest legal offset: "0-0" until entries were trimmed away."""

@@ -14,6 +14,7 @@ from .._call_values import Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
+from .._telemetry import active
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -69,6 +70,7 @@ class TransactionProducer(ClientHolder):
         self._core = TransactionCore(group, self.settings)
         super().__init__(url)
         self._checker = checker
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         self._executing: set[str] = set()  # msg ids whose local transaction runs now, in this process
         self._runner = CheckRunner(
             self.check_once, self.settings.check_poll_ms / 1000, f"rmq-tx-check-{group}"
@@ -114,6 +116,24 @@ class TransactionProducer(ClientHolder):
         A delay (refused: RocketMQ clears it) or a list of messages is a UsageError.
         """
         message = refuse_extras(message, (delay, deliver_at, delay_level))
+        if self._telemetry is not None:  # one send span around store, local transaction and end
+            with self._telemetry.sending([message], "transaction") as sending:
+                result = self._send_in_transaction(
+                    sending.messages[0], execute, arg, sharding_key, queue_id, check_immunity
+                )
+                sending.sent([result])
+            return result
+        return self._send_in_transaction(message, execute, arg, sharding_key, queue_id, check_immunity)
+
+    def _send_in_transaction(
+        self,
+        message: Message,
+        execute: Callable[[HalfMessage, Any], Any],
+        arg: Any,
+        sharding_key: ShardingKey | None,
+        queue_id: int | None,
+        check_immunity: timedelta | None,
+    ) -> TransactionSendResult:
         self.start()
         planned = self._core.half_plan(message, sharding_key, queue_id, check_immunity)
         msg_id = planned[0].entries[0][0]
@@ -237,8 +257,16 @@ class Transaction:
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         if self.message is not None:
             raise UsageError("one message per transaction: begin another transaction for the next one")
-        planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
-        self.message = self._producer._store(planned)
+        telemetry = self._producer._telemetry
+        if telemetry is None:
+            planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
+            self.message = self._producer._store(planned)
+            return self.message
+        with telemetry.sending([message], "transaction") as sending:
+            traced = sending.messages[0]
+            planned = self._producer._core.half_plan(traced, sharding_key, queue_id, check_immunity)
+            self.message = self._producer._store(planned)
+            sending.sent([self.message])
         return self.message
 
     def commit(self) -> SendResult:

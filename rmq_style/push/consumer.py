@@ -233,6 +233,7 @@ class PushConsumer:
             c.handler_times,
             wanted=c.wanted,
             dropped=c.drop,
+            observer=c.observer,
         )
         if c.orderly_topics:
             c.orderly = OrderlyRunner(

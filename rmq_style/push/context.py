@@ -17,6 +17,7 @@ from .._async._io import TRANSIENT_ERRORS, AsyncClient
 from .._membership import new_member_id
 from .._message import MessageQueue
 from .._names import Keys
+from .._telemetry import ConsumerHooks, active
 from .handler_times import HandlerTimes
 from .outcomes import RetryPolicy
 from .runner import HandlerPool
@@ -64,6 +65,8 @@ class Context:
         self.member_valid_until = 0.0
         self.dropped = 0  # listener calls dropped since the last report
         self.tree = self.new_tree()  # every task of the consumer, and their one exception boundary
+        telemetry = active()  # OpenTelemetry (rmq_style.otel): the listener calls and settle rounds
+        self.observer: ConsumerHooks | None = telemetry.consumer(group) if telemetry is not None else None
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until

@@ -150,7 +150,7 @@ class OrderlyRunner:
         async with self.budget:  # one budget with the consumer's concurrent listener calls
             q._check()  # the wait for a slot may have outlived the lease, or the queue must go
             # the runner's thread pool, timeout watchdog and exception boundary
-            return await self.pool.run(sub.listener, sub.is_async, args, q.log)
+            return await self.pool.run(sub.listener, sub.is_async, args, q.log, messages)
 
     async def background_loop(self) -> None:
         """The lease renewals."""

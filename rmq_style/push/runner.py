@@ -36,6 +36,7 @@ from typing import Any, cast
 
 import structlog
 
+from .._telemetry import ConsumerHooks
 from .handler_times import HandlerTimes
 from .outcomes import ConsumeTimeout
 
@@ -119,11 +120,14 @@ class HandlerPool:
         times: HandlerTimes | None = None,
         wanted: Callable[[Any], bool] | None = None,
         dropped: Callable[[Any], None] | None = None,
+        observer: ConsumerHooks | None = None,
     ) -> None:
         """*on_done(token, outcome)*: outcome is None, the listener's return value, or its exception.
 
         With *times*, each call's duration is counted there. With *wanted*, a queued call is
-        started only if ``wanted(token)``; else ``dropped(token)`` is told instead.
+        started only if ``wanted(token)``; else ``dropped(token)`` is told instead. With
+        *observer* (telemetry), each call is reported: ``begin(token)`` in the task that makes
+        the call, before it, and ``end(begun, outcome)`` after it.
         """
         self.concurrency = concurrency
         self.budget: Budget | None = None  # shared(): a budget with the orderly queue tasks
@@ -136,6 +140,7 @@ class HandlerPool:
         self._times = times
         self._wanted = wanted
         self._dropped = dropped
+        self._observer = observer
         self._executor: ThreadPoolExecutor | None = None
         self._workers: list[asyncio.Task[None]] = []
         # per worker slot: the call running (None: idle), and whether the watchdog cut it
@@ -190,7 +195,7 @@ class HandlerPool:
         loop = asyncio.get_running_loop()
         pending, idle, budget = self._pending, self._idle, self.budget
         current, timed_out = self._current, self._timed_out
-        on_done, wanted = self._on_done, self._wanted
+        on_done, wanted, observer = self._on_done, self._wanted, self._observer
         observe = self._times.observe if self._times is not None else None
         while not self._closing:
             if not pending:
@@ -223,13 +228,16 @@ class HandlerPool:
             current[slot] = call
             outcome: object
             started = perf_counter() if observe is not None else 0.0
+            begun = observer.begin(token) if observer is not None else None
             try:
                 if is_async:
                     outcome = await listener(*args)
                 else:
                     outcome = await loop.run_in_executor(self._threads(), _call_in_context(listener, args))
-            except asyncio.CancelledError:
+            except asyncio.CancelledError as exc:
                 if not timed_out[slot]:
+                    if observer is not None:
+                        observer.end(begun, exc)
                     raise
                 task = asyncio.current_task()
                 if task is not None:
@@ -246,6 +254,8 @@ class HandlerPool:
                         budget.free += 1
             if observe is not None:
                 observe(perf_counter() - started)
+            if observer is not None:
+                observer.end(begun, outcome)
             try:
                 on_done(token, outcome)
             except Exception:  # a bookkeeping bug must not take this worker's slot away
@@ -259,32 +269,48 @@ class HandlerPool:
             log.exception("handler.drop_failed")
 
     async def run(
-        self, listener: Callable[..., Any], is_async: bool, args: Sequence[Any], bound: Any = None
+        self,
+        listener: Callable[..., Any],
+        is_async: bool,
+        args: Sequence[Any],
+        bound: Any = None,
+        token: Any = None,
     ) -> object:
         """Run one listener call in the calling task (an orderly queue's); its outcome: the return
         value, the exception raised, or ConsumeTimeout. The caller holds a slot of the budget.
 
-        *bound*: the logger the watchdog tells of a timeout (the queue's).
+        *bound*: the logger the watchdog tells of a timeout (the queue's). *token*: what the
+        observer is told the call is about (the messages).
         """
         task = asyncio.current_task()
         assert task is not None
         started = perf_counter()
         running = self._inline[task] = _Running(started, not is_async, bound or log)
+        observer = self._observer
+        begun = observer.begin(token) if observer is not None else None
+        outcome: object = None
         try:
             if is_async:
-                return cast(object, await listener(*args))
-            loop = asyncio.get_running_loop()
-            return cast(object, await loop.run_in_executor(self._threads(), _call_in_context(listener, args)))
-        except asyncio.CancelledError:
+                outcome = cast(object, await listener(*args))
+            else:
+                loop = asyncio.get_running_loop()
+                outcome = await loop.run_in_executor(self._threads(), _call_in_context(listener, args))
+            return outcome
+        except asyncio.CancelledError as exc:
             if not running.timed_out or task.uncancel() > 0:
+                outcome = exc
                 raise  # a stop, not (only) the watchdog
-            return ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout:g} s)")
+            outcome = ConsumeTimeout(f"listener ran longer than consume_timeout ({self._timeout:g} s)")
+            return outcome
         except Exception as exc:  # noqa: BLE001 - the listener's failure is the message's outcome
+            outcome = exc
             return exc
         finally:
             del self._inline[task]
             if self._times is not None:
                 self._times.observe(perf_counter() - started)
+            if observer is not None:
+                observer.end(begun, outcome)
 
     def shared(self) -> Budget:
         """The budget of this pool's ``concurrency`` slots, to share with other callers (before start).

@@ -7,6 +7,7 @@ by ``settle_plan``. A failure to decide or to plan is contained to its message.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from .._async._io import execute
@@ -98,6 +99,8 @@ class Settler:
                 continue
             batch, self._settle_buffer = self._settle_buffer, []
             round_ = self.plan(batch)
+            observer = self.c.observer
+            started_ns = time.time_ns() if observer is not None else 0
             try:
                 replies = await execute(client, round_.calls)
             except TRANSIENT as exc:
@@ -107,6 +110,8 @@ class Settler:
                 continue
             backoff.reset()
             acked, done, failed = round_.read_grouped(replies)
+            if observer is not None:
+                observer.settled(started_ns, acked, done, failed)
             for deliveries in acked:
                 self.c.release_acked(deliveries)
             for settled in done:
