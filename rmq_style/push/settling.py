@@ -7,6 +7,7 @@ by ``settle_plan``. A failure to decide or to plan is contained to its message.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._async._io import execute
@@ -26,6 +27,8 @@ class Settler:
     def __init__(self, c: Context) -> None:
         self.c = c
         self._settle_buffer: list[Delivery] = []
+        # (group, deliveries) -> the round's calls; a broadcasting member plans its own
+        self.plan_round: Callable[[str, Sequence[Delivery]], SettleRound] = plan_round
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
@@ -119,23 +122,23 @@ class Settler:
     def plan(self, batch: list[Delivery]) -> SettleRound:
         """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
         try:
-            return plan_round(self.c.group, batch)
+            return self.plan_round(self.c.group, batch)
         except Exception:  # noqa: BLE001 - a bug or an unforeseen value: contain it to its message
             planned = []
             for d in batch:
                 try:
-                    plan_round(self.c.group, [d])
+                    self.plan_round(self.c.group, [d])
                 except Exception as exc:  # noqa: BLE001 - logged, then dead-lettered
                     self.event(d).exception("message.settle_failed")
                     d.decision = DeadLetterIt(f"settling failed: {describe_error(exc)}")
                     try:
-                        plan_round(self.c.group, [d])
+                        self.plan_round(self.c.group, [d])
                     except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
                         self.event(d).error("message.left_pending")
                         self.c.release(d)
                         continue
                 planned.append(d)
-            return plan_round(self.c.group, planned)
+            return self.plan_round(self.c.group, planned)
 
     def account(self, d: Delivery, outcome: str) -> None:
         if outcome == "retried":

@@ -1,0 +1,366 @@
+"""Broadcasting push consumption: every member reads every queue of its topics from its own position.
+
+RocketMQ's BROADCASTING message model on the one push runtime: the listener
+runner, the settler (with ``BroadcastPlanner`` for its calls) and the retry
+loop are the clustering ones; what differs is
+
+- the fetch source (``BroadcastFetcher``): ``XREAD`` from the member's
+  position per queue, and from the start of its own retry stream, instead of
+  ``XREADGROUP`` (no consumer group, no rebalance: each member takes every
+  queue, ``_rebalance.all_queues``);
+- the offset commit (``Positions``, committed by ``BroadcastMembership`` at
+  every heartbeat and at stop): the position stored in
+  ``rmq:{T:i}:bcast:G`` (field: instance name) is the last entry of the
+  queue before the first one still being handled, so a restarted member with
+  the same instance name resumes there (duplicates: what was in flight and
+  what settled since the last commit; no loss);
+- retries and dead letters are the member's own: its retry records
+  ``rmq:{T:i}:bretry:G:<instance>`` released into its retry stream
+  ``rmq:{T:i}:brs:G:<instance>``, dead letters in the group's DLQ with a
+  ``member`` field.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import socket
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._async._io import AsyncClient, execute
+from .._call_values import Call as RedisCall
+from .._call_values import Command, command, run_script, single
+from .._errors import InvalidOffsetError, UsageError
+from .._membership import heartbeat_call
+from .._message import MessageQueue
+from .._names import check_instance
+from .._offsets import Offset, parse_offset
+from .._rebalance import all_queues
+from .broadcast_plan import BroadcastPlanner
+from .context import TRANSIENT, Context
+from .fetch import Fetcher, run_one
+from .rebalance import Rebalancer
+from .retries import RELEASE_LIMIT, Retries
+from .settling import Settler
+from .state import QueueState, StreamState, Subscription
+from .waits import wait_event
+
+__all__ = [
+    "WORKER_SLOT_ENV",
+    "BroadcastFetcher",
+    "BroadcastMembership",
+    "BroadcastRetries",
+    "Positions",
+    "broadcast_parts",
+    "default_member_name",
+]
+
+WORKER_SLOT_ENV = "RMQ_STYLE_WORKER_SLOT"  # set by the worker supervisor: the process' slot, 0..N-1
+CONSUME_MAX_SPAN = 2000  # RocketMQ's consumeMaxSpan: read ids kept behind the first unsettled one
+_GENERATED_HOST = re.compile(r"[0-9a-f]{12,64}")  # a container id: a new one at every re-creation
+_RUNNING: set[tuple[str, str, str, str]] = set()  # (url, namespace, group, instance) started here
+
+
+def default_member_name() -> tuple[str, str | None]:
+    """The default instance name, and why it may not be stable (None: it is).
+
+    The host name, and under ``rmq-style worker`` the process' slot (``host-w2``): the same
+    after a restart of the process or the machine, distinct between the worker processes.
+    """
+    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
+    slot = os.environ.get(WORKER_SLOT_ENV, "")
+    name = f"{host}-w{slot}" if slot.isdigit() else host
+    if _GENERATED_HOST.fullmatch(host):
+        return name, "the host name looks generated (a container id): a re-created container is a new member"
+    if not slot.isdigit():
+        return name, "two processes on this host with the default name would share one position"
+    return name, None
+
+
+@dataclass(slots=True, eq=False)
+class Track:
+    """One queue stream of a broadcasting member: the ids read in order, and its stored position."""
+
+    read: deque[bytes] = field(default_factory=deque)
+    stored: bytes | None = None  # the position in Redis
+    done: bytes | None = None  # the last id of the settled prefix of ``read``
+
+
+class Positions:
+    """The offset store of a broadcasting push member (RocketMQ's ProcessQueue min offset, per queue)."""
+
+    def __init__(self, c: Context, instance: str) -> None:
+        self.c, self.instance = c, instance
+        self.tracks: dict[StreamState, Track] = {}
+
+    def read(self, stream: StreamState, entries: list[Any]) -> None:
+        track = self.tracks.get(stream)
+        if track is not None:
+            track.read.extend(entry_id for entry_id, _ in entries)
+
+    def behind(self, stream: StreamState) -> bool:
+        """Too many read ids behind the first unsettled one: stop reading the queue (consumeMaxSpan)."""
+        track = self.tracks.get(stream)
+        span = max(CONSUME_MAX_SPAN, 2 * self.c.settings.pull_batch_size)
+        return track is not None and len(track.read) >= span and track.read[0] in stream.in_flight
+
+    def commit_calls(self) -> list[tuple[Track, bytes, RedisCall]]:
+        out: list[tuple[Track, bytes, RedisCall]] = []
+        for stream, track in self.tracks.items():
+            read, in_flight = track.read, stream.in_flight
+            while read and read[0] not in in_flight:
+                track.done = read.popleft()
+            if track.done is not None and track.done != track.stored:
+                key = stream.queue.keys.broadcast(self.c.group)
+                out.append((track, track.done, command("HSET", key, self.instance, track.done)))
+        return out
+
+    async def commit(self) -> None:
+        """Store the positions that moved (one round trip); a failure is retried at the next commit."""
+        planned = self.commit_calls()
+        if not planned:
+            return
+        replies = await execute(self.c.redis(), [call for _, _, call in planned])
+        for (track, done, _), reply in zip(planned, replies, strict=True):
+            if isinstance(reply, Exception):
+                self.c.log.error("broadcast.commit_failed", error=str(reply))
+            else:
+                track.stored = done
+
+
+class BroadcastFetcher(Fetcher):
+    """The fetch source of a broadcasting member: XREAD from its own positions."""
+
+    positions: Positions
+
+    def readable(
+        self, reserved: dict[int, int] | None = None, only: QueueState | None = None
+    ) -> list[StreamState]:
+        return [st for st in super().readable(reserved, only) if not self.positions.behind(st)]
+
+    def read_command(self, streams: list[StreamState], block_ms: int | None) -> Command:
+        s = self.c.settings
+        next_check = time.monotonic() + s.retry_poll_ms / 1000
+        for st in streams:
+            if st.retry:  # read now; again when it returns entries or retries are released into it
+                st.wanted = False
+                st.next_check = next_check
+        args: list[Any] = ["XREAD", "COUNT", s.pull_batch_size]
+        if block_ms is not None:
+            args += ["BLOCK", block_ms]
+        ids = [(st.last_id or b"0-0").decode() for st in streams]
+        return Command((*args, "STREAMS", *[st.key for st in streams], *ids))
+
+    async def fetch_loop(self, only: QueueState | None = None, client: AsyncClient | None = None) -> None:
+        """Long-poll the queues (only *only* on a Redis Cluster); a read has no side effect in Redis."""
+        client = client or self.c.fetch_client
+        assert client is not None
+        s = self.c.settings
+        backoff = self.c.backoff()
+        while not self.c.stopping.is_set():
+            streams = self.readable(only=only)
+            if not streams:
+                self.c.capacity.clear()
+                await wait_event(self.c.capacity, s.poll_timeout_ms / 1000)
+                continue
+            try:
+                reply = await run_one(client, self.read_command(streams, s.poll_timeout_ms))
+            except TRANSIENT as exc:
+                self.c.log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
+                await backoff.wait(self.c.stopping)
+                continue
+            backoff.reset()
+            if self.c.stopping.is_set():
+                return  # read after stop: not handed on, the position stays before it
+            for key, entries in reply or ():
+                stream = self.c.streams.get(key if isinstance(key, bytes) else key.encode())
+                if stream is not None and entries:
+                    self.positions.read(stream, entries)
+            self.on_read(reply, None)
+
+
+class BroadcastMembership(Rebalancer):
+    """Heartbeat, every queue of each topic (no allocation), the member's positions loaded and committed."""
+
+    positions: Positions
+
+    async def rebalance(self) -> None:
+        subs = list(self.c.subs.values())
+        ms = self.c.settings.membership
+        calls = [
+            heartbeat_call(self.c.keys, self.c.group, s.topic, self.c.member, ms.member_expiry_ms)
+            for s in subs
+        ]
+        calls += [command("HGETALL", self.c.keys.topic_meta(s.topic)) for s in subs]
+        replies = await execute(self.c.redis(), calls)
+        for sub, reply, meta in zip(subs, replies, replies[len(subs) :], strict=False):
+            sub.members = frozenset(m.decode() for m in single(reply))
+            first = sub.queue_count == 0 or not any(mq.topic == sub.topic for mq in self.c.queues)
+            self.take_route(sub, single(meta))
+            new = [mq for mq in all_queues(sub.topic, sub.queue_count) if mq not in self.c.queues]
+            if new:
+                await self.acquire_all(sub, new, first)
+        await self.positions.commit()
+
+    async def acquire_all(self, sub: Subscription, queues: list[MessageQueue], first: bool) -> None:
+        """Take *queues* at the stored position, else consume_from (a queue added later: its start)."""
+        c, instance = self.c, self.positions.instance
+        calls: list[RedisCall] = []
+        for mq in queues:
+            qk = c.keys.queue(mq.topic, mq.queue_id)
+            calls += [
+                command("HGET", qk.broadcast(c.group), instance),
+                command("XREVRANGE", qk.stream, "+", "-", "COUNT", 1),
+            ]
+        replies = await execute(c.redis(), calls)
+        start = self.start_offset()
+        writes: list[RedisCall] = []
+        for i, mq in enumerate(queues):
+            qk = c.keys.queue(mq.topic, mq.queue_id)
+            stored, last = replies[2 * i], single(replies[2 * i + 1])
+            last_id = parse_offset(last[0][0]) if last else None
+            position = self.stored_position(mq, single(stored), last_id)
+            if position is None:
+                position = Offset(0, 0) if not first else start or last_id or Offset(0, 0)
+                writes.append(command("HSET", qk.broadcast(c.group), instance, str(position)))
+            state = QueueState(mq, qk, sub)
+            state.streams = (
+                StreamState(qk.stream, state, retry=False, last_id=str(position).encode()),
+                StreamState(qk.member_retry_stream(c.group, instance), state, retry=True, last_id=b"0-0"),
+            )
+            c.queues[mq] = state
+            for stream in state.streams:
+                c.streams[stream.key.encode()] = stream
+            self.positions.tracks[state.streams[0]] = Track(stored=str(position).encode())
+            c.log.info(
+                "queue.acquired", topic=mq.topic, queue=mq.queue_id, position=str(position), instance=instance
+            )
+        if writes:
+            await execute(c.redis(), writes)
+        c.capacity.set()
+        c.retry_wakeup.set()
+        c.queues_changed.set()
+
+    def stored_position(self, mq: MessageQueue, value: Any, last: Offset | None) -> Offset | None:
+        """The member's stored position, checked: Redis content may be hostile."""
+        if value is None or isinstance(value, Exception):
+            return None
+        try:
+            position = parse_offset(value)
+        except InvalidOffsetError:
+            self.c.log.warning(
+                "broadcast.position_invalid", topic=mq.topic, queue=mq.queue_id, value=repr(value)[:80]
+            )
+            return None
+        if last is not None and position > last:  # past every entry: it would wait for ids never written
+            self.c.log.warning(
+                "broadcast.position_invalid",
+                topic=mq.topic,
+                queue=mq.queue_id,
+                value=str(position),
+                moved_to=str(last),
+            )
+            return last
+        return position
+
+    def start_offset(self) -> Offset | None:
+        """Where a member without a position starts (consume_from); None: after the last entry."""
+        where, value = self.c.start_position()
+        if where == "first":
+            return Offset(0, 0)
+        if where == "timestamp":
+            return Offset(int(value), 0).previous()
+        return None
+
+    async def adopt(self) -> None:
+        """Nothing to adopt: no member reads another one's entries."""
+
+    async def report_trims(self) -> None:
+        """Trims are counted per stream consumer group; a broadcasting member has none."""
+
+    async def prune(self) -> None:
+        """No stream consumers to prune."""
+
+
+class BroadcastRetries(Retries):
+    """The retry loop on the member's own retry records."""
+
+    instance: str
+
+    def release_retries_call(self, q: QueueState) -> RedisCall:
+        g, m = self.c.group, self.instance
+        keys = (q.keys.member_retry(g, m), q.keys.member_retry_body(g, m), q.keys.member_retry_stream(g, m))
+        return run_script("release_retries", keys, (RELEASE_LIMIT,))
+
+
+class Broadcast:
+    """The broadcasting parts of one PushConsumer, wired to its Context."""
+
+    def __init__(
+        self,
+        c: Context,
+        fetcher: BroadcastFetcher,
+        membership: BroadcastMembership,
+        retries: BroadcastRetries,
+    ) -> None:
+        s = c.settings
+        given = s.instance_name
+        self.c = c
+        self.instance, self.unstable = (check_instance(given), None) if given else default_member_name()
+        self.positions = Positions(c, self.instance)
+        fetcher.positions = membership.positions = self.positions
+        retries.instance = self.instance
+        c.member_valid_until = math.inf  # no allocation to lose: calls read are never dropped
+        self.running: tuple[str, str, str, str] | None = None
+
+    def check(self) -> None:
+        """Before start: refuse what broadcasting does not do, and a second member of this name here."""
+        c = self.c
+        if c.orderly_topics:
+            raise UsageError(
+                "orderly subscriptions are not supported with message_model='broadcasting' yet "
+                f"({sorted(c.orderly_topics)}): subscribe them without orderly=True (docs/push.md)"
+            )
+        key = (c.url, c.settings.namespace, c.group, self.instance)
+        if key in _RUNNING:
+            raise UsageError(
+                f"a broadcasting member {self.instance!r} of group {c.group!r} runs in this process already: "
+                "give each member its own instance_name"
+            )
+        _RUNNING.add(key)
+        self.running = key
+        if self.unstable and c.settings.instance_name is None:
+            c.log.warning(
+                "broadcast.instance_unstable",
+                instance=self.instance,
+                why=self.unstable + ": pass instance_name",
+            )
+
+    def release(self) -> None:
+        """The member stopped (or did not start): its name is free in this process again."""
+        if self.running is not None:
+            _RUNNING.discard(self.running)
+            self.running = None
+
+    async def settled(self) -> None:
+        """At stop, once every outcome is settled: the final positions."""
+        self.release()
+        try:
+            await self.positions.commit()
+        except TRANSIENT as exc:
+            self.c.log.warning("broadcast.commit_failed", error=str(exc))
+
+
+def broadcast_parts(
+    c: Context, settling: Settler
+) -> tuple[Broadcast, BroadcastFetcher, BroadcastMembership, BroadcastRetries]:
+    """The parts of a broadcasting PushConsumer that differ from a clustering one; the settler plans
+    the member's own calls from now on."""
+    fetcher, membership, retries = BroadcastFetcher(c, settling), BroadcastMembership(c), BroadcastRetries(c)
+    broadcast = Broadcast(c, fetcher, membership, retries)
+    settling.plan_round = BroadcastPlanner(broadcast.instance)
+    return broadcast, fetcher, membership, retries

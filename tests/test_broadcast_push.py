@@ -1,0 +1,200 @@
+"""Broadcasting push consumers (message_model="broadcasting"), on real Redis and fakeredis.
+
+Three members of one group: each gets every message once; a restarted member
+resumes from its stored position; a failing message is retried by that member
+alone, then dead-lettered for it (the dead letter names the member); progress
+shows each member's position and lag; delayed messages reach every member.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from rmq_style import AsyncAdmin, DeadLetter, Message, PushConsumer, ReceivedMessage, UsageError
+from rmq_style._async._io import open_client
+from rmq_style._names import Keys
+from tests.pushkit import create_topic, fast_settings, send, until
+
+MEMBERS = ("m-a", "m-b", "m-c")
+
+
+def member(
+    url: str, name: str, seen: Counter[str], fail: set[str] = frozenset(), **options: Any
+) -> PushConsumer:  # type: ignore[assignment]
+    settings = fast_settings(
+        message_model="broadcasting", instance_name=name, max_reconsume_times=2, **options
+    )
+    consumer = PushConsumer(url, "bc", settings)
+
+    async def on_message(msg: ReceivedMessage) -> None:
+        seen[msg.msg_id] += 1
+        if msg.value()["n"] in fail:
+            raise RuntimeError(f"planned failure of {msg.value()['n']}")
+
+    consumer.subscribe("orders", "*", on_message)
+    return consumer
+
+
+async def lags(url: str) -> dict[str, int]:
+    """Each member's lag over the queues of the topic, as progress shows it."""
+    async with AsyncAdmin(url) as admin:
+        rows = await admin.progress("bc", "orders")
+    out: Counter[str] = Counter()
+    for row in rows:
+        for m in row.members:
+            out[m.instance] += m.lag
+    return dict(out)
+
+
+async def until_lags(url: str, want: dict[str, int]) -> None:
+    """Positions are committed every heartbeat: poll progress until it shows *want* (bounded)."""
+    for _ in range(200):
+        if await lags(url) == want:
+            return
+        await asyncio.sleep(0.02)
+    assert await lags(url) == want
+
+
+def test_every_member_gets_every_message_once(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=3)
+        seen = {name: Counter[str]() for name in MEMBERS}
+        consumers = [member(url, name, seen[name]) for name in MEMBERS]
+        for c in consumers:
+            await c.start()
+        ids = await send(url, [Message("orders", {"n": str(i)}) for i in range(30)])
+        for name in MEMBERS:
+            await until(lambda name=name: len(seen[name]) == 30, what=f"{name} got all")
+        await asyncio.sleep(0.2)  # a duplicate would show up by now
+        for name in MEMBERS:
+            assert seen[name] == Counter(dict.fromkeys(ids, 1)), name
+        for c in consumers:
+            assert c.stats.consumed == 30
+            await c.stop()
+        async with AsyncAdmin(url) as admin:
+            rows = await admin.progress("bc", "orders")
+        for row in rows:
+            assert sorted(m.instance for m in row.members) == list(MEMBERS)
+            assert all(m.lag == 0 for m in row.members)
+
+    asyncio.run(main())
+
+
+def test_a_restarted_member_resumes_from_its_position(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        seen_a, seen_b = Counter[str](), Counter[str]()
+        a, b = member(url, "m-a", seen_a), member(url, "m-b", seen_b)
+        await a.start()
+        await b.start()
+        first = await send(url, [Message("orders", {"n": str(i)}) for i in range(10)])
+        await until(lambda: len(seen_a) == 10 and len(seen_b) == 10)
+        await b.stop()
+        second = await send(url, [Message("orders", {"n": str(i)}) for i in range(10, 20)])
+        await until(lambda: len(seen_a) == 20)
+        await until_lags(url, {"m-a": 0, "m-b": 10})
+        b2 = member(url, "m-b", seen_b)  # the same instance name: its positions
+        await b2.start()
+        await until(lambda: len(seen_b) == 20, what="the restarted member got the rest")
+        await asyncio.sleep(0.2)
+        assert seen_b == Counter(dict.fromkeys(first + second, 1))  # stopped cleanly: no duplicate
+        await a.stop()
+        await b2.stop()
+
+    asyncio.run(main())
+
+
+def test_a_failing_message_is_retried_then_dead_lettered_for_that_member_only(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        seen = {name: Counter[str]() for name in MEMBERS}
+        fails = {"m-a": {"bad"}, "m-b": set(), "m-c": set()}
+        consumers = [member(url, n, seen[n], fails[n]) for n in MEMBERS]  # type: ignore[arg-type]
+        for c in consumers:
+            await c.start()
+        with capture_logs() as events:
+            (bad,) = await send(url, [Message("orders", {"n": "bad"})])
+            await until(lambda: consumers[0].stats.dead_lettered == 1, what="dead letter of m-a")
+        assert seen["m-a"][bad] == 3  # max_reconsume_times=2: 3 deliveries, all at m-a
+        assert seen["m-b"][bad] == seen["m-c"][bad] == 1
+        assert consumers[0].stats.retried == 2
+        assert [c.stats.dead_lettered for c in consumers] == [1, 0, 0]
+        dead = [e for e in events if e["event"] == "message.dead_lettered"]
+        assert len(dead) == 1
+        async with AsyncAdmin(url) as admin:
+            (record,) = await admin.dead_letters("bc")
+            assert (record.message.msg_id, record.member) == (bad, "m-a")
+            assert record.message.reconsume_times == 2
+            fails["m-a"].clear()
+            assert await admin.replay_dead_letters("bc", [record]) == 1
+            await until(lambda: seen["m-a"][bad] == 4, what="the replay reached m-a")
+            assert await admin.dead_letters("bc") == []
+        await asyncio.sleep(0.2)
+        assert seen["m-b"][bad] == seen["m-c"][bad] == 1  # the replay went to m-a alone
+        for c in consumers:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_delayed_messages_reach_every_member_when_due(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        seen = {name: Counter[str]() for name in MEMBERS}
+        consumers = [member(url, n, seen[n]) for n in MEMBERS]
+        for c in consumers:
+            await c.start()
+        (msg_id,) = await send(url, [Message("orders", {"n": "later"})], delay=timedelta(milliseconds=300))
+        await asyncio.sleep(0.1)
+        assert all(not s for s in seen.values())  # not before it is due
+        for n in MEMBERS:
+            await until(lambda n=n: seen[n][msg_id] == 1, what=f"{n} got the delayed message")
+        for c in consumers:
+            await c.stop()
+
+    asyncio.run(main())
+
+
+def test_instance_names_are_checked_and_not_shared_in_one_process(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        with pytest.raises(Exception, match="instance name"):
+            fast_settings(message_model="broadcasting", instance_name="a:b")
+        a, again = member(url, "m-a", Counter()), member(url, "m-a", Counter())
+        await a.start()
+        with pytest.raises(UsageError, match="own instance_name"):
+            await again.start()
+        await a.stop()
+        orderly = PushConsumer(url, "bc", fast_settings(message_model="broadcasting", instance_name="o"))
+        orderly.subscribe("orders", "*", lambda m: None, orderly=True)
+        with pytest.raises(UsageError, match="orderly"):
+            await orderly.start()
+
+    asyncio.run(main())
+
+
+def test_positions_are_stored_under_the_instance_name(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        seen: Counter[str] = Counter()
+        a = member(url, "m-a", seen)
+        await a.start()
+        await send(url, [Message("orders", {"n": "1"})])
+        await until(lambda: len(seen) == 1)
+        await a.stop()
+        client = open_client(url)
+        stored = await client.hgetall(Keys().queue("orders", 0).broadcast("bc"))
+        (last,) = await client.xrevrange(Keys().queue("orders", 0).stream, count=1)
+        await client.aclose()
+        assert stored == {b"m-a": last[0]}
+
+    asyncio.run(main())
+
+
+_ = DeadLetter
