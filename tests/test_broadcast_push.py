@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from rmq_style import AsyncAdmin, DeadLetter, Message, PushConsumer, ReceivedMessage, UsageError
+from rmq_style import AsyncAdmin, Message, PushConsumer, ReceivedMessage, UsageError
 from rmq_style._async._io import open_client
 from rmq_style._names import Keys
 from tests.pushkit import create_topic, fast_settings, send, until
@@ -197,4 +197,58 @@ def test_positions_are_stored_under_the_instance_name(url: str) -> None:
     asyncio.run(main())
 
 
-_ = DeadLetter
+def test_app_handlers_can_broadcast(url: str) -> None:
+    from rmq_style import App
+    from rmq_style.testing import AppTester
+
+    app = App(url, auto_create_topics=True)
+    seen: list[tuple[str, str]] = []
+
+    @app.subscribe("news", group="screens", message_model="broadcasting", instance_name="screen-1")
+    def show(item: dict[str, str], msg: ReceivedMessage) -> None:
+        seen.append((item["title"], msg.topic))
+
+    with AppTester(app) as tester:
+        tester.send("news", {"title": "hello"})
+        tester.drain()
+        assert app.consumers["screens"].instance_name == "screen-1"
+    assert seen == [("hello", "news")]
+
+
+@pytest.mark.real_only
+def test_a_member_killed_mid_way_resumes_without_loss(private_redis: Any) -> None:
+    """SIGKILL: the restarted member (same instance name) handles the rest; duplicates are bounded
+    by what it handled since its last commit (a heartbeat, 100 ms here) plus what was in flight."""
+    import signal
+
+    import redis
+
+    from tests.pushkit import spawn_worker
+
+    url = private_redis.url
+    asyncio.run(create_topic(url, queues=2))
+    control = redis.Redis.from_url(url)
+    first, words = spawn_worker("tests.push_worker", url, "bc", "10", "m-k")  # consume_from first
+    assert words == ["ready"]
+    try:
+        ids = set(asyncio.run(send(url, [Message("orders", {"n": str(i)}) for i in range(300)])))
+        asyncio.run(until(lambda: control.scard("test:handled") >= 60, what="the first run under way"))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        before = control.scard("test:handled")
+        assert before < 300
+        second, _ = spawn_worker("tests.push_worker", url, "bc", "1", "m-k")
+        try:
+            asyncio.run(until(lambda: control.scard("test:handled") == 300, timeout=30, what="all handled"))
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(10)
+        assert {m.decode() for m in control.smembers("test:handled")} == ids  # no loss
+        counts = {k.decode(): int(v) for k, v in control.hgetall("test:counts").items()}
+        duplicates = sum(counts.values()) - 300
+        # 10 ms handlers, concurrency 8: at most ~80 settled per 100 ms commit interval, plus 8 running
+        assert duplicates <= 100, duplicates
+    finally:
+        if first.poll() is None:
+            first.kill()
+        control.close()
