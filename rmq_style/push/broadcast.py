@@ -199,15 +199,20 @@ class BroadcastMembership(Rebalancer):
         replies = await execute(self.c.redis(), calls)
         for sub, reply, meta in zip(subs, replies, replies[len(subs) :], strict=False):
             sub.members = frozenset(m.decode() for m in single(reply))
-            first = sub.queue_count == 0 or not any(mq.topic == sub.topic for mq in self.c.queues)
+            joined = any(mq.topic == sub.topic for mq in self.c.queues)
             self.take_route(sub, single(meta))
             new = [mq for mq in all_queues(sub.topic, sub.queue_count) if mq not in self.c.queues]
             if new:
-                await self.acquire_all(sub, new, first)
+                await self.acquire_all(sub, new, joined)
         await self.positions.commit()
 
-    async def acquire_all(self, sub: Subscription, queues: list[MessageQueue], first: bool) -> None:
-        """Take *queues* at the stored position, else consume_from (a queue added later: its start)."""
+    async def acquire_all(self, sub: Subscription, queues: list[MessageQueue], joined: bool) -> None:
+        """Take *queues* at the member's stored positions.
+
+        A queue without one starts where consume_from says if the member has no position in the
+        topic at all (it is new), else at its first entry (the queue was added by expand_topic
+        since: while this member ran, *joined*, or while it was stopped).
+        """
         c, instance = self.c, self.positions.instance
         calls: list[RedisCall] = []
         for mq in queues:
@@ -216,16 +221,18 @@ class BroadcastMembership(Rebalancer):
                 command("HGET", qk.broadcast(c.group), instance),
                 command("XREVRANGE", qk.stream, "+", "-", "COUNT", 1),
             ]
-        replies = await execute(c.redis(), calls)
+        replies = await execute(c.redis(), [*calls, command("TIME")])
+        now_ms = int(single(replies.pop())[0]) * 1000 + 1000  # a second of slack: ids are ms of the server
         start = self.start_offset()
+        stored_any = joined or any(r is not None for r in replies[0::2])
         writes: list[RedisCall] = []
         for i, mq in enumerate(queues):
             qk = c.keys.queue(mq.topic, mq.queue_id)
             stored, last = replies[2 * i], single(replies[2 * i + 1])
             last_id = parse_offset(last[0][0]) if last else None
-            position = self.stored_position(mq, single(stored), last_id)
+            position = self.stored_position(mq, single(stored), now_ms)
             if position is None:
-                position = Offset(0, 0) if not first else start or last_id or Offset(0, 0)
+                position = Offset(0, 0) if stored_any else start or last_id or Offset(0, 0)
                 writes.append(command("HSET", qk.broadcast(c.group), instance, str(position)))
             state = QueueState(mq, qk, sub)
             state.streams = (
@@ -245,26 +252,19 @@ class BroadcastMembership(Rebalancer):
         c.retry_wakeup.set()
         c.queues_changed.set()
 
-    def stored_position(self, mq: MessageQueue, value: Any, last: Offset | None) -> Offset | None:
-        """The member's stored position, checked: Redis content may be hostile."""
+    def stored_position(self, mq: MessageQueue, value: Any, now_ms: int) -> Offset | None:
+        """The member's stored position, checked: Redis content may be hostile (None: not usable)."""
         if value is None or isinstance(value, Exception):
             return None
         try:
             position = parse_offset(value)
         except InvalidOffsetError:
+            position = None
+        if position is None or position.ms > now_ms:  # garbage, or in the future: it would wait forever
             self.c.log.warning(
                 "broadcast.position_invalid", topic=mq.topic, queue=mq.queue_id, value=repr(value)[:80]
             )
             return None
-        if last is not None and position > last:  # past every entry: it would wait for ids never written
-            self.c.log.warning(
-                "broadcast.position_invalid",
-                topic=mq.topic,
-                queue=mq.queue_id,
-                value=str(position),
-                moved_to=str(last),
-            )
-            return last
         return position
 
     def start_offset(self) -> Offset | None:
