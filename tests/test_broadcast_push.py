@@ -171,9 +171,13 @@ def test_instance_names_are_checked_and_not_shared_in_one_process(url: str) -> N
         with pytest.raises(UsageError, match="own instance_name"):
             await again.start()
         await a.stop()
-        orderly = PushConsumer(url, "bc", fast_settings(message_model="broadcasting", instance_name="o"))
+        orderly = PushConsumer(
+            url,
+            "bc",
+            fast_settings(message_model="broadcasting", instance_name="o", consume_message_batch_max_size=2),
+        )
         orderly.subscribe("orders", "*", lambda m: None, orderly=True)
-        with pytest.raises(UsageError, match="orderly"):
+        with pytest.raises(UsageError, match="one message at a time"):
             await orderly.start()
 
     asyncio.run(main())
@@ -252,3 +256,49 @@ def test_a_member_killed_mid_way_resumes_without_loss(private_redis: Any) -> Non
         if first.poll() is None:
             first.kill()
         control.close()
+
+
+def test_orderly_broadcasting_keeps_queue_order_per_member(url: str) -> None:
+    """Each member handles each queue in offset order; a failure holds that member's queue only."""
+
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        calls: dict[str, list[tuple[int, int, int]]] = {n: [] for n in MEMBERS}  # (queue, n, reconsume)
+        plans = {"m-a": {"3": 1, "7": 9}, "m-b": {}, "m-c": {"4": 2}}  # n -> failures planned
+        consumers = []
+        for name in MEMBERS:
+            settings = fast_settings(
+                message_model="broadcasting", instance_name=name, max_reconsume_times=2,
+                suspend_current_queue_time_ms=10, concurrency=4,
+            )  # fmt: skip
+            consumer = PushConsumer(url, "bc", settings)
+
+            async def on(msg: ReceivedMessage, name: str = name) -> None:
+                n = msg.value()["n"]
+                calls[name].append((msg.queue_id, int(n), msg.reconsume_times))
+                await asyncio.sleep(0.002)
+                if msg.reconsume_times < plans[name].get(n, 0):
+                    raise RuntimeError("planned")
+
+            consumer.subscribe("orders", "*", on, orderly=True)
+            consumers.append(consumer)
+            await consumer.start()
+        for i in range(12):
+            await send(url, [Message("orders", {"n": str(i)})], sharding_key=f"k{i % 2}")
+        for c in consumers:
+            await until(lambda c=c: c.stats.consumed + c.stats.dead_lettered == 12, what="all settled")
+        for name in MEMBERS:
+            for q in (0, 1):
+                ns = [n for queue, n, _ in calls[name] if queue == q]
+                assert ns == sorted(ns), (name, q, ns)  # offset order, a retry right after its failure
+        assert [(n, r) for _, n, r in calls["m-a"] if n in (3, 7)] == [(3, 0), (3, 1), (7, 0), (7, 1), (7, 2)]
+        assert [(n, r) for _, n, r in calls["m-c"] if n == 4] == [(4, 0), (4, 1), (4, 2)]
+        assert [c.stats.dead_lettered for c in consumers] == [1, 0, 0]
+        assert [c.stats.suspended for c in consumers] == [3, 0, 2]
+        async with AsyncAdmin(url) as admin:
+            (record,) = await admin.dead_letters("bc")
+        assert (record.member, record.message.value()["n"], record.message.reconsume_times) == ("m-a", "7", 2)
+        for c in consumers:
+            await c.stop()
+
+    asyncio.run(main())

@@ -40,6 +40,7 @@ from .._message import MessageQueue
 from .._names import check_instance
 from .._offsets import Offset, parse_offset
 from .._rebalance import all_queues
+from .broadcast_orderly import OrderlyHold, one_per_queue, orderly
 from .broadcast_plan import BroadcastPlanner
 from .context import TRANSIENT, Context
 from .fetch import Fetcher, run_one
@@ -140,7 +141,11 @@ class BroadcastFetcher(Fetcher):
     def readable(
         self, reserved: dict[int, int] | None = None, only: QueueState | None = None
     ) -> list[StreamState]:
-        return [st for st in super().readable(reserved, only) if not self.positions.behind(st)]
+        return [
+            st
+            for st in super().readable(reserved, only)
+            if not self.positions.behind(st) and not (st.queue.count and orderly(self.c, st.queue))
+        ]
 
     def read_command(self, streams: list[StreamState], block_ms: int | None) -> Command:
         s = self.c.settings
@@ -149,7 +154,9 @@ class BroadcastFetcher(Fetcher):
             if st.retry:  # read now; again when it returns entries or retries are released into it
                 st.wanted = False
                 st.next_check = next_check
-        args: list[Any] = ["XREAD", "COUNT", s.pull_batch_size]
+        # orderly queues take one entry per read: only orderly ones here, no more is needed
+        count = 1 if all(orderly(self.c, st.queue) for st in streams) else s.pull_batch_size
+        args: list[Any] = ["XREAD", "COUNT", count]
         if block_ms is not None:
             args += ["BLOCK", block_ms]
         ids = [(st.last_id or b"0-0").decode() for st in streams]
@@ -176,6 +183,7 @@ class BroadcastFetcher(Fetcher):
             backoff.reset()
             if self.c.stopping.is_set():
                 return  # read after stop: not handed on, the position stays before it
+            reply = one_per_queue(self.c, reply)
             for key, entries in reply or ():
                 stream = self.c.streams.get(key if isinstance(key, bytes) else key.encode())
                 if stream is not None and entries:
@@ -320,10 +328,11 @@ class Broadcast:
     def check(self) -> None:
         """Before start: refuse what broadcasting does not do, and a second member of this name here."""
         c = self.c
-        if c.orderly_topics:
+        if c.orderly_topics and c.settings.consume_message_batch_max_size > 1:
             raise UsageError(
-                "orderly subscriptions are not supported with message_model='broadcasting' yet "
-                f"({sorted(c.orderly_topics)}): subscribe them without orderly=True (docs/push.md)"
+                "orderly broadcasting hands one message at a time: consume_message_batch_max_size "
+                f"must be 1 with orderly subscriptions ({sorted(c.orderly_topics)}) and message_model="
+                "'broadcasting'"
             )
         key = (c.url, c.settings.namespace, c.group, self.instance)
         if key in _RUNNING:
@@ -363,4 +372,5 @@ def broadcast_parts(
     fetcher, membership, retries = BroadcastFetcher(c, settling), BroadcastMembership(c), BroadcastRetries(c)
     broadcast = Broadcast(c, fetcher, membership, retries)
     settling.plan_round = BroadcastPlanner(broadcast.instance)
+    settling.hold = OrderlyHold(c, settling, fetcher)
     return broadcast, fetcher, membership, retries

@@ -29,6 +29,7 @@ class Settler:
         self._settle_buffer: list[Delivery] = []
         # (group, deliveries) -> the round's calls; a broadcasting member plans its own
         self.plan_round: Callable[[str, Sequence[Delivery]], SettleRound] = plan_round
+        self.hold: Callable[[Delivery, object], bool] | None = None  # True: it took the failure
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
@@ -59,6 +60,8 @@ class Settler:
         self.settle(d, ACK)
 
     def fail(self, d: Delivery, outcome: object) -> None:
+        if self.hold is not None and self.hold(d, outcome):
+            return  # an orderly broadcasting member tries it again in place (push/broadcast_orderly.py)
         reconsume = d.message.reconsume_times if d.message is not None else 0
         decision = decide(outcome, reconsume, self.c.policy)
         if isinstance(decision, Ack):
