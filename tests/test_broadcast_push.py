@@ -302,3 +302,25 @@ def test_orderly_broadcasting_keeps_queue_order_per_member(url: str) -> None:
             await c.stop()
 
     asyncio.run(main())
+
+
+def test_metrics_show_each_members_lag(url: str) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from rmq_style.metrics import ProgressCollector
+
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        a = member(url, "m-a", Counter())
+        await a.start()
+        await a.stop()
+        await send(url, [Message("orders", {"n": "1"})] * 2)
+
+    asyncio.run(main())
+    registry = CollectorRegistry()
+    registry.register(ProgressCollector(url, ["bc"]))
+    labels = {"group": "bc", "topic": "orders", "queue": "0", "member": "m-a"}
+    assert registry.get_sample_value("rmq_member_lag", labels) == 2
+    assert (
+        registry.get_sample_value("rmq_group_lag", {k: v for k, v in labels.items() if k != "member"}) is None
+    )

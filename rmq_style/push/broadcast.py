@@ -62,7 +62,8 @@ __all__ = [
 
 WORKER_SLOT_ENV = "RMQ_STYLE_WORKER_SLOT"  # set by the worker supervisor: the process' slot, 0..N-1
 CONSUME_MAX_SPAN = 2000  # RocketMQ's consumeMaxSpan: read ids kept behind the first unsettled one
-_GENERATED_HOST = re.compile(r"[0-9a-f]{12,64}")  # a container id: a new one at every re-creation
+# a container id, or a Kubernetes Deployment's pod name (name-<template hash>-<5>): new at every re-creation
+_GENERATED_HOST = re.compile(r"[0-9a-f]{12,64}|.+-[a-z0-9]{8,10}-[a-z0-9]{5}")
 _RUNNING: set[tuple[str, str, str, str]] = set()  # (url, namespace, group, instance) started here
 
 
@@ -76,7 +77,10 @@ def default_member_name() -> tuple[str, str | None]:
     slot = os.environ.get(WORKER_SLOT_ENV, "")
     name = f"{host}-w{slot}" if slot.isdigit() else host
     if _GENERATED_HOST.fullmatch(host):
-        return name, "the host name looks generated (a container id): a re-created container is a new member"
+        return (
+            name,
+            "the host name looks generated (a container id, a Deployment pod): a new one is a new member",
+        )
     if not slot.isdigit():
         return name, "two processes on this host with the default name would share one position"
     return name, None
@@ -89,6 +93,13 @@ class Track:
     read: deque[bytes] = field(default_factory=deque)
     stored: bytes | None = None  # the position in Redis
     done: bytes | None = None  # the last id of the settled prefix of ``read``
+
+
+def advance(track: Track, stream: StreamState) -> None:
+    """Drop the settled prefix of the ids read: the last one dropped is the position to store."""
+    read, in_flight = track.read, stream.in_flight
+    while read and read[0] not in in_flight:
+        track.done = read.popleft()
 
 
 class Positions:
@@ -106,15 +117,15 @@ class Positions:
     def behind(self, stream: StreamState) -> bool:
         """Too many read ids behind the first unsettled one: stop reading the queue (consumeMaxSpan)."""
         track = self.tracks.get(stream)
-        span = max(CONSUME_MAX_SPAN, 2 * self.c.settings.pull_batch_size)
-        return track is not None and len(track.read) >= span and track.read[0] in stream.in_flight
+        if track is None:
+            return False
+        advance(track, stream)  # the settled prefix goes: what is kept is at most the span
+        return len(track.read) >= max(CONSUME_MAX_SPAN, 2 * self.c.settings.pull_batch_size)
 
     def commit_calls(self) -> list[tuple[Track, bytes, RedisCall]]:
         out: list[tuple[Track, bytes, RedisCall]] = []
         for stream, track in self.tracks.items():
-            read, in_flight = track.read, stream.in_flight
-            while read and read[0] not in in_flight:
-                track.done = read.popleft()
+            advance(track, stream)
             if track.done is not None and track.done != track.stored:
                 key = stream.queue.keys.broadcast(self.c.group)
                 out.append((track, track.done, command("HSET", key, self.instance, track.done)))
