@@ -51,13 +51,16 @@ class OrderlyHold:
 
     def __init__(self, c: Context, settling: Settler, fetcher: Fetcher) -> None:
         self.c, self.settling, self.fetcher = c, settling, fetcher
-        self.attempts: dict[int, int] = {}  # id of a held delivery -> its failed attempts so far
+        # per orderly queue (one message of it in flight at a time): the held delivery, its failed
+        # attempts so far; a success is acked without a word to us: the next delivery replaces it
+        self.held: dict[QueueState, tuple[Delivery, int]] = {}
 
     def __call__(self, d: Delivery, outcome: object) -> bool:
         c = self.c
         if not orderly(c, d.stream.queue):
             return False
-        failed = self.attempts.pop(id(d), 0)
+        held = self.held.pop(d.stream.queue, None)
+        failed = held[1] if held is not None and held[0] is d else 0
         decision = decide_orderly(outcome, failed, c.settings.max_reconsume_times)
         if isinstance(decision, Proceed):
             return False  # a success: the settler acks it
@@ -72,7 +75,7 @@ class OrderlyHold:
         assert isinstance(decision, Suspend)
         c.stats.suspended += 1
         event.warning("message.failed", reconsume_times=failed, reason=decision.reason, next="suspend")
-        self.attempts[id(d)] = decision.attempts
+        self.held[d.stream.queue] = (d, decision.attempts)
         delay = c.settings.suspend_current_queue_time_ms / 1000
         asyncio.get_running_loop().call_later(delay, self.again, d, decision.attempts)
         return True
@@ -80,7 +83,7 @@ class OrderlyHold:
     def again(self, d: Delivery, attempts: int) -> None:
         """Hand the held message to the runner again (it stays in flight: its queue is not read meanwhile)."""
         if self.c.stopping.is_set() or d.message is None:
-            self.attempts.pop(id(d), None)
+            self.held.pop(d.stream.queue, None)
             return  # left in flight: the position stays before it, the next start handles it
         fields = dict(d.fields)
         fields[b"r"] = str(attempts).encode()
