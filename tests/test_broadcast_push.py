@@ -324,3 +324,32 @@ def test_metrics_show_each_members_lag(url: str) -> None:
     assert (
         registry.get_sample_value("rmq_group_lag", {k: v for k, v in labels.items() if k != "member"}) is None
     )
+
+
+def test_a_retry_record_redis_refuses_holds_the_position_until_it_is_written(url: str) -> None:
+    """No pending list to fall back on: a member whose retry write fails keeps the message in flight
+    (its position stays before it) and writes it again, so nothing is lost."""
+
+    async def main() -> None:
+        await create_topic(url, queues=1)
+        seen: Counter[str] = Counter()
+        qk = Keys().queue("orders", 0)
+        client = open_client(url)
+        await client.set(qk.member_retry("bc", "m-a"), "not a sorted set")
+        a = member(url, "m-a", seen, {"bad"}, reconnect_backoff_max_ms=50)
+        await a.start()
+        with capture_logs() as events:
+            (bad,) = await send(url, [Message("orders", {"n": "bad"})])
+            await until(lambda: any(e["event"] == "message.settle_failed" for e in events), what="refused")
+        await asyncio.sleep(0.3)  # several heartbeats: the position must not pass the message
+        ((entry_id, _),) = await client.xrange(qk.stream)
+        assert await client.hget(qk.broadcast("bc"), "m-a") != entry_id
+        assert a.in_flight == 1
+        await client.delete(qk.member_retry("bc", "m-a"))
+        await until(lambda: a.stats.dead_lettered == 1, what="retried, then dead-lettered")
+        assert seen[bad] == 3
+        await until_lags(url, {"m-a": 0})
+        await a.stop()
+        await client.aclose()
+
+    asyncio.run(main())

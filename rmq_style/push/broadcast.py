@@ -22,6 +22,7 @@ loop are the clustering ones; what differs is
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -47,7 +48,7 @@ from .fetch import Fetcher, run_one
 from .rebalance import Rebalancer
 from .retries import RELEASE_LIMIT, Retries
 from .settling import Settler
-from .state import QueueState, StreamState, Subscription
+from .state import Delivery, QueueState, StreamState, Subscription
 from .waits import wait_event
 
 __all__ = [
@@ -384,4 +385,12 @@ def broadcast_parts(
     broadcast = Broadcast(c, fetcher, membership, retries)
     settling.plan_round = BroadcastPlanner(broadcast.instance)
     settling.hold = OrderlyHold(c, settling, fetcher)
+
+    def again(d: Delivery) -> None:
+        """Settling failed (Redis refused a write: OOM, a key of the wrong type): the position must
+        not pass the message, so it stays in flight and is settled again after a pause."""
+        delay = c.settings.reconnect_backoff_max_ms / 1000
+        asyncio.get_running_loop().call_later(delay, settling.settle, d, d.decision)
+
+    settling.unsettled = again
     return broadcast, fetcher, membership, retries

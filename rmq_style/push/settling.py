@@ -30,6 +30,9 @@ class Settler:
         # (group, deliveries) -> the round's calls; a broadcasting member plans its own
         self.plan_round: Callable[[str, Sequence[Delivery]], SettleRound] = plan_round
         self.hold: Callable[[Delivery, object], bool] | None = None  # True: it took the failure
+        # a delivery whose settling failed: pending in Redis, re-read by our own-PEL scan (a
+        # broadcasting member has no PEL: it keeps it in flight and settles it again later)
+        self.unsettled: Callable[[Delivery], None] = c.release
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
@@ -120,7 +123,7 @@ class Settler:
             for d, error in failed:
                 # left pending in Redis: our own-PEL re-read delivers it again
                 self.event(d).error("message.settle_failed", error=str(error))
-                self.c.release(d)
+                self.unsettled(d)
 
     def plan(self, batch: list[Delivery]) -> SettleRound:
         """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
@@ -138,7 +141,7 @@ class Settler:
                         self.plan_round(self.c.group, [d])
                     except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
                         self.event(d).error("message.left_pending")
-                        self.c.release(d)
+                        self.unsettled(d)
                         continue
                 planned.append(d)
             return self.plan_round(self.c.group, planned)
