@@ -153,13 +153,16 @@ class BroadcastFetcher(Fetcher):
     def readable(
         self, reserved: dict[int, int] | None = None, only: QueueState | None = None
     ) -> list[StreamState]:
+        extra = reserved or {}
         return [
             st
             for st in super().readable(reserved, only)
-            if not self.positions.behind(st) and not (st.queue.count and orderly(self.c, st.queue))
+            if not self.positions.behind(st)
+            and not ((st.queue.count or extra.get(id(st.queue))) and orderly(self.c, st.queue))
         ]
 
-    def read_command(self, streams: list[StreamState], block_ms: int | None) -> Command:
+    def read_new(self, client: AsyncClient, streams: list[StreamState]) -> asyncio.Future[Any]:
+        """The next read (also the read-ahead of ``Fetcher.prefetch``): XREAD after the positions."""
         s = self.c.settings
         next_check = time.monotonic() + s.retry_poll_ms / 1000
         for st in streams:
@@ -168,39 +171,67 @@ class BroadcastFetcher(Fetcher):
                 st.next_check = next_check
         # orderly queues take one entry per read: only orderly ones here, no more is needed
         count = 1 if all(orderly(self.c, st.queue) for st in streams) else s.pull_batch_size
-        args: list[Any] = ["XREAD", "COUNT", count]
-        if block_ms is not None:
-            args += ["BLOCK", block_ms]
         ids = [(st.last_id or b"0-0").decode() for st in streams]
-        return Command((*args, "STREAMS", *[st.key for st in streams], *ids))
+        cmd = Command(
+            (
+                "XREAD",
+                "COUNT",
+                count,
+                "BLOCK",
+                s.poll_timeout_ms,
+                "STREAMS",
+                *[st.key for st in streams],
+                *ids,
+            )
+        )
+        return asyncio.ensure_future(run_one(client, cmd))
 
     async def fetch_loop(self, only: QueueState | None = None, client: AsyncClient | None = None) -> None:
-        """Long-poll the queues (only *only* on a Redis Cluster); a read has no side effect in Redis."""
+        """Long-poll the queues (only *only* on a Redis Cluster); a read has no side effect in Redis.
+
+        As the clustering fetch, the next read goes out before a batch is handed on: the
+        positions in memory move first, so it reads after what this reply brought.
+        """
         client = client or self.c.fetch_client
         assert client is not None
         s = self.c.settings
         backoff = self.c.backoff()
-        while not self.c.stopping.is_set():
-            streams = self.readable(only=only)
-            if not streams:
-                self.c.capacity.clear()
-                await wait_event(self.c.capacity, s.poll_timeout_ms / 1000)
-                continue
-            try:
-                reply = await run_one(client, self.read_command(streams, s.poll_timeout_ms))
-            except TRANSIENT as exc:
-                self.c.log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
-                await backoff.wait(self.c.stopping)
-                continue
-            backoff.reset()
-            if self.c.stopping.is_set():
-                return  # read after stop: not handed on, the position stays before it
-            reply = one_per_queue(self.c, reply)
-            for key, entries in reply or ():
-                stream = self.c.streams.get(key if isinstance(key, bytes) else key.encode())
-                if stream is not None and entries:
+        ahead: asyncio.Future[Any] | None = None
+        try:
+            while not self.c.stopping.is_set():
+                if ahead is None:
+                    streams = self.readable(only=only)
+                    if not streams:
+                        self.c.capacity.clear()
+                        await wait_event(self.c.capacity, s.poll_timeout_ms / 1000)
+                        continue
+                read, ahead = ahead or self.read_new(client, streams), None
+                try:
+                    reply = await read
+                except TRANSIENT as exc:
+                    self.c.log.warning("consumer.redis_unavailable", task="fetch", error=str(exc))
+                    await backoff.wait(self.c.stopping)
+                    continue
+                backoff.reset()
+                if self.c.stopping.is_set():
+                    return  # read after stop: not handed on, the position stays before it
+                reply = one_per_queue(self.c, reply)
+                read_now = []
+                for key, entries in reply or ():
+                    stream = self.c.streams.get(key if isinstance(key, bytes) else key.encode())
+                    if stream is not None and entries:
+                        stream.last_id = entries[-1][0]  # the read-ahead reads after them
+                        read_now.append((stream, entries))
+                ahead = self.prefetch(client, reply, only)
+                if ahead is not None:
+                    await asyncio.sleep(0)  # lets the next XREAD go out now
+                self.on_read(reply, None)
+                # only now, with every entry in flight: the position must never pass one not handed on
+                for stream, entries in read_now:
                     self.positions.read(stream, entries)
-            self.on_read(reply, None)
+        finally:
+            if ahead is not None:  # never cancel a blocked read (fakeredis would keep a zombie reader)
+                await asyncio.gather(ahead, return_exceptions=True)
 
 
 class BroadcastMembership(Rebalancer):
