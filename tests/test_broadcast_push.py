@@ -179,6 +179,10 @@ def test_instance_names_are_checked_and_not_shared_in_one_process(url: str) -> N
         orderly.subscribe("orders", "*", lambda m: None, orderly=True)
         with pytest.raises(UsageError, match="one message at a time"):
             await orderly.start()
+        deduped = PushConsumer(url, "bc", fast_settings(message_model="broadcasting", instance_name="d"))
+        deduped.subscribe("orders", "*", lambda m: None, idempotent=True)
+        with pytest.raises(UsageError, match="idempotent"):
+            await deduped.start()
 
     asyncio.run(main())
 

@@ -44,6 +44,7 @@ from .._rebalance import all_queues
 from .broadcast_orderly import OrderlyHold, one_per_queue, orderly
 from .broadcast_plan import BroadcastPlanner
 from .context import TRANSIENT, Context
+from .dedup import DedupListener
 from .fetch import Fetcher, run_one
 from .rebalance import Rebalancer
 from .retries import RELEASE_LIMIT, Retries
@@ -376,6 +377,12 @@ class Broadcast:
                 "orderly broadcasting hands one message at a time: consume_message_batch_max_size "
                 f"must be 1 with orderly subscriptions ({sorted(c.orderly_topics)}) and message_model="
                 "'broadcasting'"
+            )
+        deduped = sorted(t for t, sub in c.subs.items() if isinstance(sub.listener, DedupListener))
+        if deduped:
+            raise UsageError(
+                f"idempotent subscriptions ({deduped}) are not supported with message_model='broadcasting' "
+                "yet: the consumed marks are the group's, so one member would skip what another handled"
             )
         key = (c.url, c.settings.namespace, c.group, self.instance)
         if key in _RUNNING:
