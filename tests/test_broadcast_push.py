@@ -308,7 +308,7 @@ def test_orderly_broadcasting_keeps_queue_order_per_member(url: str) -> None:
     asyncio.run(main())
 
 
-def test_metrics_show_each_members_lag(url: str) -> None:
+def test_metrics_and_the_console_show_each_members_lag(url: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from rmq_style.metrics import ProgressCollector
@@ -321,6 +321,13 @@ def test_metrics_show_each_members_lag(url: str) -> None:
         await send(url, [Message("orders", {"n": "1"})] * 2)
 
     asyncio.run(main())
+    from rmq_style import Admin
+    from rmq_style.console._rates import RateRing
+    from rmq_style.console._views import group_summary
+
+    with Admin(url) as admin:
+        summary = group_summary("bc", admin.progress("bc"), RateRing())
+    assert (summary.lag, summary.owners) == (2, ["m-a"])  # the console's group list: the members' lag
     registry = CollectorRegistry()
     registry.register(ProgressCollector(url, ["bc"]))
     labels = {"group": "bc", "topic": "orders", "queue": "0", "member": "m-a"}
