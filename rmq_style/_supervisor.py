@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from .push.broadcast import WORKER_SLOT_ENV
+from .push.broadcast_positions import WORKER_SLOT_ENV
 
 log = structlog.get_logger("rmq_style.supervisor")
 

@@ -364,3 +364,14 @@ def test_a_retry_record_redis_refuses_holds_the_position_until_it_is_written(url
         await client.aclose()
 
     asyncio.run(main())
+
+
+def test_the_default_instance_name_is_the_host_and_the_worker_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    from rmq_style.push.broadcast_positions import WORKER_SLOT_ENV, default_member_name
+
+    monkeypatch.delenv(WORKER_SLOT_ENV, raising=False)
+    host, why = default_member_name()
+    assert why is not None  # outside rmq-style worker: two processes on a host would share it
+    monkeypatch.setenv(WORKER_SLOT_ENV, "2")
+    name, _ = default_member_name()
+    assert name == f"{host}-w2"

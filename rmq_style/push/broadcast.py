@@ -24,12 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import re
-import socket
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._async._io import AsyncClient, execute
@@ -43,6 +38,7 @@ from .._offsets import Offset, parse_offset
 from .._rebalance import all_queues
 from .broadcast_orderly import OrderlyHold, one_per_queue, orderly
 from .broadcast_plan import BroadcastPlanner
+from .broadcast_positions import WORKER_SLOT_ENV, Positions, Track, default_member_name
 from .context import TRANSIENT, Context
 from .dedup import DedupListener
 from .fetch import Fetcher, run_one
@@ -57,93 +53,10 @@ __all__ = [
     "BroadcastFetcher",
     "BroadcastMembership",
     "BroadcastRetries",
-    "Positions",
     "broadcast_parts",
-    "default_member_name",
 ]
 
-WORKER_SLOT_ENV = "RMQ_STYLE_WORKER_SLOT"  # set by the worker supervisor: the process' slot, 0..N-1
-CONSUME_MAX_SPAN = 2000  # RocketMQ's consumeMaxSpan: read ids kept behind the first unsettled one
-# a container id, or a Kubernetes Deployment's pod name (name-<template hash>-<5>): new at every re-creation
-_GENERATED_HOST = re.compile(r"[0-9a-f]{12,64}|.+-[a-z0-9]{8,10}-[a-z0-9]{5}")
 _RUNNING: set[tuple[str, str, str, str]] = set()  # (url, namespace, group, instance) started here
-
-
-def default_member_name() -> tuple[str, str | None]:
-    """The default instance name, and why it may not be stable (None: it is).
-
-    The host name, and under ``rmq-style worker`` the process' slot (``host-w2``): the same
-    after a restart of the process or the machine, distinct between the worker processes.
-    """
-    host = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:100] or "host"
-    slot = os.environ.get(WORKER_SLOT_ENV, "")
-    name = f"{host}-w{slot}" if slot.isdigit() else host
-    if _GENERATED_HOST.fullmatch(host):
-        return (
-            name,
-            "the host name looks generated (a container id, a Deployment pod): a new one is a new member",
-        )
-    if not slot.isdigit():
-        return name, "two processes on this host with the default name would share one position"
-    return name, None
-
-
-@dataclass(slots=True, eq=False)
-class Track:
-    """One queue stream of a broadcasting member: the ids read in order, and its stored position."""
-
-    read: deque[bytes] = field(default_factory=deque)
-    stored: bytes | None = None  # the position in Redis
-    done: bytes | None = None  # the last id of the settled prefix of ``read``
-
-
-def advance(track: Track, stream: StreamState) -> None:
-    """Drop the settled prefix of the ids read: the last one dropped is the position to store."""
-    read, in_flight = track.read, stream.in_flight
-    while read and read[0] not in in_flight:
-        track.done = read.popleft()
-
-
-class Positions:
-    """The offset store of a broadcasting push member (RocketMQ's ProcessQueue min offset, per queue)."""
-
-    def __init__(self, c: Context, instance: str) -> None:
-        self.c, self.instance = c, instance
-        self.tracks: dict[StreamState, Track] = {}
-
-    def read(self, stream: StreamState, entries: list[Any]) -> None:
-        track = self.tracks.get(stream)
-        if track is not None:
-            track.read.extend(entry_id for entry_id, _ in entries)
-
-    def behind(self, stream: StreamState) -> bool:
-        """Too many read ids behind the first unsettled one: stop reading the queue (consumeMaxSpan)."""
-        track = self.tracks.get(stream)
-        if track is None:
-            return False
-        advance(track, stream)  # the settled prefix goes: what is kept is at most the span
-        return len(track.read) >= max(CONSUME_MAX_SPAN, 2 * self.c.settings.pull_batch_size)
-
-    def commit_calls(self) -> list[tuple[Track, bytes, RedisCall]]:
-        out: list[tuple[Track, bytes, RedisCall]] = []
-        for stream, track in self.tracks.items():
-            advance(track, stream)
-            if track.done is not None and track.done != track.stored:
-                key = stream.queue.keys.broadcast(self.c.group)
-                out.append((track, track.done, command("HSET", key, self.instance, track.done)))
-        return out
-
-    async def commit(self) -> None:
-        """Store the positions that moved (one round trip); a failure is retried at the next commit."""
-        planned = self.commit_calls()
-        if not planned:
-            return
-        replies = await execute(self.c.redis(), [call for _, _, call in planned])
-        for (track, done, _), reply in zip(planned, replies, strict=True):
-            if isinstance(reply, Exception):
-                self.c.log.error("broadcast.commit_failed", error=str(reply))
-            else:
-                track.stored = done
 
 
 class BroadcastFetcher(Fetcher):
