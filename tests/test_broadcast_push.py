@@ -375,3 +375,47 @@ def test_the_default_instance_name_is_the_host_and_the_worker_slot(monkeypatch: 
     monkeypatch.setenv(WORKER_SLOT_ENV, "2")
     name, _ = default_member_name()
     assert name == f"{host}-w2"
+
+
+@pytest.mark.real_only
+def test_worker_processes_are_members_named_by_their_slot(real_url: str) -> None:
+    """`rmq-style worker --processes 2` of a broadcasting App: each process is a member named
+    host-w0 and host-w1 (stable across its restarts) and consumes every message."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from rmq_style import Admin, Producer
+    from rmq_style.push.broadcast_positions import WORKER_SLOT_ENV, default_member_name
+    from tests.pushkit import ROOT
+
+    with Admin(real_url) as admin:
+        admin.create_topic("news", queues=2)
+    with Producer(real_url) as producer:
+        producer.send_batch([Message("news", {"n": n}) for n in range(50)])
+    env = {k: v for k, v in os.environ.items() if k != WORKER_SLOT_ENV}
+    env |= {"PYTHONPATH": str(ROOT), "RMQ_URL": real_url}
+    supervisor = subprocess.Popen(
+        [sys.executable, "-m", "rmq_style.cli", "worker", "tests.apps.screens:app", "--processes", "2"],
+        cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    host = default_member_name()[0].removesuffix("-w" + os.environ.get(WORKER_SLOT_ENV, "x"))
+    want = {f"{host}-w0": 0, f"{host}-w1": 0}
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with Admin(real_url) as admin:
+                rows = admin.progress("screens", "news")
+            got = {m.instance: 0 for r in rows for m in r.members}
+            for r in rows:
+                for m in r.members:
+                    got[m.instance] += m.lag
+            if got == want and sum(r.progress.max_queue_offset for r in rows) == 50:
+                break
+            assert time.monotonic() < deadline, got
+            time.sleep(0.05)
+    finally:
+        supervisor.send_signal(signal.SIGTERM)
+        assert supervisor.wait(timeout=60) == 0
