@@ -130,6 +130,8 @@ def reset_offset_flow(
     check_group(group)
     route = yield from route_flow(keys, check_topic(topic))
     store, routes = OffsetStore(keys, group), RouteCache(keys)
+    (kind,) = yield [command("HGET", keys.subscription_kinds(group), topic)]
+    broadcasting = _text(single(kind) or b"") == "broadcasting"  # no group position: the members'
     moved: dict[MessageQueue, Offset] = {}
     for q in range(route.queue_count):
         queue = MessageQueue(topic, q)
@@ -144,8 +146,22 @@ def reset_offset_flow(
             target = yield from position_for_timestamp_flow(keys, routes, queue, to)
         else:
             raise UsageError(f"reset to 'first', 'last' or a timestamp, not {to!r}")
-        moved[queue] = yield from store.commit_flow(queue, target)
+        if broadcasting:
+            yield from move_members_flow(keys, group, queue, target)
+            moved[queue] = target
+        else:
+            moved[queue] = yield from store.commit_flow(queue, target)
     return moved
+
+
+def move_members_flow(keys: Keys, group: str, queue: MessageQueue, target: Offset) -> Flow[None]:
+    """Every broadcasting member's position in *queue* to *target* (members stopped: a running
+    one goes on from where it is and writes its own position back)."""
+    key = keys.queue(queue.topic, queue.queue_id).broadcast(group)
+    (names,) = yield [command("HKEYS", key)]
+    names = single(names)
+    if names:
+        yield [command("HSET", key, *[v for name in names for v in (name, str(target))])]
 
 
 def dead_letters_flow(

@@ -419,3 +419,31 @@ def test_worker_processes_are_members_named_by_their_slot(real_url: str) -> None
     finally:
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(timeout=60) == 0
+
+
+def test_reset_offset_moves_every_stopped_members_position(url: str) -> None:
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        seen = {n: Counter[str]() for n in MEMBERS[:2]}
+        members = [member(url, n, seen[n]) for n in seen]
+        for m in members:
+            await m.start()
+        ids = await send(url, [Message("orders", {"n": str(i)}) for i in range(6)])
+        for got in seen.values():
+            await until(lambda got=got: len(got) == 6)
+        for m in members:
+            await m.stop()
+        async with AsyncAdmin(url) as admin:
+            await admin.reset_offset("bc", "orders", "first")
+            rows = await admin.progress("bc", "orders")
+            assert rows[0].progress.group_offset is None  # no clustering group was made
+        assert await lags(url) == {"m-a": 6, "m-b": 6}
+        again = [member(url, n, seen[n]) for n in seen]
+        for m in again:
+            await m.start()
+        for got in seen.values():
+            await until(lambda got=got: got == Counter(dict.fromkeys(ids, 2)), what="all read again")
+        for m in again:
+            await m.stop()
+
+    asyncio.run(main())
