@@ -24,6 +24,7 @@ def _dead_row(d: DeadLetterRecord) -> dict[str, Any]:
         "origin_offset": d.origin_offset,
         "reason": d.reason,
         "dead_at_ms": d.dead_at_ms,
+        "member": d.member,
     }
 
 
@@ -48,6 +49,8 @@ def dlq_list(
         "times": "reconsume_times",
         "reason": "reason",
     }
+    if any(r["member"] for r in rows):  # broadcasting: the member that gave up on it
+        columns = {**columns, "member": "member"}
     show(f"dead letters of group {group}", rows, columns)
 
 
@@ -71,14 +74,16 @@ def dlq_replay(
     group: Annotated[str, typer.Option(help="consumer group")],
     topic: Annotated[str | None, typer.Option(help="one topic")] = None,
     msg_id: Annotated[list[str] | None, typer.Option(help="only these (repeatable); default: all")] = None,
+    member: Annotated[str | None, typer.Option(help="broadcasting: only this member's")] = None,
     url: UrlOption = DEFAULT_URL,
 ) -> None:
-    """Give dead letters back to GROUP: same msg id, reconsume times 0."""
+    """Give dead letters back to GROUP: same msg id, reconsume times 0 (a broadcasting member's to it)."""
     with Admin(url) as admin:
         records = [
             d
             for d in admin.dead_letters(group, topic, limit=10_000)
-            if not msg_id or d.message.shown("msg_id") in msg_id or d.dlq_id in msg_id
+            if (not msg_id or d.message.shown("msg_id") in msg_id or d.dlq_id in msg_id)
+            and (member is None or d.member == member)
         ]
         replayed = 0
         with Progress(console=console, transient=True) as bar:

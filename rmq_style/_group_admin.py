@@ -8,11 +8,12 @@ from datetime import datetime
 from typing import Any, Literal
 
 from ._allocation import STRATEGIES
+from ._broadcast_progress import MemberProgress, members_flow
 from ._call_values import Flow, command, run_script, single
-from ._errors import UsageError
+from ._errors import InvalidNameError, UsageError
 from ._membership import MembershipSettings
 from ._message import MessageQueue, ReceivedMessage, decode_entry
-from ._names import Keys, check_group, check_topic
+from ._names import Keys, check_group, check_instance, check_topic
 from ._offset_store import OffsetStore, QueueProgress, progress_flow
 from ._offsets import Offset, parse_offset
 from ._pulling import RouteCache
@@ -32,6 +33,7 @@ class QueueReport:
     owner: str | None  # orderly: the lease holder; concurrent: the live member the allocation gives it to
     held: HeldQueue | None = None  # orderly: the failing message that holds the queue
     trimmed: int = 0  # maxlen retention: entries removed before they were delivered to the group
+    members: tuple[MemberProgress, ...] = ()  # broadcasting: each member's position, lag and retries
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class DeadLetterRecord:
     origin_offset: str  # where it was in the topic's queue
     reason: str
     dead_at_ms: int
+    member: str | None = None  # broadcasting: the member (instance name) that gave up on it
 
     @property
     def dlq_id(self) -> str:
@@ -56,6 +59,15 @@ def _text(value: Any) -> str:
 def _ms(value: bytes | None) -> int:
     """A time field written by our scripts; 0 when absent or not a number (an entry written by hand)."""
     return int(value) if value and value.isdigit() else 0
+
+
+def valid_instance(name: str) -> bool:
+    """Whether a dead letter's member field names a broadcasting member."""
+    try:
+        check_instance(name)
+    except InvalidNameError:
+        return False
+    return True
 
 
 def topics_flow(keys: Keys, group: str, topic: str | None) -> Flow[list[str]]:
@@ -93,6 +105,7 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
             ]
             retrying = int(single(waiting)) + int(single(due))
             owner = lock_owner(lock) or owners.get(queue)
+            members = yield from members_flow(keys, group, queue, progress.max_queue_offset)
             rows.append(
                 QueueReport(
                     progress,
@@ -101,6 +114,7 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
                     owner,
                     parse_held(queue, held, lock),
                     int(single(trimmed) or 0),
+                    members,
                 )
             )
     return rows
@@ -116,6 +130,8 @@ def reset_offset_flow(
     check_group(group)
     route = yield from route_flow(keys, check_topic(topic))
     store, routes = OffsetStore(keys, group), RouteCache(keys)
+    (kind,) = yield [command("HGET", keys.subscription_kinds(group), topic)]
+    broadcasting = _text(single(kind) or b"") == "broadcasting"  # no group position: the members'
     moved: dict[MessageQueue, Offset] = {}
     for q in range(route.queue_count):
         queue = MessageQueue(topic, q)
@@ -130,8 +146,22 @@ def reset_offset_flow(
             target = yield from position_for_timestamp_flow(keys, routes, queue, to)
         else:
             raise UsageError(f"reset to 'first', 'last' or a timestamp, not {to!r}")
-        moved[queue] = yield from store.commit_flow(queue, target)
+        if broadcasting:
+            yield from move_members_flow(keys, group, queue, target)
+            moved[queue] = target
+        else:
+            moved[queue] = yield from store.commit_flow(queue, target)
     return moved
+
+
+def move_members_flow(keys: Keys, group: str, queue: MessageQueue, target: Offset) -> Flow[None]:
+    """Every broadcasting member's position in *queue* to *target* (members stopped: a running
+    one goes on from where it is and writes its own position back)."""
+    key = keys.queue(queue.topic, queue.queue_id).broadcast(group)
+    (names,) = yield [command("HKEYS", key)]
+    names = single(names)
+    if names:
+        yield [command("HSET", key, *[v for name in names for v in (name, str(target))])]
 
 
 def dead_letters_flow(
@@ -155,6 +185,7 @@ def dead_letters_flow(
                         _text(fields.get(b"offset", b"")),
                         _text(fields.get(b"reason", b"")),
                         _ms(fields.get(b"dead_at")),
+                        _text(fields[b"member"]) if b"member" in fields else None,
                     )
                 )
     return records
@@ -176,16 +207,17 @@ def purge_dead_letters_flow(keys: Keys, group: str, topic: str | None, before_ms
 
 
 def replay_flow(keys: Keys, group: str, records: Sequence[DeadLetterRecord]) -> Flow[int]:
-    """Hand dead letters back to *group* (its retry stream): same msg id, reconsume times 0."""
-    calls = [
-        run_script(
-            "dlq_replay",
-            (keys.queue(r.message.topic, r.message.queue_id).dlq(group),
-             keys.queue(r.message.topic, r.message.queue_id).retry_stream(group)),
-            (r.dlq_id,),
-        )
-        for r in records
-    ]  # fmt: skip
+    """Hand dead letters back to *group* (its retry stream): same msg id, reconsume times 0.
+
+    A broadcasting member's dead letter goes back to that member alone (its own retry stream).
+    """
+    calls = []
+    for r in records:
+        qk = keys.queue(r.message.topic, r.message.queue_id)
+        target = qk.retry_stream(group)
+        if r.member is not None and valid_instance(r.member):  # else hostile: the group's stream
+            target = qk.member_retry_stream(group, r.member)
+        calls.append(run_script("dlq_replay", (qk.dlq(group), target), (r.dlq_id,)))
     if not calls:
         return 0
     replies = yield calls

@@ -15,7 +15,15 @@ from dataclasses import dataclass
 
 from ._errors import InvalidNameError
 
-__all__ = ["LAYOUT_VERSION", "MAX_NAME_LENGTH", "Keys", "QueueKeys", "check_group", "check_topic"]
+__all__ = [
+    "LAYOUT_VERSION",
+    "MAX_NAME_LENGTH",
+    "Keys",
+    "QueueKeys",
+    "check_group",
+    "check_instance",
+    "check_topic",
+]
 
 LAYOUT_VERSION = 1
 MAX_NAME_LENGTH = 128
@@ -44,6 +52,19 @@ def _check(kind: str, name: object) -> str:
 def check_topic(name: object) -> str:
     """Return *name* if it is a valid topic name, else raise InvalidNameError."""
     return _check("topic", name)
+
+
+_INSTANCE = re.compile(r"[A-Za-z0-9_.@\-]{1,128}")
+
+
+def check_instance(name: object) -> str:
+    """Return *name* if it is a valid broadcasting instance name (a group name's characters and '@')."""
+    if not isinstance(name, str) or _INSTANCE.fullmatch(name) is None:
+        raise InvalidNameError(
+            f"invalid instance name {name!r}: use 1 to {MAX_NAME_LENGTH} characters "
+            "from letters, digits, '_', '.', '@' and '-'"
+        )
+    return name
 
 
 def check_group(name: object) -> str:
@@ -122,6 +143,18 @@ class QueueKeys:
     def broadcast(self, group: str) -> str:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"
+
+    def member_retry(self, group: str, instance: str) -> str:
+        """Sorted set of a broadcasting member's messages waiting for a retry, scored by due time."""
+        return f"{self.tag}:bretry:{group}:{instance}"
+
+    def member_retry_body(self, group: str, instance: str) -> str:
+        """Hash msg id -> packed fields of a broadcasting member's messages waiting for a retry."""
+        return f"{self.tag}:bretrymsg:{group}:{instance}"
+
+    def member_retry_stream(self, group: str, instance: str) -> str:
+        """Stream of a broadcasting member's due retries (read by that member only)."""
+        return f"{self.tag}:brs:{group}:{instance}"
 
     def half(self, group: str) -> str:
         """Hash msg id -> half (transactional) message record of producer group *group*."""

@@ -29,6 +29,8 @@ SCRIPTS: dict[str, int] = {
     "retry": 3,
     "dead_letter": 2,
     "release_retries": 3,
+    "bcast_retry": 3,
+    "bcast_dead_letter": 2,
     "create_group": 2,
     "dlq_replay": 2,
     "lock_renew": 1,

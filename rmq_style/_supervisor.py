@@ -8,6 +8,7 @@ its own with an error is restarted after a growing pause.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 import structlog
+
+from .push.broadcast_positions import WORKER_SLOT_ENV
 
 log = structlog.get_logger("rmq_style.supervisor")
 
@@ -68,7 +71,8 @@ class Supervisor:
             args += ["--metrics-port", str(self.metrics_port + slot)]
             if slot == 0:
                 args.append("--metrics-progress")
-        process = subprocess.Popen(args)
+        # the slot names the process' broadcasting positions: stable across its restarts
+        process = subprocess.Popen(args, env={**os.environ, WORKER_SLOT_ENV: str(slot)})
         self._children[slot] = _Child(slot, process, failures=failures)
         log.info("worker_spawned", slot=slot, pid=process.pid)
 

@@ -70,6 +70,7 @@ class HandlerSubscription:
 # options a handler may set; each is a PushSettings field of its group's consumer
 _GROUP_OPTIONS = (
     "max_reconsume_times", "concurrency", "consume_from", "retry_delays_ms", "consume_timeout_ms",
+    "message_model", "instance_name",
 )  # fmt: skip
 
 
@@ -121,9 +122,10 @@ class App:
         """Declare *func* the handler of *topic* for *group*; returns *func* unchanged.
 
         *options*: ``max_reconsume_times``, ``concurrency``, ``consume_from``,
-        ``retry_delays_ms``, ``consume_timeout_ms``. *idempotent*: handle each message (or
-        business key) once per group (True, ``"keys"``, ``"property:NAME"`` or an Idempotent;
-        docs/idempotence.md).
+        ``retry_delays_ms``, ``consume_timeout_ms``, ``message_model`` (``"broadcasting"``: every
+        worker process gets every message; docs/push.md) and ``instance_name``.
+        *idempotent*: handle each message (or business key) once per group (True, ``"keys"``,
+        ``"property:NAME"`` or an Idempotent; docs/idempotence.md).
         """
         check_topic(topic)
         check_group(group)

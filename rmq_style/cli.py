@@ -137,7 +137,7 @@ def progress(
     """
     with Admin(url) as admin:
         rows = admin.progress(group, topic)
-    data = [
+    data: list[dict[str, Any]] = [
         {
             "topic": r.progress.queue.topic,
             "queue": r.progress.queue.queue_id,
@@ -151,12 +151,14 @@ def progress(
             "owner": r.owner,
             "held": None if r.held is None else f"{r.held.offset} x{r.held.attempts}: {r.held.reason}",
             "trimmed": r.trimmed,
+            "members": [asdict(m) for m in r.members],
         }
         for r in rows
     ]
     if as_json:
         emit_json(data)
         return
+    members = [{"topic": d["topic"], "queue": d["queue"], **m} for d in data for m in d.pop("members")]
     lost = sum(r.trimmed for r in rows)
     columns = [c for c in (list(data[0]) if data else ["topic"]) if c != "trimmed" or lost]
     console.print(table(f"progress of group {group}", columns, [[d[c] for c in columns] for d in data]))
@@ -164,6 +166,10 @@ def progress(
     console.print(f"total lag {lag}, pending {pending}")
     if lost:
         console.print(f"[yellow]{lost} entries were trimmed (maxlen retention) before the group read them[/]")
+    if members:  # broadcasting: each member has its own position
+        columns = ["topic", "queue", "instance", "position", "consumed_queue_offset", "lag", "retrying"]
+        title = f"broadcasting members of group {group}"
+        console.print(table(title, columns, [[m[c] for c in columns] for m in members]))
 
 
 @app.command("reset-offset")

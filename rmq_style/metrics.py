@@ -119,6 +119,15 @@ class ProgressCollector(Collector):
             "Messages maxlen retention removed before the group read them",
             labels=labels,
         )
+        member_labels = [*labels, "member"]
+        members = {
+            "lag": GaugeMetricFamily(
+                "rmq_member_lag", "Messages not yet consumed by a broadcasting member", labels=member_labels
+            ),
+            "retrying": GaugeMetricFamily(
+                "rmq_member_retrying", "A broadcasting member's failed messages waiting", labels=member_labels
+            ),
+        }
         up = GaugeMetricFamily("rmq_progress_up", "1 if the last progress read from Redis worked")
         try:
             with Admin(self.url, namespace=self.namespace) as admin:
@@ -131,13 +140,18 @@ class ProgressCollector(Collector):
         for group, reports in rows:
             for r in reports:
                 key = [group, r.progress.queue.topic, str(r.progress.queue.queue_id)]
+                for m in r.members:  # broadcasting: each member has its own position
+                    members["lag"].add_metric([*key, m.instance], m.lag)
+                    members["retrying"].add_metric([*key, m.instance], m.retrying)
+                if r.members and r.progress.group_offset is None:
+                    continue  # a broadcasting group: no group position, its lag is the members'
                 gauges["lag"].add_metric(key, r.progress.lag)
                 gauges["pending"].add_metric(key, r.progress.pending)
                 gauges["retrying"].add_metric(key, r.retrying)
                 gauges["dead_letters"].add_metric(key, r.dead_letters)
                 trimmed.add_metric(key, r.trimmed)
         up.add_metric([], 1)
-        yield from (*gauges.values(), trimmed, up)
+        yield from (*gauges.values(), *members.values(), trimmed, up)
 
 
 def serve_metrics(

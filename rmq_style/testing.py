@@ -43,6 +43,10 @@ async def is_drained(app: Any) -> bool:
         for group in app.groups():
             for row in await admin.progress(group):
                 p = row.progress
+                if row.members:  # broadcasting: each member's own position and retries
+                    if any(m.lag or m.retrying for m in row.members):
+                        return False
+                    continue
                 if p.lag or p.pending or row.retrying or p.group_offset is None:
                     return False
     return True

@@ -145,6 +145,35 @@ def test_push_consumers_get_every_message_once_with_retries_and_dead_letters(url
         assert all(r.progress.lag == 0 and r.progress.pending == 0 for r in reports)
 
 
+def test_broadcasting_members_each_get_every_message(url: str) -> None:
+    with Producer(url) as producer:
+        producer.send_batch([Message("orders", {"n": n}) for n in range(100)])
+    handled: dict[str, list[int]] = {"a": [], "b": []}
+
+    async def main() -> None:
+        members = []
+        for name, got in handled.items():
+
+            async def listener(msg: ReceivedMessage, name: str = name, got: list[int] = got) -> None:
+                n = msg.value()["n"]
+                if n == 7 and msg.reconsume_times == 0 and name == "a":
+                    raise RuntimeError("once, at a")
+                got.append(n)
+
+            settings = fast_settings(message_model="broadcasting", instance_name=name, retry_delays_ms=(10,))
+            member = PushConsumer(url, "screens", settings)
+            member.subscribe("orders", "*", listener)
+            members.append(member)
+        async with members[0], members[1]:
+            await until(lambda: all(len(h) == 100 for h in handled.values()), what="every message at each")
+
+    asyncio.run(main())
+    assert sorted(handled["a"]) == sorted(handled["b"]) == list(range(100))
+    with Admin(url) as admin:
+        reports = admin.progress("screens", "orders")
+    assert sorted({(m.instance, m.lag) for r in reports for m in r.members}) == [("a", 0), ("b", 0)]
+
+
 def test_orderly_consumers_keep_each_key_in_order(url: str) -> None:
     with Producer(url) as producer:
         producer.send_batch(

@@ -1,6 +1,6 @@
 """Hostile entries, fuzzed: raw XADDs of arbitrary fields among good messages, on both backends.
 
-For concurrent, orderly and batch listeners, with and without a tag filter:
+For concurrent, orderly, batch and broadcasting listeners, with and without a tag filter:
 each good message is handled exactly once; each entry that the table
 "Field validity" of docs/storage.md rejects is in the DLQ after its first
 delivery, with a reason naming the field, and never reaches the listener; one
@@ -197,7 +197,9 @@ async def _consume(
             record(msg)
 
     batch = 3 if kind.endswith("batch") else 1
+    model = {"message_model": "broadcasting", "instance_name": "h"} if kind == "broadcast" else {}
     settings = fast_settings(
+        **model,
         consume_message_batch_max_size=batch,
         max_message_size=MAX_SIZE,
         orderly_lease_ms=5000,
@@ -219,12 +221,20 @@ async def _consume(
     return handled, consumer.stats
 
 
-async def _left(url: str, topic: str, group: str) -> tuple[int, list[dict[bytes, bytes]]]:
+async def _left(url: str, topic: str, group: str, kind: str) -> tuple[int, list[dict[bytes, bytes]]]:
     """Entries pending in the group (queue and retry streams), and the dead letters."""
     client = open_client(url)
     pending, dead = 0, []
     for q in range(QUEUES):
         keys = Keys().queue(topic, q)
+        if kind == "broadcast":  # no group: the member's retries and its position at the queue's end
+            pending += int(await client.xlen(keys.member_retry_stream(group, "h")))
+            pending += int(await client.zcard(keys.member_retry(group, "h")))
+            last = await client.xrevrange(keys.stream, count=1)
+            position = await client.hget(keys.broadcast(group), "h")
+            pending += 1 if last and position != last[0][0] else 0
+            dead += [fields for _, fields in await client.xrange(keys.dlq(group))]
+            continue
         pending += int((await client.xpending(keys.stream, group))["pending"])
         if await client.exists(keys.retry_stream(group)):  # concurrent groups only
             pending += int((await client.xpending(keys.retry_stream(group), group))["pending"])
@@ -243,7 +253,7 @@ def cli(*args: str) -> str:
 
 
 @pytest.mark.parametrize("filtered", [False, True], ids=["all", "tag-filter"])
-@pytest.mark.parametrize("kind", ["concurrent", "orderly", "batch"])
+@pytest.mark.parametrize("kind", ["concurrent", "orderly", "batch", "broadcast"])
 @pytest.mark.parametrize("backend", ["real", "fake"])
 @settings(
     max_examples=3,  # per backend x kind x filter (the first is the simplest): about half a minute
@@ -294,7 +304,7 @@ def test_hostile_entries_among_good_messages(
     )  # accepted raw entries
     for msg_id in retried:  # failed once, then handled again with one more reconsume time
         assert [r for _, _, m, r in handled if m == msg_id] == [0, 1]
-    pending, dead = asyncio.run(_left(url, topic, group))
+    pending, dead = asyncio.run(_left(url, topic, group, kind))
     assert pending == 0
     bad = sorted((where, v) for where, v in verdicts.items() if v is not None)
     assert sorted(((int(d[b"queue"]), d[b"offset"].decode()), _field_of(d[b"reason"])) for d in dead) == bad
@@ -333,3 +343,77 @@ def _check_cli(url: str, topic: str, group: str, raw: dict[tuple[int, str], Any]
         cli("pull", topic, "--queue", str(q), *u)
     json.loads(cli("find", topic, "--key", "k", *u, "--json"))  # reads every entry, as do the others
     cli("find", topic, "--tag", "a", *u)
+
+
+# -- broadcasting position records (rmq:{T:i}:bcast:G, field instance name -> entry id) ------------
+
+POSITIONS = st.one_of(
+    st.none(),  # no record
+    st.binary(max_size=12),
+    st.sampled_from([b"", b"0-0", b"1-1", b"-1", b"1-", b"1-1\x00", b"\xff", b"99999999999999-0",
+                     b"18446744073709551615-18446744073709551615", b"18446744073709551616-0"]),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    mine=st.lists(POSITIONS, min_size=QUEUES, max_size=QUEUES),
+    others=st.dictionaries(st.binary(min_size=1, max_size=6), st.binary(max_size=12), max_size=3),
+)
+def test_hostile_position_records(
+    backends: dict[str, str], backend: str, mine: list[bytes | None], others: dict[bytes, bytes]
+) -> None:
+    """Whatever the records hold, a broadcasting member handles each message sent once it runs exactly
+    once (an unusable position of its own is logged and replaced), and progress shows every record."""
+    url = backends[backend]
+    n = next(_names)
+    topic, group = f"hostile{n}", f"g{n}"
+
+    async def main() -> tuple[list[str], list[str], Any]:
+        from rmq_style import AsyncAdmin
+
+        async with AsyncAdmin(url) as admin:
+            await admin.create_topic(topic, queues=QUEUES)
+        client = open_client(url)
+        for q, value in enumerate(mine):
+            key = Keys().queue(topic, q).broadcast(group)
+            if others:
+                await client.hset(key, mapping=others)  # type: ignore[arg-type]
+            if value is not None:
+                await client.hset(key, "h", value)
+        await client.aclose()
+        seen: list[str] = []
+        settings = fast_settings(message_model="broadcasting", instance_name="h")
+        consumer = PushConsumer(url, group, settings)
+
+        async def on(msg: ReceivedMessage) -> None:
+            seen.append(msg.msg_id)
+
+        consumer.subscribe(topic, "*", on)
+        async with consumer, AsyncProducer(url) as producer:
+            sent = [(await producer.send(Message(topic, {"n": i}))).msg_id for i in range(6)]
+            await until(lambda: len(seen) >= len(sent), what="every message handled")
+            tasks = [*consumer._tasks, *(consumer._ctx.pool._workers if consumer._ctx.pool else [])]
+            assert not [t for t in tasks if t.done()]
+        async with AsyncAdmin(url) as admin:
+            rows = await admin.progress(group, topic)
+        return sent, seen, rows
+
+    with capture_logs() as logs:
+        sent, seen, rows = asyncio.run(main())
+    assert sorted(seen) == sorted(sent)
+    assert [e for e in logs if e["event"] in FAILURES] == []
+    for row in rows:
+        (me,) = [m for m in row.members if m.instance == "h"]
+        assert me.lag == 0 and me.retrying == 0
+        assert len(row.members) == 1 + len(others) - (b"h" in others)
+        assert all(m.lag >= 0 for m in row.members)
+    listed = json.loads(cli("progress", "--group", group, "--url", url, "--json"))
+    assert sum(len(r["members"]) for r in listed) == sum(len(r.members) for r in rows)
+    cli("progress", "--group", group, "--url", url)

@@ -82,6 +82,9 @@ PROFILES = {
 PROFILE = PROFILES[os.environ.get("RMQ_MODEL_PROFILE", "ci")]
 IDLE_TIMEOUT_S = float(os.environ.get("RMQ_MODEL_IDLE_TIMEOUT_S", "20"))
 PUSH = ("conc", "ord", "mix")
+# broadcasting members of one group: each is modelled as a group of its own (it owes every message
+# of the topic sent after it first started), named by its instance name; b is orderly (per member)
+BROADCAST = {"bca": "a", "bcb": "b"}
 CONCURRENCY = 2
 MAX_QUEUES = 4
 DELAYS: dict[str, Any] = {
@@ -116,11 +119,14 @@ class ModelMachine(RuleBasedStateMachine):
         self.t0, self.t1 = f"t0-{uid}", f"t1-{uid}"
         self.model = Model()
         self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite")}
+        self.names |= dict.fromkeys(BROADCAST, f"bc-{uid}")
         specs = {
             "conc": {self.t0: "concurrent"},
             "ord": {self.t0: "orderly"},
             "mix": {self.t0: "orderly", self.t1: "concurrent"},
             "lite": {self.t0: "lite"},
+            "bca": {self.t0: "concurrent"},  # broadcasting members (BROADCAST)
+            "bcb": {self.t0: "orderly"},
         }
         for g, subs in specs.items():
             self.model.groups[g] = GroupModel(g, subs)
@@ -242,7 +248,8 @@ class ModelMachine(RuleBasedStateMachine):
 
     def _can_start(self, group: str) -> bool:
         subs = self.model.groups[group].subs
-        return len(self.members[group]) < 2 and all(t in self.model.topics for t in subs)
+        most = 1 if group in BROADCAST else 2  # a broadcasting member is one instance name
+        return len(self.members[group]) < most and all(t in self.model.topics for t in subs)
 
     def _startable(self) -> list[str]:
         return [g for g in self.members if self._can_start(g)]
@@ -268,8 +275,11 @@ class ModelMachine(RuleBasedStateMachine):
             for topic in subs:
                 await lite.subscribe(topic, "*")
             return member
+        model = (
+            {"message_model": "broadcasting", "instance_name": BROADCAST[group]} if group in BROADCAST else {}
+        )
         consumer = PushConsumer(
-            self.url, name, concurrency=CONCURRENCY, consume_from="last", poll_timeout_ms=100,
+            self.url, name, **model, concurrency=CONCURRENCY, consume_from="last", poll_timeout_ms=100,
             retry_delays_ms=(1,), retry_poll_ms=20, max_reconsume_times=MAX_RECONSUME,
             suspend_current_queue_time_ms=5, orderly_lease_ms=3000, shutdown_timeout_ms=5000,
             reconnect_backoff_ms=20, reconnect_backoff_max_ms=200,
@@ -334,15 +344,16 @@ class ModelMachine(RuleBasedStateMachine):
     def _running(self, groups: list[str]) -> list[str]:
         return [g for g in groups if self.members[g]]
 
-    def _started(self) -> list[str]:
-        return [g for g in PUSH if self.model.groups[g].started]
+    def _started(self, broadcast: bool = False) -> list[str]:
+        groups = [*PUSH, *BROADCAST] if broadcast else PUSH
+        return [g for g in groups if self.model.groups[g].started]
 
-    @precondition(lambda self: self._started())
+    @precondition(lambda self: self._started(broadcast=True))
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:
-        group = data.draw(st.sampled_from(self._started()), label="group")
+        group = data.draw(st.sampled_from(self._started(broadcast=True)), label="group")
         g = self.model.groups[group]
-        records = self.run(self.admin.dead_letters(self.names[group]))
+        records = self._dead_letters(group, self.run(self.admin.dead_letters(self.names[group])))
         if "orderly_replay" in KNOWN_BROKEN:
             records = [r for r in records if g.subs[r.message.topic] != "orderly"]
         self.trail.append(f"replay {group}: {[r.message.msg_id for r in records]}")
@@ -350,13 +361,20 @@ class ModelMachine(RuleBasedStateMachine):
         assert replayed == len(records)
         self.model.replay(group, Counter(r.message.msg_id for r in records))
 
-    @precondition(lambda self: self._started())
+    @precondition(lambda self: self._started(broadcast=True))
     @rule(data=st.data())
     def purge(self, data: st.DataObject) -> None:
-        group = data.draw(st.sampled_from(self._started()), label="group")
+        group = data.draw(st.sampled_from(self._started(broadcast=True)), label="group")
         self.run(self.admin.purge_dead_letters(self.names[group]))
         self.trail.append(f"purge {group}")
-        self.model.purge(group)
+        for same in BROADCAST if group in BROADCAST else (group,):  # every member's dead letters
+            self.model.purge(same)
+
+    def _dead_letters(self, group: str, records: list[Any]) -> list[Any]:
+        """The records of *group*; of a broadcasting member: those naming it."""
+        if group not in BROADCAST:
+            return records
+        return [r for r in records if r.member == BROADCAST[group]]
 
     @precondition(lambda self: self._started())
     @rule(data=st.data(), to=st.sampled_from(["first", "last"]))
@@ -438,7 +456,8 @@ class ModelMachine(RuleBasedStateMachine):
                 if want != got:
                     diff = {k: (want.get(k, 0), got.get(k, 0)) for k in want.keys() | got.keys()}
                     out.append(f"{group}: listener calls (model, seen) {_unequal(diff)}")
-                dead = Counter(r.message.msg_id for r in await self.admin.dead_letters(name, limit=10_000))
+                records = self._dead_letters(group, await self.admin.dead_letters(name, limit=10_000))
+                dead = Counter(r.message.msg_id for r in records)
                 if dead != self.model.dead_ids(group):
                     out.append(
                         f"{group}: DLQ msg ids {dict(dead)} != model {dict(self.model.dead_ids(group))}"
@@ -447,6 +466,8 @@ class ModelMachine(RuleBasedStateMachine):
                 for row in await self.admin.progress(name, topic):
                     p, q = row.progress, row.progress.queue.queue_id
                     got_row = (p.lag, p.pending, row.retrying, row.dead_letters)
+                    if group in BROADCAST:
+                        got_row = _member_row(group, row, records)
                     want_row = self.model.progress(group, topic, q)
                     assert min(got_row) >= 0, f"{group} {topic}:{q} negative progress {got_row}"
                     if got_row != want_row:
@@ -460,6 +481,17 @@ class ModelMachine(RuleBasedStateMachine):
                 if qi.delayed != want:
                     out.append(f"{topic}:{qi.queue_id} delayed {qi.delayed} != {want}")
         return out
+
+
+def _member_row(group: str, row: Any, records: list[Any]) -> tuple[int, int, int, int]:
+    """(lag, pending, retrying, dead letters) of a broadcasting member in one queue: a member without
+    a position there yet (the queue was added while it was stopped) will read it from its start."""
+    queue = row.progress.queue
+    dead = sum(1 for r in records if (r.message.topic, r.message.queue_id) == (queue.topic, queue.queue_id))
+    for m in row.members:
+        if m.instance == BROADCAST[group]:
+            return m.lag, 0, m.retrying, dead
+    return row.progress.max_queue_offset, 0, 0, dead
 
 
 def _unequal(diff: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:

@@ -25,7 +25,7 @@ from rmq_style._sync._io import open_client
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "storage.md"
 LUA = ROOT / "rmq_style" / "lua"
-SAMPLE = {"T": "orders", "G": "billing"}
+SAMPLE = {"T": "orders", "G": "billing", "M": "host-w0"}
 SAMPLE_QUEUE = 3
 
 

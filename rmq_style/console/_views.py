@@ -142,16 +142,19 @@ def record_group_rates(rates: RateRing, group: str, rows: list[QueueReport]) -> 
 def group_summary(group: str, rows: list[QueueReport], rates: RateRing) -> GroupSummary:
     per_topic = record_group_rates(rates, group, rows)
     known = [r for r in per_topic.values() if r is not None]
+    members = [m for r in rows for m in r.members]
+    # a broadcasting group has no group position: its lag is its members' (each reads every message)
+    broadcasting = bool(members) and all(r.progress.group_offset is None for r in rows)
     return GroupSummary(
         group=group,
         topics=sorted(per_topic),
         queues=len(rows),
-        lag=sum(r.progress.lag for r in rows),
+        lag=sum(m.lag for m in members) if broadcasting else sum(r.progress.lag for r in rows),
         pending=sum(r.progress.pending for r in rows),
-        retrying=sum(r.retrying for r in rows),
+        retrying=sum(r.retrying for r in rows) + sum(m.retrying for m in members),
         dead_letters=sum(r.dead_letters for r in rows),
         held=sum(1 for r in rows if r.held is not None),
-        owners=sorted({r.owner for r in rows if r.owner}),
+        owners=sorted({m.instance for m in members} if broadcasting else {r.owner for r in rows if r.owner}),
         rate=round(sum(known), 2) if known else None,
     )
 

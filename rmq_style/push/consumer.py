@@ -22,15 +22,16 @@ import functools
 import inspect
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 
 from .._async._io import drive, execute, is_cluster, open_client
 from .._errors import BrokerUnavailableError, UsageError
 from .._filter import TagFilter
-from .._membership import check_subscribe_replies, heartbeat_call, subscribe_calls
+from .._membership import ListenerKind, check_subscribe_replies, heartbeat_call, subscribe_calls
 from .._message import MessageQueue
 from .._names import check_group, check_topic
 from .._topics import route_flow
+from .broadcast import Broadcast, broadcast_parts
 from .context import TRANSIENT, Context
 from .dedup import DedupListener
 from .fetch import Fetcher
@@ -83,6 +84,9 @@ class PushConsumer:
         self._fetch = Fetcher(c, self._settling)
         self._rebalance = Rebalancer(c)
         self._retries = Retries(c)
+        self._broadcast: Broadcast | None = None
+        if self.settings.message_model == "broadcasting":  # another fetch source and offset commit
+            self._broadcast, self._fetch, self._rebalance, self._retries = broadcast_parts(c, self._settling)
         self._main: asyncio.Task[None] | None = None  # the lifetime: the one task group's owner
         self._loops: dict[str, asyncio.Task[None]] = {}  # the service loops, by name
 
@@ -202,6 +206,8 @@ class PushConsumer:
         finally:
             await self._close_clients()
         if error is not None:
+            if self._broadcast is not None:
+                self._broadcast.release()
             c.orderly = c.pool = None
             c.queues.clear()
             c.streams.clear()
@@ -209,6 +215,8 @@ class PushConsumer:
 
     async def _start(self) -> None:
         c = self._ctx
+        if self._broadcast is not None:
+            self._broadcast.check()
         c.client = client = open_client(self.url)
         c.fetch_client = open_client(self.url)  # blocking reads get their own connection
         expiry = self.settings.membership.member_expiry_ms
@@ -216,9 +224,9 @@ class PushConsumer:
             route = await drive(client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
             sub.counts_trims = route.retention.mode == "maxlen"
-            kind: Literal["orderly", "concurrent"] = (
-                "orderly" if sub.topic in c.orderly_topics else "concurrent"
-            )
+            kind: ListenerKind = "orderly" if sub.topic in c.orderly_topics else "concurrent"
+            if self._broadcast is not None:
+                kind = "broadcasting"
             replies = await execute(
                 client,
                 subscribe_calls(self.keys, self.group, sub.topic, sub.filter, self.member, expiry, kind),
@@ -281,6 +289,8 @@ class PushConsumer:
         if not done:
             settle.cancel()
             await asyncio.wait([settle])
+        if self._broadcast is not None:
+            await self._broadcast.settled()  # the final positions, once every outcome is settled
         expiry = self.settings.membership.member_expiry_ms
         try:
             await execute(
@@ -353,6 +363,11 @@ class PushConsumer:
     def queues(self) -> list[MessageQueue]:
         """The queues this member consumes now (orderly ones: while it holds their lease)."""
         return self._ctx.owned_queues()
+
+    @property
+    def instance_name(self) -> str | None:
+        """Broadcasting: the name this member's positions are kept under (None: clustering)."""
+        return self._broadcast.instance if self._broadcast is not None else None
 
     @property
     def in_flight(self) -> int:

@@ -11,6 +11,7 @@ from .._producing import release_due_call
 from .._topics import TopicRoute
 from .context import TRANSIENT, Context
 from .redis_calls import release_retries_call
+from .state import QueueState
 from .waits import wait_any
 
 __all__ = ["Retries"]
@@ -39,7 +40,7 @@ class Retries:
             wait_ms = s.retry_poll_ms
             self.c.retry_wakeup.clear()
             if delayed:
-                calls = [release_retries_call(q.keys, self.c.group, RELEASE_LIMIT) for q in owned]
+                calls = [self.release_retries_call(q) for q in owned]
                 calls += [self.release_due_call(mq) for mq in delayed]
                 try:
                     replies = await execute(client, calls)
@@ -66,6 +67,10 @@ class Retries:
                     wait_ms = min(wait_ms, self.delayed_wait_ms(mq, reply, s.retry_poll_ms))
             if wait_ms > 0:
                 await wait_any(self.c.stopping, self.c.retry_wakeup, wait_ms / 1000)
+
+    def release_retries_call(self, q: QueueState) -> RedisCall:
+        """Due retries of *q* into the stream read as ``q.streams[1]``."""
+        return release_retries_call(q.keys, self.c.group, RELEASE_LIMIT)
 
     def release_due_call(self, mq: MessageQueue) -> RedisCall:
         sub = self.c.subs[mq.topic]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -10,6 +11,7 @@ from .._delay import RetrySchedule
 from .._errors import ConfigurationError
 from .._membership import MembershipSettings
 from .._message import DEFAULT_MAX_MESSAGE_SIZE
+from .._names import check_instance
 from .._offsets import ConsumeFrom
 
 __all__ = ["ConsumeFrom", "PushSettings"]
@@ -53,6 +55,12 @@ class PushSettings(BaseModel):
     reconnect_backoff_ms: int = Field(100, ge=1)
     reconnect_backoff_max_ms: int = Field(2000, ge=1)
     trace_messages: bool = Field(False, description="log every consumed message at debug level")
+    message_model: Literal["clustering", "broadcasting"] = Field(
+        "clustering", description="broadcasting: every member gets every message (docs/push.md)"
+    )
+    instance_name: str | None = Field(
+        None, description="broadcasting: the member's stable name, its positions' key (default: the host)"
+    )
     max_message_size: int = Field(
         DEFAULT_MAX_MESSAGE_SIZE, gt=0, description="larger entries are dead-lettered (the producer's limit)"
     )
@@ -65,6 +73,8 @@ class PushSettings(BaseModel):
             raise ConfigurationError("retry_delays_ms must not be negative")
         if self.membership.member_expiry_ms <= self.membership.heartbeat_interval_ms:
             raise ConfigurationError("membership.member_expiry_ms must be longer than heartbeat_interval_ms")
+        if self.instance_name is not None:
+            check_instance(self.instance_name)
         if self.consume_timestamp is not None and self.consume_timestamp.tzinfo is None:
             raise ConfigurationError("consume_timestamp must be timezone-aware")
         return self

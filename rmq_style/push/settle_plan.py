@@ -29,7 +29,8 @@ class Settled:
 @dataclass(slots=True)
 class SettleRound:
     calls: list[Call]
-    # per call: the deliveries it settles, and how many calls follow it that belong to it (XDEL)
+    # per call: the deliveries it settles, and how many calls follow it that belong to it (XDEL);
+    # -1: deliveries settled without a call
     owners: list[tuple[list[Delivery], int]]
 
     def read(self, replies: Sequence[Any]) -> tuple[list[Settled], list[tuple[Delivery, Exception]]]:
@@ -48,6 +49,9 @@ class SettleRound:
         failed: list[tuple[Delivery, Exception]] = []
         index = 0
         for deliveries, extra in self.owners:
+            if extra < 0:  # acked without a call: a broadcasting member's position moves later
+                acked.append(deliveries)
+                continue
             reply = replies[index]
             index += 1 + extra
             if classify(reply) is ReplyCode.NOGROUP:

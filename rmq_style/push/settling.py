@@ -8,6 +8,7 @@ by ``settle_plan``. A failure to decide or to plan is contained to its message.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._async._io import execute
@@ -27,6 +28,12 @@ class Settler:
     def __init__(self, c: Context) -> None:
         self.c = c
         self._settle_buffer: list[Delivery] = []
+        # (group, deliveries) -> the round's calls; a broadcasting member plans its own
+        self.plan_round: Callable[[str, Sequence[Delivery]], SettleRound] = plan_round
+        self.hold: Callable[[Delivery, object], bool] | None = None  # True: it took the failure
+        # a delivery whose settling failed: pending in Redis, re-read by our own-PEL scan (a
+        # broadcasting member has no PEL: it keeps it in flight and settles it again later)
+        self.unsettled: Callable[[Delivery], None] = c.release
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
@@ -57,6 +64,8 @@ class Settler:
         self.settle(d, ACK)
 
     def fail(self, d: Delivery, outcome: object) -> None:
+        if self.hold is not None and self.hold(d, outcome):
+            return  # an orderly broadcasting member tries it again in place (push/broadcast_orderly.py)
         reconsume = d.message.reconsume_times if d.message is not None else 0
         decision = decide(outcome, reconsume, self.c.policy)
         if isinstance(decision, Ack):
@@ -119,28 +128,28 @@ class Settler:
             for d, error in failed:
                 # left pending in Redis: our own-PEL re-read delivers it again
                 self.event(d).error("message.settle_failed", error=str(error))
-                self.c.release(d)
+                self.unsettled(d)
 
     def plan(self, batch: list[Delivery]) -> SettleRound:
         """The round of *batch*; a delivery that cannot be planned is dead-lettered, the others settle."""
         try:
-            return plan_round(self.c.group, batch)
+            return self.plan_round(self.c.group, batch)
         except Exception:  # noqa: BLE001 - a bug or an unforeseen value: contain it to its message
             planned = []
             for d in batch:
                 try:
-                    plan_round(self.c.group, [d])
+                    self.plan_round(self.c.group, [d])
                 except Exception as exc:  # noqa: BLE001 - logged, then dead-lettered
                     self.event(d).exception("message.settle_failed")
                     d.decision = DeadLetterIt(f"settling failed: {describe_error(exc)}")
                     try:
-                        plan_round(self.c.group, [d])
+                        self.plan_round(self.c.group, [d])
                     except Exception:  # noqa: BLE001 - left pending: delivered again by the own-PEL scan
                         self.event(d).error("message.left_pending")
-                        self.c.release(d)
+                        self.unsettled(d)
                         continue
                 planned.append(d)
-            return plan_round(self.c.group, planned)
+            return self.plan_round(self.c.group, planned)
 
     def account(self, d: Delivery, outcome: str) -> None:
         if outcome == "retried":
