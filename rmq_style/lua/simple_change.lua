@@ -31,7 +31,7 @@ if not until_ms or until_ms <= now then
   return redis.error_reply('STALEHANDLE the invisible duration ended before the change: '
     .. 'the message may be delivered again; receive it again')
 end
-until_ms = now + tonumber(ARGV[4])
-redis.call('ZADD', KEYS[1], until_ms, ARGV[1])
+local new_until = now + tonumber(ARGV[4])
+redis.call('ZADD', KEYS[1], new_until, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-return until_ms
+return new_until
