@@ -27,7 +27,7 @@ from ._names import Keys, QueueKeys, check_group, check_topic
 from ._offsets import ConsumeFrom
 from ._pulling import RouteCache
 from ._receipt import ReceiptHandle, SimpleMessage, Source, new_token, token_prefix
-from ._replies import ReplyCode, classify
+from ._replies import ReplyCode, classify, is_error_reply, refusal
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -243,6 +243,12 @@ class SimpleCore:
         if classify(reply) is ReplyCode.NOTOPIC:
             log.warning("simple.queue_gone", group=g, topic=queue.topic, queue=queue.queue_id)
             self._refresh.add(queue.topic)
+            return None
+        if is_error_reply(reply) and refusal(reply) is None:
+            # a key of this queue holds something else (WRONGTYPE, ...): the other queues go on
+            log.error(
+                "simple.queue_failed", group=g, topic=queue.topic, queue=queue.queue_id, error=str(reply)
+            )
             return None
         now, next_visible, next_due, last_s, last_r, dead, no_group, *rows = single(reply)
         if dead:
