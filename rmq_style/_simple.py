@@ -126,7 +126,12 @@ class SimpleCore:
         ]
         seconds, micros = single(now)
         since = int(seconds) * 1000 + int(micros) // 1000 - self.settings.member_expiry_ms
-        (live,) = yield [command("ZCOUNT", k.members(self.group, topic), since, "+inf")]
+        # the group's topics are found through its subscriptions (progress, dlq list, expand_topic):
+        # the expression is recorded when the topic has none (a push member's stays)
+        live, _ = yield [
+            command("ZCOUNT", k.members(self.group, topic), since, "+inf"),
+            command("HSETNX", k.subscriptions(self.group), topic, str(tags)),
+        ]
         if not single(live):
             return
         kind_text = _text(single(kind)) or "concurrent"

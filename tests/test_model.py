@@ -2,8 +2,9 @@
 
 Hypothesis drives topics (create, expand), sends (plain, keyed, batched,
 delayed by ``delay=``, ``deliver_at=`` and ``delay_level=``), push members
-(concurrent, orderly, and both in one consumer) and lite pull members
-starting and stopping, listeners that succeed, fail n times, raise
+(concurrent, orderly, and both in one consumer), lite pull members and
+simple consumers (receive, ack some, let the others' leases end) starting
+and stopping, listeners that succeed, fail n times, raise
 DeadLetter or get a bad payload, DLQ replay and purge, offset resets and a
 clock that fast-forwards delays. After every step the consumers are let run
 until idle (a bounded poll on progress and listener calls), then: every
@@ -54,10 +55,12 @@ from rmq_style import (
     AsyncAdmin,
     AsyncLitePullConsumer,
     AsyncProducer,
+    AsyncSimpleConsumer,
     DeadLetter,
     Message,
     PushConsumer,
     ReceivedMessage,
+    SerializationError,
     SubscriptionConflictError,
 )
 from rmq_style._async._io import open_client
@@ -82,6 +85,7 @@ PROFILES = {
 PROFILE = PROFILES[os.environ.get("RMQ_MODEL_PROFILE", "ci")]
 IDLE_TIMEOUT_S = float(os.environ.get("RMQ_MODEL_IDLE_TIMEOUT_S", "20"))
 PUSH = ("conc", "ord", "mix")
+SETTLED = (*PUSH, "simple")  # groups that retry and dead-letter (replay, purge, reset)
 CONCURRENCY = 2
 MAX_QUEUES = 4
 DELAYS: dict[str, Any] = {
@@ -115,12 +119,13 @@ class ModelMachine(RuleBasedStateMachine):
         uid = uuid.uuid4().hex[:8]
         self.t0, self.t1 = f"t0-{uid}", f"t1-{uid}"
         self.model = Model()
-        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite")}
+        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite", "simple")}
         specs = {
             "conc": {self.t0: "concurrent"},
             "ord": {self.t0: "orderly"},
             "mix": {self.t0: "orderly", self.t1: "concurrent"},
             "lite": {self.t0: "lite"},
+            "simple": {self.t0: "simple"},
         }
         for g, subs in specs.items():
             self.model.groups[g] = GroupModel(g, subs)
@@ -259,6 +264,14 @@ class ModelMachine(RuleBasedStateMachine):
     async def _start(self, group: str, flip: bool = False) -> Member:
         subs = self.model.groups[group].subs
         name = self.names[group]
+        if "simple" in subs.values():
+            simple = AsyncSimpleConsumer(
+                self.url, name, {self.t0: "*"}, await_duration=0, max_attempts=MAX_RECONSUME + 1,
+                route_ttl_s=0,
+            )  # fmt: skip
+            member = Member(group, simple, lite=False)
+            await self._receive(member)  # its groups exist from now on (consume_from "last")
+            return member
         if "lite" in subs.values():
             lite = AsyncLitePullConsumer(
                 self.url, name, consume_from="first", heartbeat_interval_ms=100, member_expiry_ms=3000,
@@ -335,7 +348,7 @@ class ModelMachine(RuleBasedStateMachine):
         return [g for g in groups if self.members[g]]
 
     def _started(self) -> list[str]:
-        return [g for g in PUSH if self.model.groups[g].started]
+        return [g for g in SETTLED if self.model.groups[g].started]
 
     @precondition(lambda self: self._started())
     @rule(data=st.data())
@@ -407,6 +420,8 @@ class ModelMachine(RuleBasedStateMachine):
         deadline = time.monotonic() + IDLE_TIMEOUT_S
         while True:
             await self._poll_lite()
+            for m in self.members["simple"]:
+                await self._receive(m)
             differences = await self._differences()
             if not differences:
                 return
@@ -417,6 +432,31 @@ class ModelMachine(RuleBasedStateMachine):
                     f"not as modelled after {IDLE_TIMEOUT_S} s:\n  {listed}\nsteps:\n  {trail}"
                 )
             await asyncio.sleep(0.02)
+
+    async def _receive(self, member: Member) -> None:
+        """A simple member's round: receive; ack what the push listener would handle; let the rest's
+        leases end (half by changing the invisible duration to 0, half by fast-forwarding the lease)."""
+        consumer, calls = member.consumer, self.calls[member.group]
+        for msg in await consumer.receive(32, 30):
+            attempt = calls[msg.msg_id]
+            calls[msg.msg_id] += 1
+            try:
+                kind = msg.decode(Body).kind
+            except SerializationError:
+                kind = "bad"
+            if kind != "bad" and listener_outcome(kind, attempt) == "ok":
+                await consumer.ack(msg)
+            elif attempt % 2:
+                await consumer.change_invisible_duration(msg, 0)
+        client = open_client(self.url)
+        try:  # the leases left: as if their invisible duration ended
+            for q in range(self.model.topics[self.t0]):
+                key = Keys().queue(self.t0, q).invisible(self.names[member.group])
+                leased = await client.zrange(key, 0, -1)
+                if leased:
+                    await client.zadd(key, dict.fromkeys(leased, 0))
+        finally:
+            await client.aclose()
 
     async def _poll_lite(self) -> None:
         for m in self.members["lite"]:
@@ -471,7 +511,7 @@ async def _make(cls: Any, url: str, **options: Any) -> Any:
 
 
 async def _close(member: Member) -> None:
-    if member.lite:
+    if member.lite or isinstance(member.consumer, AsyncSimpleConsumer):
         await member.consumer.close()
     else:
         await member.consumer.stop()
