@@ -250,7 +250,7 @@ class ModelMachine(RuleBasedStateMachine):
         return len(self.members[group]) < 2 and all(t in self.model.topics for t in subs)
 
     def _startable(self) -> list[str]:
-        return [g for g in self.members if self._can_start(g)]
+        return [g for g in self.members if g != "simple" and self._can_start(g)]
 
     @precondition(lambda self: self._startable())
     @rule(data=st.data())
@@ -260,6 +260,14 @@ class ModelMachine(RuleBasedStateMachine):
         self.members[group].append(member)
         self.trail.append(f"start {group} member {len(self.members[group])}")
         self.model.start_member(group)
+
+    @precondition(lambda self: self._can_start("simple"))
+    @rule()
+    def start_simple(self) -> None:
+        """A simple consumer (a rule of its own: as often as a push or lite member starts)."""
+        self.members["simple"].append(self.run(self._start("simple")))
+        self.trail.append(f"start simple member {len(self.members['simple'])}")
+        self.model.start_member("simple")
 
     async def _start(self, group: str, flip: bool = False) -> Member:
         subs = self.model.groups[group].subs
