@@ -300,3 +300,47 @@ def test_a_killed_receivers_messages_come_back_after_their_invisibility(redis_se
         assert {m.delivery_attempt for m in back} == {2}
         for m in back:
             consumer.ack(m)
+
+
+@pytest.mark.cluster
+@pytest.mark.real_only
+def test_simple_consumer_on_a_cluster() -> None:
+    """Every script runs on one queue's slot; the long poll waits on the queues in turn."""
+    from rmq_style.testing import ClusterGroup
+
+    with ClusterGroup() as cluster:
+        url = cluster.url
+        setup(url, queues=8, bodies=[f"m{i}" for i in range(20)])
+        with SimpleConsumer(url, "workers", {"jobs": "*"}, **{**FAST, "await_duration": 0.3}) as consumer:
+            got = receive_all(consumer, 20, 0.3)
+            assert sorted(m.value() for m in got) == sorted(f"m{i}" for i in range(20))
+            renewed = consumer.change_invisible_duration(got[0], 30)
+            for m in got[1:]:
+                consumer.ack(m)
+            started = time.monotonic()
+            assert consumer.receive(32, 30) == []  # the long poll: nothing until await_duration
+            assert time.monotonic() - started >= 0.25
+            consumer.ack(renewed)
+
+
+def test_the_long_poll_wakes_for_a_new_message_and_an_ended_lease(url: str) -> None:
+    import threading
+
+    setup(url, queues=2)
+    options = {**FAST, "await_duration": 10}
+    with SimpleConsumer(url, "workers", {"jobs": "*"}, **options) as consumer:
+
+        def send() -> None:
+            with Producer(url) as producer:
+                producer.send(Message("jobs", "new"))
+
+        sender = threading.Timer(0.1, send)
+        sender.start()
+        started = time.monotonic()
+        (m,) = consumer.receive(32, 0.3)
+        sender.join()
+        assert m.value() == "new" and time.monotonic() - started < 5  # not the whole await_duration
+        started = time.monotonic()
+        (again,) = consumer.receive(32, 30)  # wakes when the 0.3 s lease ends, with no new entry
+        assert (again.value(), again.delivery_attempt) == ("new", 2) and time.monotonic() - started < 5
+        consumer.ack(again)
