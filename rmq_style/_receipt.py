@@ -135,6 +135,10 @@ class SimpleMessage(ReceivedMessage):
         """When the lease ends (server clock): not acknowledged by then, the message is delivered again."""
         return datetime.fromtimestamp(self._until_ms / 1000, UTC)
 
+    def __repr__(self) -> str:
+        shown = super().__repr__().partition("(")[2][:-1]
+        return f"SimpleMessage({shown}, delivery_attempt={self._attempt})"
+
     def renewed(self, handle: ReceiptHandle, until_ms: int) -> None:
         """Store the handle and end of a changed lease (the old handle is refused from now on)."""
         self._handle = handle

@@ -344,3 +344,27 @@ def test_the_long_poll_wakes_for_a_new_message_and_an_ended_lease(url: str) -> N
         (again,) = consumer.receive(32, 30)  # wakes when the 0.3 s lease ends, with no new entry
         assert (again.value(), again.delivery_attempt) == ("new", 2) and time.monotonic() - started < 5
         consumer.ack(again)
+
+
+def test_a_group_lost_on_the_queue_is_created_again(url: str) -> None:
+    """NOGROUP (a server restarted without persistence, a group destroyed): logged, created, no crash."""
+    from structlog.testing import capture_logs
+
+    setup(url, queues=1, bodies=["before"])
+    with SimpleConsumer(url, "workers", {"jobs": "*"}, **FAST) as consumer:
+        (m,) = receive_all(consumer, 1, 30)
+        consumer.ack(m)
+        assert "delivery_attempt=1" in repr(m) and repr(m).startswith("SimpleMessage(msg_id=")
+
+        async def destroy() -> None:
+            from rmq_style._async._io import open_client
+
+            client = open_client(url)
+            await client.xgroup_destroy(Keys().queue("jobs", 0).stream, "workers")
+            await client.aclose()
+
+        asyncio.run(destroy())
+        with capture_logs() as logs:
+            again = receive_all(consumer, 1, 30)  # consume_from "first": the queue from its start
+        assert [x.value() for x in again] == ["before"]
+        assert [e["event"] for e in logs if e["event"].startswith("simple.")] == ["simple.group_recreated"]
