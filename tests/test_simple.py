@@ -247,16 +247,25 @@ def test_simple_and_push_consumers_share_a_group(url: str) -> None:
     assert sorted(pushed + simple) == sorted(f"m{i}" for i in range(40))  # each once, in one group
 
 
-def test_simple_refuses_a_group_of_live_orderly_members(url: str) -> None:
+@pytest.mark.parametrize(
+    ("orderly", "expression", "refused"),
+    [(True, "*", "live orderly members"), (False, "paid", "live concurrent members"), (False, "*", None)],
+)
+def test_simple_shares_a_group_only_with_concurrent_members_of_its_expression(
+    url: str, orderly: bool, expression: str, refused: str | None
+) -> None:
     setup(url, topic="orders", queues=1)
 
     async def run() -> None:
         from rmq_style import AsyncSimpleConsumer
 
         consumer = PushConsumer(url, "ledger", fast_settings())
-        consumer.subscribe("orders", "*", lambda m: None, orderly=True)
+        consumer.subscribe("orders", expression, lambda m: None, orderly=orderly)
         async with consumer, AsyncSimpleConsumer(url, "ledger", {"orders": "*"}, **FAST) as receiver:
-            with pytest.raises(SubscriptionConflictError, match="live orderly members"):
+            if refused is None:
+                assert await receiver.receive(1, 30) == []
+                return
+            with pytest.raises(SubscriptionConflictError, match=refused):
                 await receiver.receive(1, 30)
 
     asyncio.run(run())
