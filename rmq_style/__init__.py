@@ -32,6 +32,7 @@ from ._async.admin import AsyncAdmin
 from ._async.lite_pull import AsyncLitePullConsumer
 from ._async.producer import AsyncProducer
 from ._async.pull import AsyncPullConsumer
+from ._async.simple import AsyncSimpleConsumer
 from ._async.transaction import AsyncTransaction, AsyncTransactionProducer, CheckReport
 from ._delay import DELAY_LEVELS_MS, RetrySchedule
 from ._errors import (
@@ -42,11 +43,13 @@ from ._errors import (
     FencedError,
     InvalidNameError,
     InvalidOffsetError,
+    InvalidReceiptHandleError,
     InvalidUrlError,
     MessageTooLargeError,
     QueueNotFoundError,
     RmqError,
     SerializationError,
+    StaleReceiptHandleError,
     SubscriptionConflictError,
     TopicError,
     TopicExistsError,
@@ -60,11 +63,14 @@ from ._offset_store import QueueProgress
 from ._offsets import ConsumeFrom, Offset, parse_offset
 from ._producing import ProducerSettings
 from ._pulling import PullResult, PullStatus
+from ._receipt import ReceiptHandle, SimpleMessage
 from ._routing import queue_for_key
+from ._simple import SimpleSettings
 from ._sync.admin import Admin
 from ._sync.lite_pull import LitePullConsumer
 from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
+from ._sync.simple import SimpleConsumer
 from ._sync.transaction import Transaction, TransactionProducer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
 from ._transaction import (
@@ -91,6 +97,7 @@ __all__ = [
     "AsyncLitePullConsumer",
     "AsyncProducer",
     "AsyncPullConsumer",
+    "AsyncSimpleConsumer",
     "AsyncTransaction",
     "AsyncTransactionProducer",
     "BrokerRefusedError",
@@ -109,6 +116,7 @@ __all__ = [
     "Idempotent",
     "InvalidNameError",
     "InvalidOffsetError",
+    "InvalidReceiptHandleError",
     "InvalidUrlError",
     "Keys",
     "LitePullConsumer",
@@ -128,6 +136,7 @@ __all__ = [
     "QueueInfo",
     "QueueNotFoundError",
     "QueueProgress",
+    "ReceiptHandle",
     "ReceivedMessage",
     "Retention",
     "RetrySchedule",
@@ -135,6 +144,10 @@ __all__ = [
     "SendResult",
     "SendStatus",
     "SerializationError",
+    "SimpleConsumer",
+    "SimpleMessage",
+    "SimpleSettings",
+    "StaleReceiptHandleError",
     "SubscriptionConflictError",
     "TopicError",
     "TopicExistsError",

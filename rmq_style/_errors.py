@@ -35,11 +35,13 @@ __all__ = [
     "FencedError",
     "InvalidNameError",
     "InvalidOffsetError",
+    "InvalidReceiptHandleError",
     "InvalidUrlError",
     "MessageTooLargeError",
     "QueueNotFoundError",
     "RmqError",
     "SerializationError",
+    "StaleReceiptHandleError",
     "SubscriptionConflictError",
     "TopicError",
     "TopicExistsError",
@@ -110,6 +112,15 @@ class TopicExistsError(TopicError):
 
 class FencedError(RmqError):
     """A write was refused because the caller no longer holds the queue's lease."""
+
+
+class InvalidReceiptHandleError(UsageError):
+    """A receipt handle that no simple consumer issued (malformed); nothing was written."""
+
+
+class StaleReceiptHandleError(RmqError):
+    """A simple consumer's ack or change named a lease that is over (received again, changed, acked,
+    dead-lettered, or its invisible duration ended); nothing was written."""
 
 
 class BrokerUnavailableError(RmqError):

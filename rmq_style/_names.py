@@ -140,6 +140,14 @@ class QueueKeys:
         """Hash of the orderly message holding (group, queue): owner, offset, attempts, since, reason."""
         return f"{self.tag}:held:{group}"
 
+    def invisible(self, group: str) -> str:
+        """Sorted set of the simple consumers' leases ('s:<id>', 'r:<id>') scored by visible-again time."""
+        return f"{self.tag}:inv:{group}"
+
+    def receipts(self, group: str) -> str:
+        """Hash lease ('s:<id>', 'r:<id>') -> receipt token of the simple consumer holding it."""
+        return f"{self.tag}:lease:{group}"
+
     def broadcast(self, group: str) -> str:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"

@@ -24,6 +24,7 @@ class ReplyCode(StrEnum):
     FENCED = "FENCED"  # an orderly lease held by someone else: stop owning the queue
     OFFSETRANGE = "OFFSETRANGE"  # a committed offset past the end of the queue
     SUBCONFLICT = "SUBCONFLICT"  # the group subscribes the topic with another expression
+    STALEHANDLE = "STALEHANDLE"  # a simple consumer's receipt handle names a lease that is over
     TXCHECKED = "TXCHECKED"
     TXCOMMITTED = "TXCOMMITTED"
     TXDISCARDED = "TXDISCARDED"

@@ -46,6 +46,9 @@ SCRIPTS: dict[str, int] = {
     "tx_check_claim": 3,
     "tx_check_unknown": 2,
     "tx_resume": 3,
+    "simple_receive": 9,
+    "simple_ack": 3,
+    "simple_change": 2,
 }
 
 

@@ -240,6 +240,8 @@ def delete_flow(keys: Keys, topic: str) -> Flow[None]:
                 qk.dlq(g),
                 qk.lock(g),
                 qk.broadcast(g),
+                qk.invisible(g),
+                qk.receipts(g),
             )
         ]
         per_group += [k for g in tx_groups for k in (qk.half(g), qk.half_checks(g), qk.tx_discarded(g))]

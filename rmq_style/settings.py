@@ -13,6 +13,7 @@ model                       configures                                   defined
 ``LitePullSettings``        a LitePullConsumer                           ``_lite_pulling.py``
 ``ProducerSettings``        a Producer                                   ``_producing.py``
 ``TransactionSettings``     a TransactionProducer                        ``_transaction.py``
+``SimpleSettings``          a SimpleConsumer                             ``_simple.py``
 ==========================  ===========================================  ===========================
 
 >>> AppSettings(url="memory://settings-doc").namespace
@@ -30,6 +31,7 @@ from ._codec import Codec
 from ._lite_pulling import LitePullSettings
 from ._membership import MembershipSettings
 from ._producing import ProducerSettings
+from ._simple import SimpleSettings
 from ._transaction import TransactionSettings
 from .push.settings import PushSettings
 
@@ -39,6 +41,7 @@ __all__ = [
     "MembershipSettings",
     "ProducerSettings",
     "PushSettings",
+    "SimpleSettings",
     "TransactionSettings",
 ]
 

@@ -43,6 +43,21 @@ def run_cycle(kind: str, attempts: int) -> tuple[int, bool]:
     return attempts, False
 
 
+def run_simple_cycle(kind: str, attempts: int) -> tuple[int, bool]:
+    """One delivery of a message to a simple consumer: (deliveries so far after it, acknowledged?).
+
+    The member acks when the push listener would succeed and lets the lease end otherwise (also for
+    ``bad``, whose body does not decode): after ``MAX_RECONSUME + 1`` deliveries the next receive
+    dead-letters it.
+    """
+    for _ in range(MAX_RECONSUME + 1):
+        outcome = "fail" if kind == "bad" else listener_outcome(kind, attempts)
+        attempts += 1
+        if outcome == "ok":
+            return attempts, True
+    return attempts, False
+
+
 @dataclass(slots=True)
 class Msg:
     msg_id: str
@@ -67,7 +82,7 @@ class Fate:
 @dataclass(slots=True)
 class GroupModel:
     name: str
-    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite"
+    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite" | "simple"
     running: int = 0  # members running now
     started: bool = False
     fates: dict[str, Fate] = field(default_factory=dict)
@@ -75,6 +90,10 @@ class GroupModel:
     @property
     def lite(self) -> bool:
         return "lite" in self.subs.values()
+
+    @property
+    def simple(self) -> bool:
+        return "simple" in self.subs.values()
 
 
 @dataclass
@@ -127,7 +146,8 @@ class Model:
                     if g.lite:
                         fate.handled += 1
                         continue
-                    fate.attempts, handled = run_cycle(self.msgs[msg_id].kind, fate.attempts)
+                    cycle = run_simple_cycle if g.simple else run_cycle
+                    fate.attempts, handled = cycle(self.msgs[msg_id].kind, fate.attempts)
                     if handled:
                         fate.handled += 1
                     else:

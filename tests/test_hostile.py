@@ -17,6 +17,7 @@ import gc
 import itertools
 import json
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
-from rmq_style import AsyncProducer, Keys, Message, PushConsumer, ReceivedMessage
+from rmq_style import AsyncProducer, Keys, Message, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
 from rmq_style.cli import app as cli_app
 from rmq_style.testing import RedisServer
@@ -354,6 +355,34 @@ POSITIONS = st.one_of(
                      b"18446744073709551615-18446744073709551615", b"18446744073709551616-0"]),
 )  # fmt: skip
 
+# -- simple consumers: hostile entries, receipt handles and lease records ----------------------------
+
+
+def _simple_run(url: str, topic: str, group: str, tags: str | None, expected: int) -> list[Any]:
+    """Receive and ack until *expected* good messages came; then one more empty receive."""
+    from rmq_style import SimpleConsumer
+
+    got: list[Any] = []
+    options = {"consume_from": "first", "await_duration": 0.05, "max_message_size": MAX_SIZE}
+    with SimpleConsumer(url, group, {topic: tags or "*"}, **options) as consumer:
+        deadline = time.monotonic() + 10
+        while len(got) < expected:
+            assert time.monotonic() < deadline, f"received {len(got)} of {expected}"
+            for m in consumer.receive(32, 30):
+                _ = (
+                    m.queue_offset,
+                    m.born_at,
+                    m.tag,
+                    m.keys,
+                    m.properties,
+                    m.content_type,
+                    m.delivery_attempt,
+                )
+                got.append((m.queue_id, m.offset, m.msg_id))
+                consumer.ack(m)
+        assert consumer.receive(32, 30) == []
+    return got
+
 
 @pytest.mark.parametrize("backend", ["real", "fake"])
 @settings(
@@ -417,3 +446,158 @@ def test_hostile_position_records(
     listed = json.loads(cli("progress", "--group", group, "--url", url, "--json"))
     assert sum(len(r["members"]) for r in listed) == sum(len(r.members) for r in rows)
     cli("progress", "--group", group, "--url", url)
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(items=ITEMS, filtered=st.booleans())
+def test_hostile_entries_reach_a_simple_consumer_never(
+    backends: dict[str, str], backend: str, items: list[Any], filtered: bool
+) -> None:
+    """Good messages are received once each; rejected entries are in the DLQ with the field; none pending."""
+    url = backends[backend]
+    n = next(_names)
+    topic, group = f"hostile{n}", f"g{n}"
+    tags = "a" if filtered else None
+    with capture_logs():
+        good, raw = asyncio.run(_write(url, topic, items))
+    verdicts = {where: rejected_field(fields) for where, fields in raw.items()}
+    wanted = {t for t in TAGS if tags is None or t == tags}
+    accepted = [
+        w
+        for w, f in raw.items()
+        if verdicts[w] is None and (tags is None or f.get(b"t", b"").decode() in wanted)
+    ]
+    expected = sum(1 for t in good.values() if t in wanted) + len(accepted)
+    with capture_logs() as logs:
+        got = _simple_run(url, topic, group, tags, expected)
+    assert [e for e in logs if e["log_level"] == "error"] == []
+    assert Counter(m for _, _, m in got if m in good) == Counter(m for m, t in good.items() if t in wanted)
+    assert Counter((q, off) for q, off, m in got if m not in good) == Counter(accepted)
+    pending, dead = asyncio.run(_left(url, topic, group))
+    assert pending == 0
+    bad = sorted((where, v) for where, v in verdicts.items() if v is not None)
+    assert sorted(((int(d[b"queue"]), d[b"offset"].decode()), _field_of(d[b"reason"])) for d in dead) == bad
+
+
+HANDLE_TEXTS = st.one_of(
+    st.text(max_size=80),
+    st.binary(max_size=40).map(lambda b: b.decode("latin-1")),
+    st.builds(
+        lambda topic, queue, source, ms, seq, token: f"1:{topic}:{queue}:{source}:{ms}-{seq}:{token}",
+        st.sampled_from(["hsimple", "other", "", "a:b", "{x}", "j" * 129]),
+        st.sampled_from(["0", "1", "7", "-1", "01", "999999", "1000000", "x"]),
+        st.sampled_from(["s", "r", "x", ""]),
+        st.sampled_from(["0", "1", "18446744073709551615", "18446744073709551616", "9" * 21, "-1"]),
+        st.sampled_from(["0", "5", "18446744073709551616"]),
+        st.one_of(st.text("0123456789abcdefABCDEF", max_size=20), st.just("0" * 18)),
+    ),
+)
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=60,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    texts=st.lists(HANDLE_TEXTS, min_size=1, max_size=4),
+    lease_junk=st.lists(st.binary(max_size=30), max_size=4),
+)
+def test_hostile_receipt_handles_and_lease_records(
+    simple_queue: dict[str, Any], backend: str, texts: list[str], lease_junk: list[bytes]
+) -> None:
+    """Any handle text is refused as invalid or stale (nothing written); junk lease records never break
+    a receive, and the message in flight stays acknowledgeable by its own handle only."""
+    from rmq_style import InvalidReceiptHandleError, ReceiptHandle, StaleReceiptHandleError
+
+    consumer, client, qk, url = simple_queue[backend]
+    (message,) = consumer.receive(1, 30)
+    for junk in lease_junk:  # ended leases that name nothing (or something else), tokens of nothing
+        client.zadd(qk.invisible("w"), {junk: 0})
+        client.hset(qk.receipts("w"), junk or b"x", junk)
+    for text in texts:
+        try:
+            handle = ReceiptHandle.parse(text)
+        except InvalidReceiptHandleError:
+            with pytest.raises(InvalidReceiptHandleError):
+                consumer.ack(text)
+            with pytest.raises(InvalidReceiptHandleError):
+                consumer.change_invisible_duration(text, 30)
+            continue
+        assert str(handle) == text
+        if text == message.receipt_handle:
+            continue
+        with pytest.raises(StaleReceiptHandleError):
+            consumer.change_invisible_duration(text, 30)
+        with pytest.raises(StaleReceiptHandleError):
+            consumer.ack(text)
+    with capture_logs() as logs:
+        assert consumer.receive(32, 30) == []  # the junk is forgotten; the message is still in flight
+    assert [e for e in logs if e["log_level"] == "error"] == []
+    consumer.ack(message)
+    assert client.zcard(qk.invisible("w")) == 0 and client.xpending(qk.stream, "w")["pending"] == 0
+    with Producer(url) as producer:  # the next example's message in flight
+        producer.send(Message("hsimple", "next"))
+
+
+@pytest.fixture(scope="module")
+def simple_queue(backends: dict[str, str]) -> Iterator[dict[str, Any]]:
+    """Per backend: a simple consumer of a one-queue topic with one message waiting, its client, keys."""
+    import redis as redis_sync
+
+    from rmq_style import Admin, SimpleConsumer
+    from rmq_style._connection import memory_server
+
+    out: dict[str, Any] = {}
+    for backend, url in backends.items():
+        with Admin(url) as admin:
+            admin.create_topic("hsimple", queues=1)
+        with Producer(url) as producer:
+            producer.send(Message("hsimple", "first"))
+        if url.startswith("memory://"):
+            from fakeredis import FakeRedis
+
+            client = FakeRedis(server=memory_server(url.removeprefix("memory://")))
+        else:
+            client = redis_sync.Redis.from_url(url)
+        consumer = SimpleConsumer(url, "w", {"hsimple": "*"}, consume_from="first", await_duration=0)
+        out[backend] = (consumer, client, Keys().queue("hsimple", 0), url)
+    yield out
+    for consumer, client, _, _ in out.values():
+        consumer.close()
+        client.close()
+
+
+def test_a_simple_consumers_queue_with_a_wrong_typed_key_does_not_stop_the_others(
+    backends: dict[str, str],
+) -> None:
+    from rmq_style import Admin, SimpleConsumer
+
+    for url in backends.values():
+        with Admin(url) as admin:
+            admin.create_topic("hwrong", queues=2)
+        with Producer(url) as producer:
+            for q in (0, 1):
+                producer.send(Message("hwrong", f"q{q}"), queue_id=q)
+
+        async def spoil(url: str = url) -> None:
+            client = open_client(url)
+            await client.set(Keys().queue("hwrong", 0).invisible("w"), "not a sorted set")
+            await client.aclose()
+
+        asyncio.run(spoil())
+        with (
+            capture_logs() as logs,
+            SimpleConsumer(url, "w", {"hwrong": "*"}, consume_from="first") as consumer,
+        ):
+            got = consumer.receive(32, 30)
+        assert [m.value() for m in got] == ["q1"]
+        assert [e["topic"] for e in logs if e["event"] == "simple.queue_failed"] == ["hwrong"]

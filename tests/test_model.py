@@ -2,8 +2,9 @@
 
 Hypothesis drives topics (create, expand), sends (plain, keyed, batched,
 delayed by ``delay=``, ``deliver_at=`` and ``delay_level=``), push members
-(concurrent, orderly, and both in one consumer) and lite pull members
-starting and stopping, listeners that succeed, fail n times, raise
+(concurrent, orderly, and both in one consumer), lite pull members and
+simple consumers (receive, ack some, let the others' leases end) starting
+and stopping, listeners that succeed, fail n times, raise
 DeadLetter or get a bad payload, DLQ replay and purge, offset resets and a
 clock that fast-forwards delays. After every step the consumers are let run
 until idle (a bounded poll on progress and listener calls), then: every
@@ -54,10 +55,12 @@ from rmq_style import (
     AsyncAdmin,
     AsyncLitePullConsumer,
     AsyncProducer,
+    AsyncSimpleConsumer,
     DeadLetter,
     Message,
     PushConsumer,
     ReceivedMessage,
+    SerializationError,
     SubscriptionConflictError,
 )
 from rmq_style._async._io import open_client
@@ -85,6 +88,7 @@ PUSH = ("conc", "ord", "mix")
 # broadcasting members of one group: each is modelled as a group of its own (it owes every message
 # of the topic sent after it first started), named by its instance name; b is orderly (per member)
 BROADCAST = {"bca": "a", "bcb": "b"}
+SETTLED = (*PUSH, "simple")  # groups that retry and dead-letter (replay, purge, reset)
 CONCURRENCY = 2
 MAX_QUEUES = 4
 DELAYS: dict[str, Any] = {
@@ -118,7 +122,7 @@ class ModelMachine(RuleBasedStateMachine):
         uid = uuid.uuid4().hex[:8]
         self.t0, self.t1 = f"t0-{uid}", f"t1-{uid}"
         self.model = Model()
-        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite")}
+        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite", "simple")}
         self.names |= dict.fromkeys(BROADCAST, f"bc-{uid}")
         specs = {
             "conc": {self.t0: "concurrent"},
@@ -127,6 +131,7 @@ class ModelMachine(RuleBasedStateMachine):
             "lite": {self.t0: "lite"},
             "bca": {self.t0: "concurrent"},  # broadcasting members (BROADCAST)
             "bcb": {self.t0: "orderly"},
+            "simple": {self.t0: "simple"},
         }
         for g, subs in specs.items():
             self.model.groups[g] = GroupModel(g, subs)
@@ -252,7 +257,7 @@ class ModelMachine(RuleBasedStateMachine):
         return len(self.members[group]) < most and all(t in self.model.topics for t in subs)
 
     def _startable(self) -> list[str]:
-        return [g for g in self.members if self._can_start(g)]
+        return [g for g in self.members if g != "simple" and self._can_start(g)]
 
     @precondition(lambda self: self._startable())
     @rule(data=st.data())
@@ -263,9 +268,25 @@ class ModelMachine(RuleBasedStateMachine):
         self.trail.append(f"start {group} member {len(self.members[group])}")
         self.model.start_member(group)
 
+    @precondition(lambda self: self._can_start("simple"))
+    @rule()
+    def start_simple(self) -> None:
+        """A simple consumer (a rule of its own: as often as a push or lite member starts)."""
+        self.members["simple"].append(self.run(self._start("simple")))
+        self.trail.append(f"start simple member {len(self.members['simple'])}")
+        self.model.start_member("simple")
+
     async def _start(self, group: str, flip: bool = False) -> Member:
         subs = self.model.groups[group].subs
         name = self.names[group]
+        if "simple" in subs.values():
+            simple = AsyncSimpleConsumer(
+                self.url, name, {self.t0: "*"}, await_duration=0, max_attempts=MAX_RECONSUME + 1,
+                route_ttl_s=0,
+            )  # fmt: skip
+            member = Member(group, simple, lite=False)
+            await self._receive(member)  # its groups exist from now on (consume_from "last")
+            return member
         if "lite" in subs.values():
             lite = AsyncLitePullConsumer(
                 self.url, name, consume_from="first", heartbeat_interval_ms=100, member_expiry_ms=3000,
@@ -345,7 +366,7 @@ class ModelMachine(RuleBasedStateMachine):
         return [g for g in groups if self.members[g]]
 
     def _started(self, broadcast: bool = False) -> list[str]:
-        groups = [*PUSH, *BROADCAST] if broadcast else PUSH
+        groups = [*SETTLED, *BROADCAST] if broadcast else SETTLED
         return [g for g in groups if self.model.groups[g].started]
 
     @precondition(lambda self: self._started(broadcast=True))
@@ -425,6 +446,8 @@ class ModelMachine(RuleBasedStateMachine):
         deadline = time.monotonic() + IDLE_TIMEOUT_S
         while True:
             await self._poll_lite()
+            for m in self.members["simple"]:
+                await self._receive(m)
             differences = await self._differences()
             if not differences:
                 return
@@ -435,6 +458,31 @@ class ModelMachine(RuleBasedStateMachine):
                     f"not as modelled after {IDLE_TIMEOUT_S} s:\n  {listed}\nsteps:\n  {trail}"
                 )
             await asyncio.sleep(0.02)
+
+    async def _receive(self, member: Member) -> None:
+        """A simple member's round: receive; ack what the push listener would handle; let the rest's
+        leases end (half by changing the invisible duration to 0, half by fast-forwarding the lease)."""
+        consumer, calls = member.consumer, self.calls[member.group]
+        for msg in await consumer.receive(32, 30):
+            attempt = calls[msg.msg_id]
+            calls[msg.msg_id] += 1
+            try:
+                kind = msg.decode(Body).kind
+            except SerializationError:
+                kind = "bad"
+            if kind != "bad" and listener_outcome(kind, attempt) == "ok":
+                await consumer.ack(msg)
+            elif attempt % 2:
+                await consumer.change_invisible_duration(msg, 0)
+        client = open_client(self.url)
+        try:  # the leases left: as if their invisible duration ended
+            for q in range(self.model.topics[self.t0]):
+                key = Keys().queue(self.t0, q).invisible(self.names[member.group])
+                leased = await client.zrange(key, 0, -1)
+                if leased:
+                    await client.zadd(key, dict.fromkeys(leased, 0))
+        finally:
+            await client.aclose()
 
     async def _poll_lite(self) -> None:
         for m in self.members["lite"]:
@@ -503,7 +551,7 @@ async def _make(cls: Any, url: str, **options: Any) -> Any:
 
 
 async def _close(member: Member) -> None:
-    if member.lite:
+    if member.lite or isinstance(member.consumer, AsyncSimpleConsumer):
         await member.consumer.close()
     else:
         await member.consumer.stop()

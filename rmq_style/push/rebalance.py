@@ -18,6 +18,7 @@ from .._membership import heartbeat_call
 from .._message import MessageQueue
 from .._offsets import parse_offset
 from .._rebalance import my_queues, reassign
+from .._simple import SIMPLE_CONSUMER
 from .._topics import TopicRoute
 from .._trim_report import mark_reported_calls, trim_loss_calls, trim_losses
 from .context import TRANSIENT, Context
@@ -188,8 +189,10 @@ class Rebalancer:
                     if int(consumer["pending"]) > len(stream.in_flight) and stream.scan_from is None:
                         stream.scan_from = b"0-0"
                     continue
-                if name in live or not stream.queue.owned:
-                    continue  # a live member still works on them (a slow handler is never taken away)
+                if name in live or not stream.queue.owned or name == SIMPLE_CONSUMER:
+                    # a live member still works on them (a slow handler is never taken away); the
+                    # simple consumers' leases end by their own clock (simple_receive takes them again)
+                    continue
                 adoptions.append((stream, name))
         if not adoptions:
             return
