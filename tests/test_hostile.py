@@ -428,8 +428,9 @@ def test_hostile_position_records(
         async with consumer, AsyncProducer(url) as producer:
             sent = [(await producer.send(Message(topic, {"n": i}))).msg_id for i in range(6)]
             await until(lambda: len(seen) >= len(sent), what="every message handled")
-            tasks = [*consumer._tasks, *(consumer._ctx.pool._workers if consumer._ctx.pool else [])]
+            tasks = [*consumer._loops.values(), *(consumer._ctx.pool._workers if consumer._ctx.pool else [])]
             assert not [t for t in tasks if t.done()]
+            assert consumer._ctx.tree.failure is None
         async with AsyncAdmin(url) as admin:
             rows = await admin.progress(group, topic)
         return sent, seen, rows
@@ -479,7 +480,7 @@ def test_hostile_entries_reach_a_simple_consumer_never(
     assert [e for e in logs if e["log_level"] == "error"] == []
     assert Counter(m for _, _, m in got if m in good) == Counter(m for m, t in good.items() if t in wanted)
     assert Counter((q, off) for q, off, m in got if m not in good) == Counter(accepted)
-    pending, dead = asyncio.run(_left(url, topic, group))
+    pending, dead = asyncio.run(_left(url, topic, group, "simple"))
     assert pending == 0
     bad = sorted((where, v) for where, v in verdicts.items() if v is not None)
     assert sorted(((int(d[b"queue"]), d[b"offset"].decode()), _field_of(d[b"reason"])) for d in dead) == bad
