@@ -23,6 +23,8 @@ model                       configures                                   defined
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -57,3 +59,9 @@ class AppSettings(BaseSettings):
     max_reconsume_times: int = Field(16, ge=-1)
     shutdown_timeout_s: float = Field(30.0, ge=0)
     startup_wait_s: float = Field(60.0, ge=0, description="a worker waits this long for Redis at start")
+    trace_sample: float = Field(
+        0.0, ge=0, le=1, description="share of sent messages traced (docs/trace.md); consumers follow"
+    )
+    message_trace: Literal["follow", "all", "off"] = Field(
+        "follow", description="consumers record the sampled messages, all, or none (docs/trace.md)"
+    )

@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
+
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from ._io import Client, ClientHolder, drive_with_retries
+from .._trace import pub_calls, sample_batch
+from ._io import TRANSIENT_ERRORS, Client, ClientHolder, drive_with_retries, execute
 
 __all__ = ["Producer"]
+
+log = structlog.get_logger("rmq_style.producer")
 
 
 class Producer(ClientHolder):
@@ -51,6 +57,12 @@ class Producer(ClientHolder):
         delay_level: int | None = None,
     ) -> SendResult:
         """Send one message; its queue is round-robin, by *sharding_key*, or *queue_id*."""
+        if self.settings.trace_sample:
+            results = self.send_batch(
+                [message], sharding_key=sharding_key, queue_id=queue_id, delay=delay,
+                deliver_at=deliver_at, delay_level=delay_level,
+            )  # fmt: skip
+            return results[0]
         plan = self._core.plan(
             [message],
             sharding_key=sharding_key,
@@ -81,6 +93,10 @@ class Producer(ClientHolder):
 
         *sharding_key* may be a function of the message, to route each by its own key.
         """
+        traced: list[int] = []
+        if self.settings.trace_sample:  # docs/trace.md: decided here, carried in the message
+            messages, traced = sample_batch(messages, self.settings.trace_sample)
+        started = time.time()
         plan = self._core.plan(
             messages,
             sharding_key=sharding_key,
@@ -91,9 +107,27 @@ class Producer(ClientHolder):
         )
         if not plan.entries:
             return []
-        return drive_with_retries(
+        results = drive_with_retries(
             self._client,
             lambda: self._core.send_flow(plan),
             self.settings.retries,
             self.settings.retry_backoff_ms,
         )
+        if traced:
+            self._record(messages, traced, results, started)
+        return results
+
+    def _record(self, messages: Sequence[Message], traced: list[int], results: list[SendResult],
+                      started: float) -> None:  # fmt: skip
+        """The traced messages' ``pub`` records: one more round trip, only when some were sampled."""
+        took_ms = int((time.time() - started) * 1000)
+        calls = pub_calls(self._core.keys, self.settings.trace_maxlen, messages, traced, results,
+                          started=started, took_ms=took_ms)  # fmt: skip
+        try:
+            replies = execute(self._client, calls)
+        except TRANSIENT_ERRORS as exc:  # best effort: the messages are sent
+            log.warning("trace.write_failed", error=str(exc), traced=len(calls))
+            return
+        failed = [r for r in replies if isinstance(r, Exception)]
+        if failed:
+            log.warning("trace.write_failed", error=str(failed[0]), traced=len(calls))

@@ -22,6 +22,7 @@ from .outcomes import RetryPolicy
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Delivery, PushStats, QueueState, StreamState, Subscription
+from .trace_recorder import TraceRecorder
 from .waits import Backoff
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class Context:
         # monotonic: until then the group counts this member as live (its last heartbeat + expiry)
         self.member_valid_until = 0.0
         self.dropped = 0  # listener calls dropped since the last report
+        self.recorder: TraceRecorder | None = None  # message trace (docs/trace.md); None: off
+        if settings.message_trace != "off":
+            every = settings.message_trace == "all"
+            self.recorder = TraceRecorder(group, self.member, trace_all=every, maxlen=settings.trace_maxlen)
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until
@@ -73,7 +78,11 @@ class Context:
         survivor has taken over their pending entries: what it read ahead is not run.
         """
         d = token[0] if isinstance(token, list) else token
-        return d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until
+        if d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until:
+            if self.recorder is not None:
+                self.recorder.start(token)
+            return True
+        return False
 
     def drop(self, token: Delivery | list[Delivery]) -> None:
         """Forget a call that will not start; its entries, if still pending at us, are read again."""

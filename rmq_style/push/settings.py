@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -11,6 +12,7 @@ from .._errors import ConfigurationError
 from .._membership import MembershipSettings
 from .._message import DEFAULT_MAX_MESSAGE_SIZE
 from .._offsets import ConsumeFrom
+from .._trace import DEFAULT_TRACE_MAXLEN
 
 __all__ = ["ConsumeFrom", "PushSettings"]
 
@@ -52,6 +54,13 @@ class PushSettings(BaseModel):
     trace_messages: bool = Field(False, description="log every consumed message at debug level")
     max_message_size: int = Field(
         DEFAULT_MAX_MESSAGE_SIZE, gt=0, description="larger entries are dead-lettered (the producer's limit)"
+    )
+    message_trace: Literal["follow", "all", "off"] = Field(
+        "follow",
+        description="trace records (docs/trace.md): of messages their producer sampled, of all, or none",
+    )
+    trace_maxlen: int = Field(
+        DEFAULT_TRACE_MAXLEN, ge=1, description="trace records kept per queue (XADD MAXLEN ~)"
     )
 
     @model_validator(mode="after")

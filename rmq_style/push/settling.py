@@ -28,6 +28,8 @@ class Settler:
         self._settle_buffer: list[Delivery] = []
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
+        if self.c.recorder is not None:
+            self.c.recorder.done(token)
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
             self.c.stats.consumed += 1
             if self.c.settings.trace_messages:
@@ -98,14 +100,20 @@ class Settler:
                 continue
             batch, self._settle_buffer = self._settle_buffer, []
             round_ = self.plan(batch)
+            calls = round_.calls
+            if self.c.recorder is not None:  # trace records ride in the same round trip
+                calls = calls + self.c.recorder.records(batch)
             try:
-                replies = await execute(client, round_.calls)
+                replies = await execute(client, calls)
             except TRANSIENT as exc:
                 self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
                 self._settle_buffer = batch + self._settle_buffer
                 await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
                 continue
             backoff.reset()
+            extra = replies[len(round_.calls) :]
+            if extra and self.c.recorder is not None and self.c.recorder.count_failures(extra):
+                self.c.log.warning("trace.write_failed", failed=self.c.recorder.failed)
             acked, done, failed = round_.read_grouped(replies)
             for deliveries in acked:
                 self.c.release_acked(deliveries)

@@ -1,0 +1,89 @@
+"""TraceRecorder: the push consumer's message trace (docs/trace.md), in one place.
+
+The runtime calls it at three points: a listener call starts (``start``, from
+``Context.wanted``), it ends (``done``, from ``Settler.on_done``) and a settle
+round is planned (``records``: the trace XADDs go into the same round trip as
+the acks, retries and dead letters). A consumer with ``message_trace="off"``
+has no recorder: each point is one ``is not None`` check.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .._call_values import Call
+from .._entry_check import shown
+from .._trace import is_traced, trace_command
+from .outcomes import Ack, DeadLetterIt, RetryLater
+from .state import Delivery
+
+__all__ = ["TraceRecorder"]
+
+
+class TraceRecorder:
+    def __init__(self, group: str, member: str, *, trace_all: bool, maxlen: int) -> None:
+        self.group = group
+        self.member = member
+        self.trace_all = trace_all  # every message, not only those its producer sampled
+        self.maxlen = maxlen
+        self.failed = 0  # trace writes Redis refused (best effort: the settle itself is unaffected)
+
+    def wants(self, d: Delivery) -> bool:
+        return self.trace_all or is_traced(d.fields)
+
+    def start(self, token: Delivery | list[Delivery]) -> None:
+        now = time.time()
+        for d in token if isinstance(token, list) else (token,):
+            if self.wants(d):
+                d.started = now
+
+    def done(self, token: Delivery | list[Delivery]) -> None:
+        now = time.time()
+        for d in token if isinstance(token, list) else (token,):
+            if d.started:
+                d.ran = now - d.started
+
+    def records(self, batch: Sequence[Delivery]) -> list[Call]:
+        """The trace records of a settle round's traced deliveries (none for the others)."""
+        calls: list[Call] = []
+        for d in batch:
+            if not d.started and not self.wants(d):
+                continue
+            decision = d.decision
+            detail: dict[str, str] = {}
+            if isinstance(decision, Ack):
+                outcome = "ok" if d.started else "skipped"  # filtered by tag, or a duplicate
+            elif isinstance(decision, RetryLater):
+                outcome = "retry"
+                detail["delay_ms"] = str(decision.delay_ms)
+            elif isinstance(decision, DeadLetterIt):
+                outcome = "dead"
+                detail["reason"] = decision.reason[:1000]
+            else:
+                continue
+            if d.stream.retry:
+                detail["retry_entry"] = shown(d.entry_id)
+            attempt = d.message.shown("reconsume_times") if d.message is not None else 0
+            calls.append(
+                trace_command(
+                    d.stream.queue.keys,
+                    self.maxlen,
+                    msg_id=d.fields.get(b"i", b""),
+                    event="sub",
+                    group=self.group,
+                    host=self.member,
+                    attempt=attempt if isinstance(attempt, int) else 0,
+                    start_ms=int(d.started * 1000),
+                    duration_ms=int(max(d.ran, 0.0) * 1000),
+                    outcome=outcome,
+                    detail=detail,
+                )
+            )
+        return calls
+
+    def count_failures(self, replies: Sequence[Any]) -> int:
+        failed = sum(1 for r in replies if isinstance(r, Exception))
+        self.failed += failed
+        return failed
