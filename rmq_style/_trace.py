@@ -389,7 +389,10 @@ def pub_calls(
 def replay_trace_flow(
     keys: Keys, group: str, records: Sequence[Any], maxlen: int = DEFAULT_TRACE_MAXLEN
 ) -> Flow[int]:
-    """``replay`` records for the traced ones of dead letters just replayed (DeadLetterRecords)."""
+    """``replay`` records for the traced ones of dead letters about to be replayed (DeadLetterRecords).
+
+    Written before the replay: the consumer's next record of the message is then stored after it.
+    """
     calls = []
     host = trace_host()
     for r in records:

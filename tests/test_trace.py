@@ -50,7 +50,7 @@ def test_journey_with_failure_retry_dead_letter_and_replay(url: str) -> None:
     assert retry.due_ms is not None and retry.due_ms >= retry.recorded_ms
     assert "card declined for order 7" in dead.detail["reason"]
     assert all(s.host and s.problem is None for s in trace.steps)
-    assert ok.start_ms >= replay.start_ms
+    assert ok.start_ms >= dead.start_ms and replay.detail["dlq_id"] == letter.dlq_id
     text = "\n".join(trace.lines())
     assert "group billing:" in text and "retry due" in text and "replayed" in text
 

@@ -156,10 +156,8 @@ class Admin(ClientHolder, TransactionAdmin):
 
     def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
-        replayed = self._drive(replay_flow(self.keys, group, records))
-        if replayed:  # traced dead letters get a ``replay`` step (docs/trace.md)
-            self._drive(replay_trace_flow(self.keys, group, records))
-        return replayed
+        self._drive(replay_trace_flow(self.keys, group, records))  # traced ones: docs/trace.md
+        return self._drive(replay_flow(self.keys, group, records))
 
     def trace(self, msg_id: str, topic: str | None = None) -> list[MessageTrace]:
         """What happened to message *msg_id* (RocketMQ's queryMsgTraceById), per topic where it was traced.
