@@ -186,7 +186,8 @@ class MessageTrace:
 
     @property
     def groups(self) -> list[str]:
-        return sorted({s.group for s in self.steps if s.event in ("sub", "replay") and s.group})
+        """The consumer groups with steps ("" for records that name none)."""
+        return sorted({s.group for s in self.steps if s.event in ("sub", "replay")})
 
     def lines(self) -> list[str]:
         """The journey as text: the send, then per consumer group its deliveries, retries, dead letters."""
@@ -195,7 +196,7 @@ class MessageTrace:
         out = [f"message {self.msg_id} of topic {self.topic}"]
         out += ["  " + s.line() for s in self.steps if s.event not in ("sub", "replay")]
         for g in self.groups:
-            out.append(f"  group {g}:")
+            out.append(f"  group {g}:" if g else "  no group named:")
             out += ["    " + s.line() for s in self.steps if s.event in ("sub", "replay") and s.group == g]
         return out
 
