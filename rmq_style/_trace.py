@@ -417,3 +417,27 @@ def replay_trace_flow(
     if calls:
         yield calls
     return len(calls)
+
+
+def tx_call(
+    keys: Keys, maxlen: int, half: Any, *, event: str, outcome: str, group: str, detail: Mapping[str, str]
+) -> Command | None:
+    """A transactional message's record (``pub`` of its half, ``tx`` of its end); None when not traced.
+
+    *half*: the HalfMessage (a ReceivedMessage: its properties say whether it is traced).
+    """
+    props = half.shown("properties")
+    if not isinstance(props, dict) or props.get(TRACE_PROPERTY) != "1":
+        return None
+    born = born_ms(half.msg_id)
+    return trace_command(
+        keys.queue(half.topic, half.queue_id),
+        maxlen,
+        msg_id=half.msg_id,
+        event=event,
+        group=group,
+        host=trace_host(),
+        start_ms=born if event == "pub" and born is not None else int(time.time() * 1000),
+        outcome=outcome,
+        detail=detail,
+    )

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-import pytest
+import json
+import time
 
-from rmq_style import Admin, App, Message, Producer, ReceivedMessage
+import pytest
+from typer.testing import CliRunner
+
+from rmq_style import Admin, App, Message, Producer, ReceivedMessage, TransactionProducer, TransactionState
 from rmq_style._names import Keys
 from rmq_style._sync._io import open_client
+from rmq_style.cli import app as cli_app
 from rmq_style.testing import AppTester
+
+runner = CliRunner()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(cli_app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def _app(url: str, **settings: object) -> tuple[App, list[int]]:
@@ -92,3 +105,56 @@ def test_retention_bound(url: str) -> None:
     client = open_client(url)
     length = client.xlen(Keys().queue("orders", 0).trace)
     assert 100 <= length < 300  # MAXLEN ~: at most one node's slack over the bound
+
+
+FAST_TX = {"transaction_timeout_ms": 0, "check_interval_ms": 1, "check_in_background": False}
+
+
+def test_transactional_messages_show_their_state(url: str) -> None:
+    """The half store is the send (transaction half); the end says commit or rollback, and who decided."""
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=2)
+    with TransactionProducer(
+        url, "shop", lambda m: TransactionState.COMMIT, trace_sample=1.0, **FAST_TX
+    ) as p:
+        direct = p.send_in_transaction(Message("orders", {"n": 1}), lambda m, a: TransactionState.COMMIT)
+        checked = p.send_in_transaction(Message("orders", {"n": 2}), lambda m, a: TransactionState.UNKNOWN)
+        deadline = time.monotonic() + 10
+        while not p.check_once().committed:
+            assert time.monotonic() < deadline, "the check-back commits the second message"
+        rolled = p.begin()
+        rolled.send(Message("orders", {"n": 3}))
+        rolled.rollback()
+        rolled_id = rolled.message.msg_id if rolled.message is not None else ""
+    with Admin(url) as admin:
+        journeys = {
+            name: [(s.event, s.outcome, s.detail.get("tx"), s.detail.get("from_check")) for s in t.steps]
+            for name, msg_id in (
+                ("direct", direct.msg_id),
+                ("checked", checked.msg_id),
+                ("rolled", rolled_id),
+            )
+            for t in admin.trace(msg_id, "orders")
+        }
+    assert journeys == {
+        "direct": [("pub", "ok", "half", None), ("tx", "commit", None, "0")],
+        "checked": [("pub", "ok", "half", None), ("tx", "commit", None, "1")],
+        "rolled": [("pub", "ok", "half", None), ("tx", "rollback", None, "0")],
+    }
+
+
+def test_cli_trace(url: str) -> None:
+    app, _ = _app(url, trace_sample=1.0)
+    with AppTester(app) as tester:
+        sent = tester.send("orders", {"id": 3}, keys=["order-3"])
+        tester.drain()
+    u = ("--url", url)
+    text = invoke("trace", sent.msg_id, *u)
+    assert f"message {sent.msg_id} of topic orders" in text and "group billing:" in text
+    assert "delivery 1 to" in text and "retry due" in text and "card declined for order 3" in text
+    shown = json.loads(invoke("trace", "--key", "order-3", "--topic", "orders", *u, "--json"))
+    assert [s["outcome"] for s in shown[0]["steps"]] == ["ok", "retry", "dead"]
+    assert shown[0]["steps"][1]["due_ms"] >= int(shown[0]["steps"][1]["record_id"].split("-")[0])
+    assert "no trace of" in invoke("trace", "0" * 32, *u)
+    result = runner.invoke(cli_app, ["trace", "--key", "order-3", *u])
+    assert result.exit_code != 0 and "--topic" in str(result.exception)  # main() prints it
