@@ -14,6 +14,7 @@ from .._call_values import Command, Flow
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
+from .._trace import mark_traced, sampled, tx_call
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -24,7 +25,6 @@ from .._transaction import (
     as_state,
     refuse_extras,
 )
-from .._trace import mark_traced, sampled, tx_call
 from .._tx_runner import CheckRunner
 from ._io import TRANSIENT_ERRORS, Client, ClientHolder, drive_with_retries, execute
 
