@@ -32,7 +32,8 @@ from .._topics import (
     list_flow,
     route_flow,
 )
-from .._trace import MessageTrace, replay_trace_flow, trace_flow
+from .._trace import replay_trace_flow
+from .._trace_read import MessageTrace, trace_flow
 from ._io import AsyncClient, ClientHolder
 from .tx_admin import AsyncTransactionAdmin
 
