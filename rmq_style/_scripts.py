@@ -44,6 +44,7 @@ SCRIPTS: dict[str, int] = {
     "tx_check_claim": 3,
     "tx_check_unknown": 2,
     "tx_resume": 3,
+    "trace": 1,
 }
 
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ._call_values import Command, Flow, command
+from ._call_values import Flow, ScriptCall, run_script
 from ._message import Message
 from ._names import Keys, QueueKeys
 
@@ -91,14 +91,37 @@ def trace_command(
     duration_ms: int = 0,
     outcome: str = "",
     detail: Mapping[str, str] | None = None,
-) -> Command:
-    """One trace record: ``XADD rmq:{T:i}:trace MAXLEN ~ maxlen * i e g h a s d o x``."""
+) -> ScriptCall:
+    """One trace record: ``trace.lua`` (``XADD rmq:{T:i}:trace MAXLEN ~ maxlen * i e g h a s d o x``)."""
     x = json.dumps(dict(detail), separators=(",", ":")) if detail else ""
-    return command(
-        "XADD", keys.trace, "MAXLEN", "~", maxlen, "*",
-        "i", msg_id, "e", event, "g", group, "h", host, "a", attempt,
-        "s", start_ms, "d", duration_ms, "o", outcome, "x", x,
-    )  # fmt: skip
+    return run_script(
+        "trace",
+        (keys.trace,),
+        (maxlen, msg_id, event, group, host, attempt, start_ms, duration_ms, outcome, x),
+    )
+
+
+def merged(calls: Sequence[ScriptCall]) -> list[ScriptCall]:
+    """The records of *calls* as one ``trace.lua`` call per trace stream (one reply each, not one per record).
+
+    >>> from rmq_style._names import Keys
+    >>> q = Keys().queue("t", 0)
+    >>> calls = [trace_command(q, 9, msg_id=m, event="e") for m in "ab"]
+    >>> [c.args for c in merged(calls)]
+    [(9, 'a', 'e', '', '', 0, 0, 0, '', '', 'b', 'e', '', '', 0, 0, 0, '', '')]
+    """
+    by_key: dict[str, list[ScriptCall]] = {}
+    for c in calls:
+        by_key.setdefault(c.keys[0], []).append(c)
+    out = []
+    for same in by_key.values():
+        first = same[0]
+        if len(same) == 1:
+            out.append(first)
+        else:
+            args = [*first.args] + [a for c in same[1:] for a in c.args[1:]]
+            out.append(ScriptCall(first.script, first.keys, tuple(args)))
+    return out
 
 
 def born_ms(msg_id: str) -> int | None:
@@ -132,7 +155,7 @@ def pub_calls(
     took_ms: int,
     group: str = "",
     tx: str | None = None,
-) -> list[Command]:
+) -> list[ScriptCall]:
     """The ``pub`` records of the traced messages of one send (*results*: their SendResults)."""
     calls = []
     host = trace_host()
@@ -162,7 +185,7 @@ def pub_calls(
                 detail=detail,
             )
         )
-    return calls
+    return merged(calls)
 
 
 def replay_trace_flow(
@@ -193,13 +216,13 @@ def replay_trace_flow(
             )
         )
     if calls:
-        yield calls
+        yield merged(calls)
     return len(calls)
 
 
 def tx_call(
     keys: Keys, maxlen: int, half: Any, *, event: str, outcome: str, group: str, detail: Mapping[str, str]
-) -> Command | None:
+) -> ScriptCall | None:
     """A transactional message's record (``pub`` of its half, ``tx`` of its end); None when not traced.
 
     *half*: the HalfMessage (a ReceivedMessage: its properties say whether it is traced).

@@ -9,7 +9,7 @@ from typing import Any, Self, cast
 
 import structlog
 
-from .._call_values import Command, Flow
+from .._call_values import Flow, ScriptCall
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
@@ -219,7 +219,7 @@ class AsyncTransactionProducer(ClientHolder):
                        group=self.group, detail=detail)  # fmt: skip
         await self._record(call)
 
-    async def _record(self, call: Command | None) -> None:
+    async def _record(self, call: ScriptCall | None) -> None:
         if call is None:
             return
         try:

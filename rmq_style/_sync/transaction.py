@@ -10,7 +10,7 @@ from typing import Any, Self, cast
 
 import structlog
 
-from .._call_values import Command, Flow
+from .._call_values import Flow, ScriptCall
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
@@ -220,7 +220,7 @@ class TransactionProducer(ClientHolder):
                        group=self.group, detail=detail)  # fmt: skip
         self._record(call)
 
-    def _record(self, call: Command | None) -> None:
+    def _record(self, call: ScriptCall | None) -> None:
         if call is None:
             return
         try:

@@ -13,9 +13,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._call_values import Call
+from .._call_values import Call, ScriptCall
 from .._entry_check import shown
-from .._trace import is_traced, trace_command
+from .._trace import is_traced, merged, trace_command
 from .outcomes import Ack, DeadLetterIt, RetryLater
 from .state import Delivery
 
@@ -47,7 +47,7 @@ class TraceRecorder:
 
     def records(self, batch: Sequence[Delivery]) -> list[Call]:
         """The trace records of a settle round's traced deliveries (none for the others)."""
-        calls: list[Call] = []
+        calls: list[ScriptCall] = []
         for d in batch:
             if not d.started and not self.wants(d):
                 continue
@@ -81,7 +81,7 @@ class TraceRecorder:
                     detail=detail,
                 )
             )
-        return calls
+        return list(merged(calls))
 
     def count_failures(self, replies: Sequence[Any]) -> int:
         failed = sum(1 for r in replies if isinstance(r, Exception))
