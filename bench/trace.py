@@ -35,7 +35,7 @@ from rmq_style import Admin, Message, Producer, PushConsumer, ReceivedMessage  #
 from rmq_style.testing import private_redis_url  # noqa: E402
 
 QUEUES = 8
-BACKLOG = 20_000
+BACKLOG = 40_000
 SENDS = 400  # single sends per round
 BATCHES = 100  # send_batch calls of 100 per round
 ROUNDS = 3

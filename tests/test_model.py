@@ -274,6 +274,7 @@ class ModelMachine(RuleBasedStateMachine):
             suspend_current_queue_time_ms=5, orderly_lease_ms=3000, shutdown_timeout_ms=5000,
             reconnect_backoff_ms=20, reconnect_backoff_max_ms=200,
             membership=MembershipSettings(heartbeat_interval_ms=100, member_expiry_ms=3000),
+            message_trace="all" if group == "conc" else "follow",  # docs/trace.md: see _trace_differences
         )  # fmt: skip
         member = Member(group, consumer, lite=False)
         for topic, kind in subs.items():
@@ -409,6 +410,8 @@ class ModelMachine(RuleBasedStateMachine):
             await self._poll_lite()
             differences = await self._differences()
             if not differences:
+                differences = await self._trace_differences()
+            if not differences:
                 return
             if time.monotonic() > deadline:
                 listed = "\n  ".join(differences)
@@ -417,6 +420,27 @@ class ModelMachine(RuleBasedStateMachine):
                     f"not as modelled after {IDLE_TIMEOUT_S} s:\n  {listed}\nsteps:\n  {trail}"
                 )
             await asyncio.sleep(0.02)
+
+    async def _trace_differences(self) -> list[str]:
+        """Group conc traces every message (message_trace="all"): one trace record per listener call,
+        and one ``dead`` among them for a message in its DLQ."""
+        g = self.model.groups["conc"]
+        if not g.started:
+            return []
+        name, out = self.names["conc"], []
+        dead = self.model.dead_ids("conc")
+        for msg_id, calls in self.calls["conc"].items():
+            traces = await self.admin.trace(msg_id, self.t0)
+            steps = [s for t in traces for s in t.steps if s.event == "sub" and s.group == name]
+            if len(steps) != calls:
+                out.append(f"conc: {msg_id} has {calls} listener calls and {len(steps)} trace records")
+            elif steps and steps[-1].outcome not in (
+                ("dead", "retry") if msg_id in dead else ("ok", "retry")
+            ):
+                out.append(
+                    f"conc: {msg_id} last traced outcome {steps[-1].outcome}, dead letter: {msg_id in dead}"
+                )
+        return out
 
     async def _poll_lite(self) -> None:
         for m in self.members["lite"]:

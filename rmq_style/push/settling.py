@@ -102,7 +102,9 @@ class Settler:
             round_ = self.plan(batch)
             calls = round_.calls
             if self.c.recorder is not None:  # trace records ride in the same round trip
-                calls = calls + self.c.recorder.records(batch)
+                traced = self.c.recorder.records(batch)
+                if traced:
+                    calls = calls + traced
             try:
                 replies = await execute(client, calls)
             except TRANSIENT as exc:

@@ -33,23 +33,31 @@ class TraceRecorder:
     def wants(self, d: Delivery) -> bool:
         return self.trace_all or is_traced(d.fields)
 
+    # start and done run for every listener call: the untraced case reads one field and returns
     def start(self, token: Delivery | list[Delivery]) -> None:
-        now = time.time()
-        for d in token if isinstance(token, list) else (token,):
-            if self.wants(d):
-                d.started = now
+        if type(token) is Delivery:
+            if self.trace_all or is_traced(token.fields):
+                token.started = time.time()
+            return
+        for d in token:
+            if self.trace_all or is_traced(d.fields):
+                d.started = time.time()
 
     def done(self, token: Delivery | list[Delivery]) -> None:
-        now = time.time()
-        for d in token if isinstance(token, list) else (token,):
+        if type(token) is Delivery:
+            if token.started:
+                token.ran = time.time() - token.started
+            return
+        for d in token:
             if d.started:
-                d.ran = now - d.started
+                d.ran = time.time() - d.started
 
     def records(self, batch: Sequence[Delivery]) -> list[Call]:
         """The trace records of a settle round's traced deliveries (none for the others)."""
         calls: list[ScriptCall] = []
+        trace_all = self.trace_all
         for d in batch:
-            if not d.started and not self.wants(d):
+            if not d.started and not trace_all and not is_traced(d.fields):
                 continue
             decision = d.decision
             detail: dict[str, str] = {}
