@@ -35,7 +35,7 @@ class TraceRecorder:
 
     # start and done run for every listener call: the untraced case reads one field and returns
     def start(self, token: Delivery | list[Delivery]) -> None:
-        if type(token) is Delivery:
+        if not isinstance(token, list):
             if self.trace_all or is_traced(token.fields):
                 token.started = time.time()
             return
@@ -44,7 +44,7 @@ class TraceRecorder:
                 d.started = time.time()
 
     def done(self, token: Delivery | list[Delivery]) -> None:
-        if type(token) is Delivery:
+        if not isinstance(token, list):
             if token.started:
                 token.ran = time.time() - token.started
             return
