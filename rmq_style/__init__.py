@@ -65,6 +65,8 @@ from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
 from ._sync.transaction import Transaction, TransactionProducer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
+from ._trace import TRACE_PROPERTY
+from ._trace_read import MessageTrace, TraceStep
 from ._transaction import (
     HalfMessage,
     TransactionSendResult,
@@ -82,6 +84,7 @@ from .settings import AppSettings
 __all__ = [
     "DELAY_LEVELS_MS",
     "LAYOUT_VERSION",
+    "TRACE_PROPERTY",
     "Admin",
     "App",
     "AppSettings",
@@ -113,6 +116,7 @@ __all__ = [
     "Message",
     "MessageQueue",
     "MessageTooLargeError",
+    "MessageTrace",
     "Offset",
     "Producer",
     "ProducerSettings",
@@ -138,6 +142,7 @@ __all__ = [
     "TopicInfo",
     "TopicNotFoundError",
     "TopicRoute",
+    "TraceStep",
     "Transaction",
     "TransactionProducer",
     "TransactionSendResult",
