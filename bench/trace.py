@@ -9,6 +9,10 @@
   in the settle round trip), each against ``message_trace="off"`` (no recorder).
 - send: Producer.send_batch of 100 and single sends with ``trace_sample=1``
   against ``trace_sample=0`` (one more round trip per call when traced).
+- hooks: in-process, no Redis: the recorder's three hooks (listener start,
+  end, settle round) on untraced deliveries (the ``follow`` default), against
+  ``plan_round`` of the same deliveries (the settle planner they ride along):
+  what ``follow`` costs per message where the end-to-end cases drown it in noise.
 
 Median of 3 rounds; one JSON object per line.
 """
@@ -95,6 +99,45 @@ def median(run: Callable[[], float]) -> float:
     return statistics.median(run() for _ in range(ROUNDS))
 
 
+def hooks() -> tuple[float, float]:
+    """Deliveries per second through the follow-mode hooks, and through plan_round (acks)."""
+    from rmq_style._filter import TagFilter
+    from rmq_style._message import MessageQueue
+    from rmq_style._names import Keys
+    from rmq_style.push.outcomes import Ack
+    from rmq_style.push.settle_plan import plan_round
+    from rmq_style.push.state import Delivery, QueueState, StreamState, Subscription
+    from rmq_style.push.trace_recorder import TraceRecorder
+
+    sub = Subscription("t", TagFilter.parse("*"), lambda m: None, False, None)
+    stream = StreamState("k", QueueState(MessageQueue("t", 0), Keys().queue("t", 0), sub), False)
+    fields = {
+        b"i": b"a" * 32,
+        b"q": b"1",
+        b"r": b"0",
+        b"b": b"1",
+        b"t": b"",
+        b"k": b"",
+        b"p": b"",
+        b"d": b"{}",
+    }
+    batch = [Delivery(stream, b"1-%d" % n, fields, 2, None, Ack()) for n in range(32)]
+    recorder = TraceRecorder("g", "m", trace_all=False, maxlen=10_000)
+    n = 5000
+
+    start = time.perf_counter()
+    for _ in range(n):
+        for d in batch:
+            recorder.start(d)
+            recorder.done(d)
+        recorder.records(batch)
+    ours = n * len(batch) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for _ in range(n):
+        plan_round("g", batch)
+    return ours, n * len(batch) / (time.perf_counter() - start)
+
+
 def row(case: str, rate: float, baseline: str, base_rate: float) -> None:
     print(json.dumps({
         "bench": "trace", "case": case, "msgs_per_s": round(rate), "baseline": baseline,
@@ -128,6 +171,9 @@ def main(url: str) -> None:
             plain.append(send(url, 0.0, batch))
             traced.append(send(url, 1.0, batch))
         row(f"{name} traced", statistics.median(traced), f"{name} trace_sample=0", statistics.median(plain))
+    rates = [hooks() for _ in range(ROUNDS)]
+    row("hooks follow untraced", statistics.median(r[0] for r in rates), "plan_round acks (same deliveries)",
+        statistics.median(r[1] for r in rates))  # fmt: skip
     flush.close()
 
 
