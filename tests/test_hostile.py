@@ -366,7 +366,8 @@ def hostile_trace_records(draw: st.DrawFn) -> dict[bytes, bytes]:
             del fields[name]
         else:
             fields[name] = value
-    fields.update(draw(st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=6), max_size=2)))
+    extras = draw(st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=6), max_size=2))
+    fields.update({k: v for k, v in extras.items() if k not in TRACE_FIELDS})  # unknown fields: ignored
     return fields
 
 
