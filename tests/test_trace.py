@@ -158,3 +158,34 @@ def test_cli_trace(url: str) -> None:
     assert "no trace of" in invoke("trace", "0" * 32, *u)
     result = runner.invoke(cli_app, ["trace", "--key", "order-3", *u])
     assert result.exit_code != 0 and "--topic" in str(result.exception)  # main() prints it
+
+
+def test_orderly_journey_suspend_dead_letter_and_replay(url: str) -> None:
+    """An orderly queue retries in place: its suspensions are the retries of the journey."""
+    app = App(url, auto_create_topics=True, max_reconsume_times=1, trace_sample=1.0)
+    fail = [1]
+
+    @app.subscribe("orders", group="shipping", orderly=True)
+    def ship(order: dict[str, int]) -> None:
+        if fail:
+            raise RuntimeError("carrier down")
+
+    with AppTester(app, suspend_current_queue_time_ms=1) as tester:
+        sent = tester.send("orders", {"id": 1})
+        tester.drain()
+        [letter] = tester.assert_dead_lettered("shipping", count=1, reason="carrier down")
+        fail.clear()
+        with app.admin() as admin:
+            assert admin.replay_dead_letters("shipping", [letter]) == 1
+        tester.drain()
+    with Admin(url) as admin:
+        [trace] = admin.trace(sent.msg_id, "orders")
+    steps = [(s.event, s.attempt, s.outcome) for s in trace.steps]
+    assert steps == [
+        ("pub", 0, "ok"),
+        ("sub", 0, "suspend"),
+        ("sub", 1, "dead"),
+        ("replay", 0, "replayed"),
+        ("sub", 0, "ok"),
+    ]
+    assert trace.steps[1].due_ms == trace.steps[1].recorded_ms + 1

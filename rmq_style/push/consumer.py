@@ -192,6 +192,7 @@ class PushConsumer:
                 client=client,
                 wait_client=open_client(self.url),
                 start_position=c.start_position,
+                recorder=c.recorder,
             )
             self._renew_task = asyncio.create_task(c.guard("renew", c.orderly.background_loop))
         await self._rebalance.rebalance()

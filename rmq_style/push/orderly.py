@@ -42,6 +42,7 @@ from .orderly_queue import OrderlyQueue
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Subscription
+from .trace_recorder import TraceRecorder
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
@@ -65,6 +66,7 @@ class OrderlyRunner:
         client: AsyncClient,
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
+        recorder: TraceRecorder | None = None,
     ) -> None:
         self.group = group
         self.member = member
@@ -77,6 +79,7 @@ class OrderlyRunner:
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
+        self.recorder = recorder  # message trace (docs/trace.md); None: off
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()

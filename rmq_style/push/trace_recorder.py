@@ -2,8 +2,9 @@
 
 The runtime calls it at three points: a listener call starts (``start``, from
 ``Context.wanted``), it ends (``done``, from ``Settler.on_done``) and a settle
-round is planned (``records``: the trace XADDs go into the same round trip as
-the acks, retries and dead letters). A consumer with ``message_trace="off"``
+round is planned (``records``: the trace records go into the same round trip as
+the acks, retries and dead letters). An orderly queue asks ``orderly`` after
+each listener call and sends the records with its next Redis call. A consumer with ``message_trace="off"``
 has no recorder: each point is one ``is not None`` check.
 """
 
@@ -15,8 +16,9 @@ from typing import Any
 
 from .._call_values import Call, ScriptCall
 from .._entry_check import shown
+from .._names import QueueKeys
 from .._trace import is_traced, merged, trace_command
-from .outcomes import Ack, DeadLetterIt, RetryLater
+from .outcomes import Ack, DeadLetterIt, RetryLater, Suspend
 from .state import Delivery
 
 __all__ = ["TraceRecorder"]
@@ -90,6 +92,38 @@ class TraceRecorder:
                 )
             )
         return list(merged(calls))
+
+    def orderly(
+        self, keys: QueueKeys, batch: Sequence[tuple[bytes, dict[bytes, bytes], Any]], attempt: int,
+        started: float, decision: object, suspend_ms: int,
+    ) -> list[ScriptCall]:  # fmt: skip
+        """The records of one orderly listener call (a held queue's suspensions are its retries)."""
+        detail: dict[str, str] = {}
+        if isinstance(decision, DeadLetterIt):
+            outcome, detail["reason"] = "dead", decision.reason[:1000]
+        elif isinstance(decision, Suspend):
+            outcome, detail["delay_ms"] = "suspend", str(suspend_ms)
+        else:
+            outcome = "ok"
+        ran = int((time.time() - started) * 1000)
+        calls = [
+            trace_command(
+                keys,
+                self.maxlen,
+                msg_id=fields.get(b"i", b""),
+                event="sub",
+                group=self.group,
+                host=self.member,
+                attempt=attempt,
+                start_ms=int(started * 1000),
+                duration_ms=ran,
+                outcome=outcome,
+                detail=detail,
+            )
+            for _, fields, _ in batch
+            if self.trace_all or is_traced(fields)
+        ]
+        return merged(calls) if calls else calls
 
     def count_failures(self, replies: Sequence[Any]) -> int:
         failed = sum(1 for r in replies if isinstance(r, Exception))
