@@ -83,6 +83,7 @@ PROFILE = PROFILES[os.environ.get("RMQ_MODEL_PROFILE", "ci")]
 IDLE_TIMEOUT_S = float(os.environ.get("RMQ_MODEL_IDLE_TIMEOUT_S", "20"))
 PUSH = ("conc", "ord", "mix")
 CONCURRENCY = 2
+TRACED = ("conc", "ord")  # groups whose members trace every message (docs/trace.md)
 MAX_QUEUES = 4
 DELAYS: dict[str, Any] = {
     "delay": lambda: {"delay": timedelta(hours=1)},
@@ -274,7 +275,7 @@ class ModelMachine(RuleBasedStateMachine):
             suspend_current_queue_time_ms=5, orderly_lease_ms=3000, shutdown_timeout_ms=5000,
             reconnect_backoff_ms=20, reconnect_backoff_max_ms=200,
             membership=MembershipSettings(heartbeat_interval_ms=100, member_expiry_ms=3000),
-            message_trace="all" if group == "conc" else "follow",  # docs/trace.md: see _trace_differences
+            message_trace="all" if group in TRACED else "follow",  # docs/trace.md: see _trace_differences
         )  # fmt: skip
         member = Member(group, consumer, lite=False)
         for topic, kind in subs.items():
@@ -422,24 +423,20 @@ class ModelMachine(RuleBasedStateMachine):
             await asyncio.sleep(0.02)
 
     async def _trace_differences(self) -> list[str]:
-        """Group conc traces every message (message_trace="all"): one trace record per listener call,
-        and one ``dead`` among them for a message in its DLQ."""
-        g = self.model.groups["conc"]
-        if not g.started:
-            return []
-        name, out = self.names["conc"], []
-        dead = self.model.dead_ids("conc")
-        for msg_id, calls in self.calls["conc"].items():
-            traces = await self.admin.trace(msg_id, self.t0)
-            steps = [s for t in traces for s in t.steps if s.event == "sub" and s.group == name]
-            if len(steps) != calls:
-                out.append(f"conc: {msg_id} has {calls} listener calls and {len(steps)} trace records")
-            elif steps and steps[-1].outcome not in (
-                ("dead", "retry") if msg_id in dead else ("ok", "retry")
-            ):
-                out.append(
-                    f"conc: {msg_id} last traced outcome {steps[-1].outcome}, dead letter: {msg_id in dead}"
-                )
+        """Groups conc and ord trace every message (message_trace="all"): one trace record per
+        listener call, and one ``dead`` among them for a message in the group's DLQ."""
+        out: list[str] = []
+        for group in TRACED:
+            if not self.model.groups[group].started:
+                continue
+            name, dead = self.names[group], self.model.dead_ids(group)
+            for msg_id, calls in self.calls[group].items():
+                traces = await self.admin.trace(msg_id, self.t0)
+                steps = [s for t in traces for s in t.steps if s.event == "sub" and s.group == name]
+                if len(steps) != calls:
+                    out.append(f"{group}: {msg_id} has {calls} listener calls and {len(steps)} trace records")
+                elif msg_id in dead and "dead" not in (outcomes := [s.outcome for s in steps]):
+                    out.append(f"{group}: {msg_id} is a dead letter, its trace says {outcomes}")
         return out
 
     async def _poll_lite(self) -> None:
