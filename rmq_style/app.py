@@ -120,8 +120,8 @@ class App:
 
         *options*: ``max_reconsume_times``, ``concurrency``, ``consume_from``,
         ``retry_delays_ms``, ``consume_timeout_ms``, ``message_trace`` (docs/trace.md).
-        *idempotent*: handle each message (or business key) once per group (True, ``"keys"``, ``"property:NAME"`` or an Idempotent;
-        docs/idempotence.md).
+        *idempotent*: handle each message (or business key) once per group (True, ``"keys"``,
+        ``"property:NAME"`` or an Idempotent; docs/idempotence.md).
         """
         check_topic(topic)
         check_group(group)
