@@ -72,6 +72,7 @@ class ProducerSettings(BaseModel):
         0.0, ge=0, le=1, description="share of messages traced (docs/trace.md): 0 none, 1 all"
     )
     trace_maxlen: int = Field(10_000, ge=1, description="trace records kept per queue (XADD MAXLEN ~)")
+    trace_max_age_ms: int = Field(0, ge=0, description="trace records older than this are trimmed; 0: none")
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._call_values import Flow, ScriptCall, run_script
 from ._message import Message
@@ -30,6 +30,7 @@ from ._names import Keys, QueueKeys
 __all__ = [
     "DEFAULT_TRACE_MAXLEN",
     "TRACE_PROPERTY",
+    "TraceBound",
     "born_ms",
     "is_traced",
     "mark_traced",
@@ -78,9 +79,20 @@ def mark_traced(message: Message) -> Message:
     return replace(message, properties={**message.properties, TRACE_PROPERTY: "1"})
 
 
+class TraceBound(NamedTuple):
+    """How a trace stream is bounded: at most *maxlen* records (``MAXLEN ~``), and none older than
+    *max_age_ms* (``MINID ~`` server time - age, once per call; 0: no age bound)."""
+
+    maxlen: int = DEFAULT_TRACE_MAXLEN
+    max_age_ms: int = 0
+
+
+_DEFAULT_BOUND = TraceBound()
+
+
 def trace_command(
     keys: QueueKeys,
-    maxlen: int,
+    bound: TraceBound,
     *,
     msg_id: bytes | str,
     event: str,
@@ -94,11 +106,8 @@ def trace_command(
 ) -> ScriptCall:
     """One trace record: ``trace.lua`` (``XADD rmq:{T:i}:trace MAXLEN ~ maxlen * i e g h a s d o x``)."""
     x = json.dumps(dict(detail), separators=(",", ":")) if detail else ""
-    return run_script(
-        "trace",
-        (keys.trace,),
-        (maxlen, msg_id, event, group, host, attempt, start_ms, duration_ms, outcome, x),
-    )
+    values = (msg_id, event, group, host, attempt, start_ms, duration_ms, outcome, x)
+    return run_script("trace", (keys.trace,), (bound.maxlen, bound.max_age_ms, *values))
 
 
 def merged(calls: Sequence[ScriptCall]) -> list[ScriptCall]:
@@ -106,9 +115,9 @@ def merged(calls: Sequence[ScriptCall]) -> list[ScriptCall]:
 
     >>> from rmq_style._names import Keys
     >>> q = Keys().queue("t", 0)
-    >>> calls = [trace_command(q, 9, msg_id=m, event="e") for m in "ab"]
+    >>> calls = [trace_command(q, TraceBound(9), msg_id=m, event="e") for m in "ab"]
     >>> [c.args for c in merged(calls)]
-    [(9, 'a', 'e', '', '', 0, 0, 0, '', '', 'b', 'e', '', '', 0, 0, 0, '', '')]
+    [(9, 0, 'a', 'e', '', '', 0, 0, 0, '', '', 'b', 'e', '', '', 0, 0, 0, '', '')]
     """
     by_key: dict[str, list[ScriptCall]] = {}
     for c in calls:
@@ -119,7 +128,7 @@ def merged(calls: Sequence[ScriptCall]) -> list[ScriptCall]:
         if len(same) == 1:
             out.append(first)
         else:
-            args = [*first.args] + [a for c in same[1:] for a in c.args[1:]]
+            args = [*first.args] + [a for c in same[1:] for a in c.args[2:]]
             out.append(ScriptCall(first.script, first.keys, tuple(args)))
     return out
 
@@ -146,7 +155,7 @@ def sample_batch(messages: Sequence[Message], rate: float) -> tuple[list[Message
 
 def pub_calls(
     keys: Keys,
-    maxlen: int,
+    bound: TraceBound,
     messages: Sequence[Message],
     traced: Sequence[int],
     results: Sequence[Any],
@@ -174,7 +183,7 @@ def pub_calls(
         calls.append(
             trace_command(
                 keys.queue(r.queue.topic, r.queue.queue_id),
-                maxlen,
+                bound,
                 msg_id=r.msg_id,
                 event="pub",
                 group=group,
@@ -189,7 +198,7 @@ def pub_calls(
 
 
 def replay_trace_flow(
-    keys: Keys, group: str, records: Sequence[Any], maxlen: int = DEFAULT_TRACE_MAXLEN
+    keys: Keys, group: str, records: Sequence[Any], bound: TraceBound = _DEFAULT_BOUND
 ) -> Flow[int]:
     """``replay`` records for the traced ones of dead letters about to be replayed (DeadLetterRecords).
 
@@ -205,7 +214,7 @@ def replay_trace_flow(
         calls.append(
             trace_command(
                 keys.queue(m.topic, m.queue_id),
-                maxlen,
+                bound,
                 msg_id=str(m.shown("msg_id")),
                 event="replay",
                 group=group,
@@ -221,7 +230,14 @@ def replay_trace_flow(
 
 
 def tx_call(
-    keys: Keys, maxlen: int, half: Any, *, event: str, outcome: str, group: str, detail: Mapping[str, str]
+    keys: Keys,
+    bound: TraceBound,
+    half: Any,
+    *,
+    event: str,
+    outcome: str,
+    group: str,
+    detail: Mapping[str, str],
 ) -> ScriptCall | None:
     """A transactional message's record (``pub`` of its half, ``tx`` of its end); None when not traced.
 
@@ -233,7 +249,7 @@ def tx_call(
     born = born_ms(half.msg_id)
     return trace_command(
         keys.queue(half.topic, half.queue_id),
-        maxlen,
+        bound,
         msg_id=half.msg_id,
         event=event,
         group=group,

@@ -107,6 +107,21 @@ def test_retention_bound(url: str) -> None:
     assert 100 <= length < 300  # MAXLEN ~: at most one node's slack over the bound
 
 
+def test_retention_by_age(url: str) -> None:
+    """trace_max_age_ms: records older than that (server time) go at the next write (MINID ~)."""
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=1)
+    trace = Keys().queue("orders", 0).trace
+    client = open_client(url)
+    for n in range(1, 301):  # whole stream nodes (100 entries each) of records from 1970
+        client.xadd(trace, {"i": "old", "e": "pub"}, id=f"{n}-0")
+    with Producer(url, trace_sample=1.0, trace_max_age_ms=60_000) as producer:
+        sent = producer.send(Message("orders", {"n": 1}))
+    ids = [entry_id for entry_id, _ in client.xrange(trace)]
+    assert len(ids) < 101 and ids[-1] != b"300-0"  # the old nodes are gone, the new record stays
+    assert [f[b"i"] for _, f in client.xrange(trace)][-1] == sent.msg_id.encode()
+
+
 FAST_TX = {"transaction_timeout_ms": 0, "check_interval_ms": 1, "check_in_background": False}
 
 

@@ -11,7 +11,7 @@ import structlog
 
 from .._message import Message, SendResult
 from .._producing import ProducerCore, ProducerSettings, ShardingKey
-from .._trace import pub_calls, sample_batch
+from .._trace import TraceBound, pub_calls, sample_batch
 from ._io import TRANSIENT_ERRORS, AsyncClient, ClientHolder, drive_with_retries, execute
 
 __all__ = ["AsyncProducer"]
@@ -41,6 +41,7 @@ class AsyncProducer(ClientHolder):
         super().__init__(url)
         in_process = type(self._client).__module__.startswith("fakeredis")  # memory://: no replicas
         self._core = ProducerCore(self.settings, server_replicates=not in_process)
+        self._bound = TraceBound(self.settings.trace_maxlen, self.settings.trace_max_age_ms)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} namespace={self.settings.namespace!r} codec={self.settings.codec}>"
@@ -120,7 +121,7 @@ class AsyncProducer(ClientHolder):
                       started: float) -> None:  # fmt: skip
         """The traced messages' ``pub`` records: one more round trip, only when some were sampled."""
         took_ms = int((time.time() - started) * 1000)
-        calls = pub_calls(self._core.keys, self.settings.trace_maxlen, messages, traced, results,
+        calls = pub_calls(self._core.keys, self._bound, messages, traced, results,
                           started=started, took_ms=took_ms)  # fmt: skip
         try:
             replies = await execute(self._client, calls)

@@ -14,7 +14,7 @@ from .._call_values import Flow, ScriptCall
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
-from .._trace import mark_traced, sampled, tx_call
+from .._trace import TraceBound, mark_traced, sampled, tx_call
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -68,6 +68,7 @@ class TransactionProducer(ClientHolder):
             raise TypeError("checker must be a callable: check(message) -> COMMIT | ROLLBACK | UNKNOWN")
         self.settings = settings or TransactionSettings(**options)
         self._core = TransactionCore(group, self.settings)
+        self._bound = TraceBound(self.settings.trace_maxlen, self.settings.trace_max_age_ms)
         super().__init__(url)
         self._checker = checker
         self._executing: set[str] = set()  # msg ids whose local transaction runs now, in this process
@@ -203,7 +204,7 @@ class TransactionProducer(ClientHolder):
             self._client, lambda: core.half_flow(planned), s.retries, s.retry_backoff_ms
         )
         if s.trace_sample:
-            self._record(tx_call(core.keys, s.trace_maxlen, half, event="pub", outcome="ok",
+            self._record(tx_call(core.keys, self._bound, half, event="pub", outcome="ok",
                                        group=self.group, detail={"tx": "half"}))  # fmt: skip
         return half
 
@@ -216,7 +217,7 @@ class TransactionProducer(ClientHolder):
             detail["offset"] = sent.offset
             detail["queue_offset"] = str(sent.queue_offset)
         outcome = "commit" if state is TransactionState.COMMIT else "rollback"
-        call = tx_call(self._core.keys, self.settings.trace_maxlen, half, event="tx", outcome=outcome,
+        call = tx_call(self._core.keys, self._bound, half, event="tx", outcome=outcome,
                        group=self.group, detail=detail)  # fmt: skip
         self._record(call)
 

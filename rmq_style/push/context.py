@@ -17,6 +17,7 @@ from .._async._io import TRANSIENT_ERRORS, AsyncClient
 from .._membership import new_member_id
 from .._message import MessageQueue
 from .._names import Keys
+from .._trace import TraceBound
 from .handler_times import HandlerTimes
 from .outcomes import RetryPolicy
 from .runner import HandlerPool
@@ -66,7 +67,8 @@ class Context:
         self.recorder: TraceRecorder | None = None  # message trace (docs/trace.md); None: off
         if settings.message_trace != "off":
             every = settings.message_trace == "all"
-            self.recorder = TraceRecorder(group, self.member, trace_all=every, maxlen=settings.trace_maxlen)
+            bound = TraceBound(settings.trace_maxlen, settings.trace_max_age_ms)
+            self.recorder = TraceRecorder(group, self.member, trace_all=every, bound=bound)
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until

@@ -62,6 +62,9 @@ class PushSettings(BaseModel):
     trace_maxlen: int = Field(
         DEFAULT_TRACE_MAXLEN, ge=1, description="trace records kept per queue (XADD MAXLEN ~)"
     )
+    trace_max_age_ms: int = Field(
+        0, ge=0, description="trace records older than this are trimmed; 0: no age bound"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> PushSettings:

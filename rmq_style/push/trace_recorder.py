@@ -17,7 +17,7 @@ from typing import Any
 from .._call_values import Call, ScriptCall
 from .._entry_check import shown
 from .._names import QueueKeys
-from .._trace import is_traced, merged, trace_command
+from .._trace import TraceBound, is_traced, merged, trace_command
 from .outcomes import Ack, DeadLetterIt, RetryLater, Suspend
 from .state import Delivery
 
@@ -25,11 +25,11 @@ __all__ = ["TraceRecorder"]
 
 
 class TraceRecorder:
-    def __init__(self, group: str, member: str, *, trace_all: bool, maxlen: int) -> None:
+    def __init__(self, group: str, member: str, *, trace_all: bool, bound: TraceBound) -> None:
         self.group = group
         self.member = member
         self.trace_all = trace_all  # every message, not only those its producer sampled
-        self.maxlen = maxlen
+        self.bound = bound
         self.failed = 0  # trace writes Redis refused (best effort: the settle itself is unaffected)
 
     def wants(self, d: Delivery) -> bool:
@@ -79,7 +79,7 @@ class TraceRecorder:
             calls.append(
                 trace_command(
                     d.stream.queue.keys,
-                    self.maxlen,
+                    self.bound,
                     msg_id=d.fields.get(b"i", b""),
                     event="sub",
                     group=self.group,
@@ -109,7 +109,7 @@ class TraceRecorder:
         calls = [
             trace_command(
                 keys,
-                self.maxlen,
+                self.bound,
                 msg_id=fields.get(b"i", b""),
                 event="sub",
                 group=self.group,
