@@ -73,6 +73,8 @@ from ._sync.pull import PullConsumer
 from ._sync.simple import SimpleConsumer
 from ._sync.transaction import Transaction, TransactionProducer
 from ._topics import QueueInfo, Retention, TopicInfo, TopicRoute
+from ._trace import TRACE_PROPERTY
+from ._trace_read import MessageTrace, TraceStep
 from ._transaction import (
     HalfMessage,
     TransactionSendResult,
@@ -90,6 +92,7 @@ from .settings import AppSettings
 __all__ = [
     "DELAY_LEVELS_MS",
     "LAYOUT_VERSION",
+    "TRACE_PROPERTY",
     "Admin",
     "App",
     "AppSettings",
@@ -124,6 +127,7 @@ __all__ = [
     "Message",
     "MessageQueue",
     "MessageTooLargeError",
+    "MessageTrace",
     "Offset",
     "Producer",
     "ProducerSettings",
@@ -154,6 +158,7 @@ __all__ = [
     "TopicInfo",
     "TopicNotFoundError",
     "TopicRoute",
+    "TraceStep",
     "Transaction",
     "TransactionProducer",
     "TransactionSendResult",

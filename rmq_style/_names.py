@@ -116,6 +116,11 @@ class QueueKeys:
         """Hash msg id -> packed entry fields of delayed messages."""
         return f"{self.tag}:delayed"
 
+    @property
+    def trace(self) -> str:
+        """Stream of the queue's message trace records (docs/trace.md), bounded by MAXLEN ~."""
+        return f"{self.tag}:trace"
+
     def retry(self, group: str) -> str:
         """Sorted set of the group's messages waiting for a retry, scored by due time."""
         return f"{self.tag}:retry:{group}"

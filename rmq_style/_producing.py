@@ -68,6 +68,11 @@ class ProducerSettings(BaseModel):
         False,
         description="with min_replicas: wait until the replicas fsynced their AOF (WAITAOF, Redis 7.2+)",
     )
+    trace_sample: float = Field(
+        0.0, ge=0, le=1, description="share of messages traced (docs/trace.md): 0 none, 1 all"
+    )
+    trace_maxlen: int = Field(10_000, ge=1, description="trace records kept per queue (XADD MAXLEN ~)")
+    trace_max_age_ms: int = Field(0, ge=0, description="trace records older than this are trimmed; 0: none")
 
 
 @dataclass(slots=True)

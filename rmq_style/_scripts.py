@@ -49,6 +49,7 @@ SCRIPTS: dict[str, int] = {
     "simple_receive": 9,
     "simple_ack": 3,
     "simple_change": 2,
+    "trace": 1,
 }
 
 

@@ -245,7 +245,8 @@ def delete_flow(keys: Keys, topic: str) -> Flow[None]:
             )
         ]
         per_group += [k for g in tx_groups for k in (qk.half(g), qk.half_checks(g), qk.tx_discarded(g))]
-        calls.append(command("DEL", qk.stream, qk.seq, qk.delay, qk.delayed, qk.trimmed, *per_group))
+        queue_keys = (qk.stream, qk.seq, qk.delay, qk.delayed, qk.trimmed, qk.trace)
+        calls.append(command("DEL", *queue_keys, *per_group))
     calls += [command("HDEL", keys.subscriptions(g), topic) for g in group_names]
     calls += [command("HDEL", keys.subscription_kinds(g), topic) for g in group_names]
     calls += [command("SREM", keys.tx_topics(g), topic) for g in tx_groups]

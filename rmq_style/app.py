@@ -70,7 +70,7 @@ class HandlerSubscription:
 # options a handler may set; each is a PushSettings field of its group's consumer
 _GROUP_OPTIONS = (
     "max_reconsume_times", "concurrency", "consume_from", "retry_delays_ms", "consume_timeout_ms",
-    "message_model", "instance_name",
+    "message_model", "instance_name", "message_trace",
 )  # fmt: skip
 
 
@@ -123,7 +123,8 @@ class App:
 
         *options*: ``max_reconsume_times``, ``concurrency``, ``consume_from``,
         ``retry_delays_ms``, ``consume_timeout_ms``, ``message_model`` (``"broadcasting"``: every
-        worker process gets every message; docs/push.md) and ``instance_name``.
+        worker process gets every message; docs/push.md), ``instance_name`` and ``message_trace``
+        (docs/trace.md).
         *idempotent*: handle each message (or business key) once per group (True, ``"keys"``,
         ``"property:NAME"`` or an Idempotent; docs/idempotence.md).
         """
@@ -197,7 +198,7 @@ class App:
         s = self.settings
         return ProducerSettings(
             namespace=s.namespace, codec=s.codec, max_message_size=s.max_message_size,
-            auto_create_topics=s.auto_create_topics,
+            auto_create_topics=s.auto_create_topics, trace_sample=s.trace_sample,
         )  # fmt: skip
 
     def producer(self) -> Producer:
@@ -234,6 +235,7 @@ class App:
             "max_reconsume_times": s.max_reconsume_times,
             "shutdown_timeout_ms": int(s.shutdown_timeout_s * 1000),
             "max_message_size": s.max_message_size,
+            "message_trace": s.message_trace,
             **merged,
             **extra,
         }

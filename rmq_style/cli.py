@@ -16,6 +16,7 @@ import typer
 from ._cli_common import DEFAULT_URL, JsonOption, UrlOption, console, emit_json, message_row, show, table
 from ._cli_dlq import dlq_app
 from ._cli_topics import topic_app
+from ._cli_trace import trace
 from ._cli_tx import tx_app
 from ._errors import RmqError, UsageError
 from ._message import Message, MessageQueue
@@ -28,6 +29,7 @@ app = typer.Typer(help="rmq_style: RocketMQ-style messaging on Redis Streams.", 
 app.add_typer(topic_app, name="topic")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(tx_app, name="tx")
+app.command("trace")(trace)
 
 
 @app.command("send")

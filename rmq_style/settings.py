@@ -24,6 +24,8 @@ model                       configures                                   defined
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -65,4 +67,10 @@ class AppSettings(BaseSettings):
     )
     tracing_parent: bool = Field(
         False, description="with tracing: a process span is the child of its message's send span, not linked"
+    )
+    trace_sample: float = Field(
+        0.0, ge=0, le=1, description="share of sent messages traced (docs/trace.md); consumers follow"
+    )
+    message_trace: Literal["follow", "all", "off"] = Field(
+        "follow", description="consumers record the sampled messages, all, or none (docs/trace.md)"
     )

@@ -22,6 +22,7 @@ class Seeded:
     failing: set[int] = field(default_factory=lambda: {3})
     billed: list[tuple[int, int]] = field(default_factory=list)
     hostile_id: str = ""
+    traced_id: str = ""
     tester: AppTester | None = None
 
 
@@ -79,6 +80,9 @@ def seeded_console_data(url: str) -> Iterator[Seeded]:
             ]
         )
         seeded.hostile_id = sent[3].msg_id
+        traced = Producer(url, trace_sample=1.0)  # docs/trace.md: the message page shows its journey
+        seeded.traced_id = traced.send(Message("orders", {"n": 4, "note": ""}, keys=["order-4"])).msg_id
+        traced.close()
         with AppTester(
             make_app(seeded), retry_delays_ms=(600_000,), suspend_current_queue_time_ms=300
         ) as tester:

@@ -324,3 +324,34 @@ def test_delayed_messages_and_an_expansion_reach_running_push_consumers(url: str
         sent = asyncio.run(main())
     for group, ids in got.items():
         assert sorted(ids) == sorted(sent), group
+
+
+def test_message_trace_works_on_a_cluster(url: str) -> None:
+    """Trace records live on their queue's slot (docs/trace.md): recorded and read across the nodes."""
+    with Producer(url, trace_sample=1.0) as producer:
+        sent = producer.send_batch([Message("orders", {"n": n}) for n in range(16)])
+    handled: list[int] = []
+
+    async def listener(msg: ReceivedMessage) -> None:
+        n = msg.value()["n"]
+        if n == 5 and msg.reconsume_times == 0:
+            raise RuntimeError("once")
+        handled.append(n)
+
+    async def main() -> None:
+        consumer = PushConsumer(url, "billing", fast_settings(retry_delays_ms=(10,), retry_poll_ms=20))
+        consumer.subscribe("orders", "*", listener)
+        async with consumer:
+            await until(lambda: len(handled) == 16 and consumer.in_flight == 0, what="all handled and acked")
+
+    asyncio.run(main())
+    assert {r.queue.queue_id for r in sent} == set(range(QUEUES))
+    with Admin(url) as admin:
+        journeys = {
+            r.msg_id: [(s.event, s.outcome) for t in admin.trace(r.msg_id) for s in t.steps] for r in sent
+        }
+    for n, r in enumerate(sent):
+        expected = (
+            [("pub", "ok"), ("sub", "retry"), ("sub", "ok")] if n == 5 else [("pub", "ok"), ("sub", "ok")]
+        )
+        assert journeys[r.msg_id] == expected, n

@@ -20,7 +20,7 @@ from rmq_style._sync._io import open_client
 from rmq_style.console import RateRing, create_console
 from rmq_style.console._views import body_preview, message_view, parse_reset_target
 from rmq_style.testing import free_port
-from tests.consolekit import seeded_console_data, wait_for
+from tests.consolekit import HOSTILE, seeded_console_data, wait_for
 
 TOKEN = "s3cret-token"
 
@@ -57,6 +57,18 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
                     lambda: refunds.check_once() and len(admin.discarded_transactions("refunds-tx")) == 1,
                     "the refund's half message is discarded after its last check",
                 )
+        with Admin(url) as admin:  # the traced message's journey, plus a hostile record (docs/trace.md)
+            wait_for(
+                lambda: any(
+                    s.group == "billing" for t in admin.trace(seeded.traced_id, "orders") for s in t.steps
+                ),
+                "billing recorded its delivery of the traced message",
+            )
+        raw = open_client(url)
+        raw.xadd(
+            Keys().queue("orders", 0).trace, {"i": seeded.traced_id, "e": "sub", "g": "billing", "h": HOSTILE}
+        )
+        raw.close()
         app = create_console(url)
 
         async def session(client: httpx.AsyncClient) -> None:
@@ -87,7 +99,13 @@ def test_pages_show_every_state_and_bodies_escaped(url: str) -> None:
             ).text
             assert "1 message(s)" in by_id and "&lt;script&gt;" in by_id and "<script>alert" not in by_id
             by_key = (await client.get("/messages", params={"topic": "orders", "key": "order-2"})).text
-            assert "1 message(s)" in by_key and "order-2" in by_key
+            assert "1 message(s)" in by_key and "order-2" in by_key and 'class="trace"' not in by_key
+            traced = (
+                await client.get("/messages", params={"topic": "orders", "msg_id": seeded.traced_id})
+            ).text
+            journey = traced.split('<ol class="trace">')[1].split("</ol>")[0]
+            assert "sent by" in journey and "[billing] delivery 1 to" in journey
+            assert "&lt;script&gt;alert(" in journey and "<script>" not in journey
             tx = (await client.get("/transactions")).text
             pending, discarded = tx.split("producer group refunds-tx")
             assert "producer group orders-tx" in pending and half.msg_id in pending

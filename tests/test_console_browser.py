@@ -150,3 +150,12 @@ def test_pages_live_refresh_replay_and_reset_in_chromium(browser: Any, served: t
     wait.until(lambda d: "1 message(s)" in d.page_source)
     assert "<b>bold</b>" in text_of(browser, "pre.body")
     shoot(browser, "message")
+    # a traced message shows its journey (docs/trace.md) under its fields
+    with Admin(seeded.url) as admin:
+        steps = lambda: [s.group for t in admin.trace(seeded.traced_id) for s in t.steps]  # noqa: E731
+        wait_for(lambda: "billing" in steps(), "billing recorded its delivery of the traced message")
+    browser.get(base + f"/messages?topic=orders&msg_id={seeded.traced_id}")
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "ol.trace li"))
+    journey = [li.text for li in browser.find_elements(By.CSS_SELECTOR, "ol.trace li")]
+    assert "sent by" in journey[0] and any("[billing] delivery 1 to" in line for line in journey)
+    shoot(browser, "message-trace")

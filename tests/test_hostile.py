@@ -102,7 +102,8 @@ BAD_VALUES = st.one_of(
     st.none(),  # the field is left out
     st.binary(max_size=12),
     st.sampled_from([b"", b"-1", b" 7", b"1e3", b"9" * 16, b"9" * 19, b"\xff", b"\xc3\x28", b"j", b"m", b"x",
-                     b"{}", b'{"a":1}', b'{"a":"b"}', b"[[[[", b"null", b"a" * 129, b"z" * (MAX_SIZE + 1)]),
+                     b"{}", b'{"a":1}', b'{"a":"b"}', b"[[[[", b"null", b"a" * 129, b"z" * (MAX_SIZE + 1),
+                     b'{"TRACE_ON":"1"}']),  # traced: the consumer records a trace of it (docs/trace.md)
     st.text(max_size=8).map(str.encode),
 )  # fmt: skip
 
@@ -344,6 +345,10 @@ def _check_cli(url: str, topic: str, group: str, raw: dict[tuple[int, str], Any]
         cli("pull", topic, "--queue", str(q), *u)
     json.loads(cli("find", topic, "--key", "k", *u, "--json"))  # reads every entry, as do the others
     cli("find", topic, "--tag", "a", *u)
+    for fields in raw.values():  # the traces consumers recorded of traced hostile entries
+        msg_id = fields.get(b"i", b"").decode(errors="replace")
+        if msg_id and not msg_id.startswith("-"):
+            json.loads(cli("trace", msg_id, "--topic", topic, *u, "--json"))
 
 
 # -- broadcasting position records (rmq:{T:i}:bcast:G, field instance name -> entry id) ------------
@@ -602,3 +607,65 @@ def test_a_simple_consumers_queue_with_a_wrong_typed_key_does_not_stop_the_other
             got = consumer.receive(32, 30)
         assert [m.value() for m in got] == ["q1"]
         assert [e["topic"] for e in logs if e["event"] == "simple.queue_failed"] == ["hwrong"]
+
+
+# -- trace records (docs/storage.md "Message trace"): the reader shows every one, marked if broken --
+
+TRACE_FIELDS = (b"i", b"e", b"g", b"h", b"a", b"s", b"d", b"o", b"x")
+TRACE_ID = "018c0000000000000000000000000001"
+
+
+def trace_problem(f: dict[bytes, bytes]) -> bool:
+    """Whether a record of TRACE_ID has a field the reader cannot decode (restated from the doc)."""
+    for name in TRACE_FIELDS:
+        if f.get(name) and not _utf8(f[name]):
+            return True
+    if any(f.get(n) and not re.fullmatch(rb"[0-9]{1,15}", f[n]) for n in (b"a", b"s", b"d")):
+        return True
+    return bool(f.get(b"x")) and not _json_of_strings(f[b"x"])
+
+
+@st.composite
+def hostile_trace_records(draw: st.DrawFn) -> dict[bytes, bytes]:
+    event = draw(st.sampled_from([b"pub", b"sub", b"tx", b"replay", b"??"]))
+    fields = {b"i": TRACE_ID.encode(), b"e": event, b"g": b"g", b"h": b"host", b"a": b"0",
+              b"s": b"1700000000000", b"d": b"3", b"o": b"ok", b"x": b""}  # fmt: skip
+    for name in draw(st.lists(st.sampled_from(TRACE_FIELDS[1:]), unique=True, max_size=3)):
+        value = draw(BAD_VALUES)
+        if value is None:
+            del fields[name]
+        else:
+            fields[name] = value
+    extras = draw(st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=6), max_size=2))
+    fields.update({k: v for k, v in extras.items() if k not in TRACE_FIELDS})  # unknown fields: ignored
+    return fields
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=st.lists(hostile_trace_records(), min_size=1, max_size=6))
+def test_hostile_trace_records(
+    backends: dict[str, str], backend: str, records: list[dict[bytes, bytes]]
+) -> None:
+    from rmq_style import Admin
+
+    url = backends[backend]
+    topic = f"hostiletrace{next(_names)}"
+
+    async def write() -> None:
+        client = open_client(url)
+        for n, fields in enumerate(records):
+            await client.xadd(Keys().queue(topic, n % QUEUES).trace, fields)  # type: ignore[arg-type]
+        await client.aclose()
+
+    with Admin(url) as admin:
+        admin.create_topic(topic, queues=QUEUES)
+    asyncio.run(write())
+    with Admin(url) as admin:
+        [trace] = admin.trace(TRACE_ID, topic)
+    assert len(trace.steps) == len(records)  # every record shown, none dropped
+    assert sorted(s.problem is not None for s in trace.steps) == sorted(map(trace_problem, records))
+    shown = json.loads(cli("trace", TRACE_ID, "--topic", topic, "--url", url, "--json"))
+    assert len(shown[0]["steps"]) == len(records)
+    text = cli("trace", TRACE_ID, "--topic", topic, "--url", url)  # recorded text printed as it is
+    assert text.count("<undecodable record") == sum(map(trace_problem, records))

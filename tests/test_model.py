@@ -90,6 +90,7 @@ PUSH = ("conc", "ord", "mix")
 BROADCAST = {"bca": "a", "bcb": "b"}
 SETTLED = (*PUSH, "simple")  # groups that retry and dead-letter (replay, purge, reset)
 CONCURRENCY = 2
+TRACED = ("conc", "ord")  # groups whose members trace every message (docs/trace.md)
 MAX_QUEUES = 4
 DELAYS: dict[str, Any] = {
     "delay": lambda: {"delay": timedelta(hours=1)},
@@ -305,6 +306,7 @@ class ModelMachine(RuleBasedStateMachine):
             suspend_current_queue_time_ms=5, orderly_lease_ms=3000, shutdown_timeout_ms=5000,
             reconnect_backoff_ms=20, reconnect_backoff_max_ms=200,
             membership=MembershipSettings(heartbeat_interval_ms=100, member_expiry_ms=3000),
+            message_trace="all" if group in TRACED else "follow",  # docs/trace.md: see _trace_differences
         )  # fmt: skip
         member = Member(group, consumer, lite=False)
         for topic, kind in subs.items():
@@ -450,6 +452,8 @@ class ModelMachine(RuleBasedStateMachine):
                 await self._receive(m)
             differences = await self._differences()
             if not differences:
+                differences = await self._trace_differences()
+            if not differences:
                 return
             if time.monotonic() > deadline:
                 listed = "\n  ".join(differences)
@@ -483,6 +487,23 @@ class ModelMachine(RuleBasedStateMachine):
                     await client.zadd(key, dict.fromkeys(leased, 0))
         finally:
             await client.aclose()
+
+    async def _trace_differences(self) -> list[str]:
+        """Groups conc and ord trace every message (message_trace="all"): one trace record per
+        listener call, and one ``dead`` among them for a message in the group's DLQ."""
+        out: list[str] = []
+        for group in TRACED:
+            if not self.model.groups[group].started:
+                continue
+            name, dead = self.names[group], self.model.dead_ids(group)
+            for msg_id, calls in self.calls[group].items():
+                traces = await self.admin.trace(msg_id, self.t0)
+                steps = [s for t in traces for s in t.steps if s.event == "sub" and s.group == name]
+                if len(steps) != calls:
+                    out.append(f"{group}: {msg_id} has {calls} listener calls and {len(steps)} trace records")
+                elif msg_id in dead and "dead" not in (outcomes := [s.outcome for s in steps]):
+                    out.append(f"{group}: {msg_id} is a dead letter, its trace says {outcomes}")
+        return out
 
     async def _poll_lite(self) -> None:
         for m in self.members["lite"]:

@@ -32,6 +32,8 @@ from .._topics import (
     list_flow,
     route_flow,
 )
+from .._trace import replay_trace_flow
+from .._trace_read import MessageTrace, trace_flow
 from ._io import AsyncClient, ClientHolder
 from .tx_admin import AsyncTransactionAdmin
 
@@ -154,4 +156,21 @@ class AsyncAdmin(ClientHolder, AsyncTransactionAdmin):
 
     async def replay_dead_letters(self, group: str, records: list[DeadLetterRecord]) -> int:
         """Give *records* back to *group*: same msg id, reconsume times 0; returns how many were replayed."""
+        await self._drive(replay_trace_flow(self.keys, group, records))  # traced ones: docs/trace.md
         return await self._drive(replay_flow(self.keys, group, records))
+
+    async def trace(self, msg_id: str, topic: str | None = None) -> list[MessageTrace]:
+        """What happened to message *msg_id* (RocketMQ's queryMsgTraceById), per topic where it was traced.
+
+        Every topic is searched when *topic* is None. Only traced messages have steps (docs/trace.md).
+        """
+        return await self._drive(trace_flow(self.keys, msg_id, topic))
+
+    async def trace_by_key(self, topic: str, key: str, *, limit: int = 16) -> list[MessageTrace]:
+        """The traces of the messages of *topic* with business key *key* (found by ``find_messages``)."""
+        found = await self.find_messages(topic, key=key, limit=limit)
+        traces = []
+        for m in found:
+            msg_id = m.shown("msg_id")
+            traces += await self._drive(trace_flow(self.keys, msg_id, topic))
+        return traces

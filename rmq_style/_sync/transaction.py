@@ -10,11 +10,12 @@ from typing import Any, Self, cast
 
 import structlog
 
-from .._call_values import Flow
+from .._call_values import Flow, ScriptCall
 from .._errors import BrokerUnavailableError, UsageError
 from .._message import Message, MessageQueue, SendResult
 from .._producing import SendPlan, ShardingKey
 from .._telemetry import active
+from .._trace import TraceBound, mark_traced, sampled, tx_call
 from .._transaction import (
     HalfMessage,
     TransactionCore,
@@ -26,7 +27,7 @@ from .._transaction import (
     refuse_extras,
 )
 from .._tx_runner import CheckRunner
-from ._io import Client, ClientHolder, drive_with_retries
+from ._io import TRANSIENT_ERRORS, Client, ClientHolder, drive_with_retries, execute
 
 __all__ = ["Transaction", "TransactionProducer", "CheckReport"]
 
@@ -68,6 +69,7 @@ class TransactionProducer(ClientHolder):
             raise TypeError("checker must be a callable: check(message) -> COMMIT | ROLLBACK | UNKNOWN")
         self.settings = settings or TransactionSettings(**options)
         self._core = TransactionCore(group, self.settings)
+        self._bound = TraceBound(self.settings.trace_maxlen, self.settings.trace_max_age_ms)
         super().__init__(url)
         self._checker = checker
         self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
@@ -116,6 +118,8 @@ class TransactionProducer(ClientHolder):
         A delay (refused: RocketMQ clears it) or a list of messages is a UsageError.
         """
         message = refuse_extras(message, (delay, deliver_at, delay_level))
+        if self.settings.trace_sample and sampled(self.settings.trace_sample):  # docs/trace.md
+            message = mark_traced(message)
         if self._telemetry is not None:  # one send span around store, local transaction and end
             with self._telemetry.sending([message], "transaction") as sending:
                 result = self._send_in_transaction(
@@ -159,6 +163,7 @@ class TransactionProducer(ClientHolder):
             except BrokerUnavailableError as exc:  # the local transaction is done: the check-back ends it
                 log.warning("transaction.end_unreachable", **ids, state=str(state), error=str(exc))
                 return TransactionSendResult(half.msg_id, half.queue, state)
+            self._trace(half, state, sent)
             return TransactionSendResult(half.msg_id, half.queue, state, sent)
         finally:
             self._executing.discard(msg_id)
@@ -196,6 +201,8 @@ class TransactionProducer(ClientHolder):
                 else:
                     report.unknown += 1
             self._drive(self._core.answer_flow(claim, state, defer=defer))
+            if state is not TransactionState.UNKNOWN:
+                self._trace(half, state, None, from_check=True)
         return report
 
     def close(self) -> None:
@@ -213,9 +220,37 @@ class TransactionProducer(ClientHolder):
 
     def _store(self, planned: tuple[SendPlan, int]) -> HalfMessage:
         core, s = self._core, self.settings
-        return drive_with_retries(
+        half = drive_with_retries(
             self._client, lambda: core.half_flow(planned), s.retries, s.retry_backoff_ms
         )
+        if s.trace_sample:
+            self._record(tx_call(core.keys, self._bound, half, event="pub", outcome="ok",
+                                       group=self.group, detail={"tx": "half"}))  # fmt: skip
+        return half
+
+    def _trace(
+        self, half: HalfMessage, state: TransactionState, sent: SendResult | None, *, from_check: bool = False
+    ) -> None:
+        """The ``tx`` record of a traced message's end (docs/trace.md)."""
+        detail = {"from_check": "1" if from_check else "0"}
+        if sent is not None and sent.offset is not None:
+            detail["offset"] = sent.offset
+            detail["queue_offset"] = str(sent.queue_offset)
+        outcome = "commit" if state is TransactionState.COMMIT else "rollback"
+        call = tx_call(self._core.keys, self._bound, half, event="tx", outcome=outcome,
+                       group=self.group, detail=detail)  # fmt: skip
+        self._record(call)
+
+    def _record(self, call: ScriptCall | None) -> None:
+        if call is None:
+            return
+        try:
+            (reply,) = execute(self._client, [call])
+        except TRANSIENT_ERRORS as exc:  # best effort: the transaction is not affected
+            log.warning("trace.write_failed", group=self.group, error=str(exc))
+            return
+        if isinstance(reply, Exception):
+            log.warning("trace.write_failed", group=self.group, error=str(reply))
 
     def _end(
         self, queue: MessageQueue, msg_id: str, state: TransactionState, source: str
@@ -257,6 +292,9 @@ class Transaction:
         message = refuse_extras(message, (delay, deliver_at, delay_level))
         if self.message is not None:
             raise UsageError("one message per transaction: begin another transaction for the next one")
+        rate = self._producer.settings.trace_sample
+        if rate and sampled(rate):  # docs/trace.md
+            message = mark_traced(message)
         telemetry = self._producer._telemetry
         if telemetry is None:
             planned = self._producer._core.half_plan(message, sharding_key, queue_id, check_immunity)
@@ -275,6 +313,7 @@ class Transaction:
         sent = self._producer._end(half.queue, half.msg_id, TransactionState.COMMIT, "client")
         sent = cast(SendResult, sent)
         self.result, self.state = sent, TransactionState.COMMIT
+        self._producer._trace(half, TransactionState.COMMIT, sent)
         return sent
 
     def rollback(self) -> None:
@@ -282,6 +321,7 @@ class Transaction:
         half = self._sent()
         self._producer._end(half.queue, half.msg_id, TransactionState.ROLLBACK, "client")
         self.state = TransactionState.ROLLBACK
+        self._producer._trace(half, TransactionState.ROLLBACK, None)
 
     def _sent(self) -> HalfMessage:
         if self.message is None:

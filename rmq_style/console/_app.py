@@ -80,6 +80,9 @@ class Console:
         return form
 
 
+MAX_TRACED = 8  # found messages whose trace the messages page reads (one scan each)
+
+
 def _guard(console: Console, handler: Handler) -> Handler:
     async def guarded(request: Request) -> Response:
         try:
@@ -170,13 +173,18 @@ def _routes(c: Console) -> list[BaseRoute]:
         q = request.query_params
         topic, msg_id, key = q.get("topic", ""), q.get("msg_id", "").strip(), q.get("key", "").strip()
         found = None
+        traces: dict[str, list[str]] = {}  # msg id -> its journey (docs/trace.md), when traced
         if topic and (msg_id or key):
             hits = await c.admin.find_messages(topic, msg_id=msg_id or None, key=key or None)
             found = [message_view(m) for m in hits]
+            for m in found[:MAX_TRACED]:
+                for t in await c.admin.trace(m.msg_id, topic) if m.msg_id not in traces else []:
+                    traces[m.msg_id] = [line.strip() for line in t.lines()[1:]] if t.steps else []
         names = [t.topic for t in await c.admin.list_topics()]
         return c.render(
-            request, "messages.html", topics=names, topic=topic, msg_id=msg_id, key=key, found=found
-        )
+            request, "messages.html", topics=names, topic=topic, msg_id=msg_id, key=key, found=found,
+            traces=traces,
+        )  # fmt: skip
 
     async def transactions(request: Request) -> Response:
         groups = []

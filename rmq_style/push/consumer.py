@@ -256,6 +256,7 @@ class PushConsumer:
                 wait_client=open_client(self.url),
                 start_position=c.start_position,
                 spawn=functools.partial(tree.spawn, restart=False),  # a queue task is its own state
+                recorder=c.recorder,
             )
             self._loops["renew"] = tree.spawn("renew", c.orderly.background_loop)
         await self._rebalance.rebalance()

@@ -18,12 +18,14 @@ from .._membership import new_member_id
 from .._message import MessageQueue
 from .._names import Keys
 from .._telemetry import ConsumerHooks, active
+from .._trace import TraceBound
 from .handler_times import HandlerTimes
 from .outcomes import RetryPolicy
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Delivery, PushStats, QueueState, StreamState, Subscription
 from .tasks import TaskTree
+from .trace_recorder import TraceRecorder
 from .waits import Backoff
 
 if TYPE_CHECKING:
@@ -67,6 +69,11 @@ class Context:
         self.tree = self.new_tree()  # every task of the consumer, and their one exception boundary
         telemetry = active()  # OpenTelemetry (rmq_style.otel): the listener calls and settle rounds
         self.observer: ConsumerHooks | None = telemetry.consumer(group) if telemetry is not None else None
+        self.recorder: TraceRecorder | None = None  # message trace (docs/trace.md); None: off
+        if settings.message_trace != "off":
+            every = settings.message_trace == "all"
+            bound = TraceBound(settings.trace_maxlen, settings.trace_max_age_ms)
+            self.recorder = TraceRecorder(group, self.member, trace_all=every, bound=bound)
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until
@@ -78,7 +85,11 @@ class Context:
         survivor has taken over their pending entries: what it read ahead is not run.
         """
         d = token[0] if isinstance(token, list) else token
-        return d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until
+        if d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until:
+            if self.recorder is not None:
+                self.recorder.start(token)
+            return True
+        return False
 
     def drop(self, token: Delivery | list[Delivery]) -> None:
         """Forget a call that will not start; its entries, if still pending at us, are read again."""

@@ -42,6 +42,7 @@ from .orderly_queue import OrderlyQueue
 from .runner import HandlerPool, Spawn
 from .settings import PushSettings
 from .state import Subscription
+from .trace_recorder import TraceRecorder
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
@@ -66,6 +67,7 @@ class OrderlyRunner:
         wait_client: AsyncClient,
         start_position: Callable[[], tuple[str, str]],
         spawn: Spawn | None = None,
+        recorder: TraceRecorder | None = None,
     ) -> None:
         """*spawn*: how a queue task is started (a child of the consumer's task group)."""
         self.group = group
@@ -79,6 +81,7 @@ class OrderlyRunner:
         self.client = client
         self.wait_client = wait_client
         self.start_position = start_position
+        self.recorder = recorder  # message trace (docs/trace.md); None: off
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()

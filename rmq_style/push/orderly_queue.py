@@ -38,6 +38,7 @@ from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_e
 from .redis_calls import check_created, create_groups_calls, packed_record
 from .settings import PushSettings
 from .state import Subscription
+from .trace_recorder import TraceRecorder
 from .waits import Backoff
 
 __all__ = ["OrderlyQueue"]
@@ -62,6 +63,7 @@ class Host(Protocol):
     log: Any
     queues: dict[MessageQueue, OrderlyQueue]
     start_position: Callable[[], tuple[str, str]]
+    recorder: TraceRecorder | None
 
     async def call(self, q: OrderlyQueue, messages: list[ReceivedMessage]) -> object: ...
 
@@ -84,6 +86,7 @@ class OrderlyQueue:
         self.valid_until = 0.0
         self.release = asyncio.Event()  # no longer allocated, or stopping: hand the queue back
         self.acks: list[bytes] = []  # handled, acknowledged with the next write
+        self.traces: list[Call] = []  # trace records (docs/trace.md), sent with the next write
         self.retry = False  # the entries in hand (and self.acks) are of the group's retry stream
         self.held: tuple[bytes, int] | None = None  # (offset, failed attempts) persisted in Redis
         self.last_id: bytes | None = None
@@ -149,9 +152,10 @@ class OrderlyQueue:
         """One fenced script, retried while Redis is away; FENCED ends the ownership."""
         r = self.runner
         backoff = Backoff(r.settings.reconnect_backoff_ms, r.settings.reconnect_backoff_max_ms)
+        traces, self.traces = self.traces, []  # best effort: their replies are not read
         while True:
             try:
-                (reply,) = await execute(r.client, [call])
+                reply = (await execute(r.client, [call, *traces]))[0]
             except _TRANSIENT as exc:
                 self.log.warning("consumer.redis_unavailable", task="orderly", error=str(exc))
                 if not self.lease_valid:
@@ -191,6 +195,7 @@ class OrderlyQueue:
                 calls.append(settle_call(self.keys, r.group, self.value, self.acks, retry=self.retry))
             if not self.lost:
                 calls.append(release_call(self.keys, r.group, self.value))
+            calls += self.traces
             if calls:
                 try:
                     replies = await execute(r.client, calls)
@@ -294,8 +299,12 @@ class OrderlyQueue:
         while True:
             self._check()
             messages = [_with_attempts(m, f, failed) for _, f, m in batch if not isinstance(m, str)]
+            started = time.time() if r.recorder is not None else 0.0
             outcome = await r.call(self, messages)
             decision = decide_orderly(outcome, failed, s.max_reconsume_times)
+            if r.recorder is not None:
+                suspend_ms = s.suspend_current_queue_time_ms
+                self.traces += r.recorder.orderly(self.keys, batch, failed, started, decision, suspend_ms)
             if isinstance(decision, Proceed):
                 r.stats.consumed += len(batch)
                 self.acks.extend(entry_id for entry_id, _, _ in batch)

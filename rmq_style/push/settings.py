@@ -13,6 +13,7 @@ from .._membership import MembershipSettings
 from .._message import DEFAULT_MAX_MESSAGE_SIZE
 from .._names import check_instance
 from .._offsets import ConsumeFrom
+from .._trace import DEFAULT_TRACE_MAXLEN
 
 __all__ = ["ConsumeFrom", "PushSettings"]
 
@@ -63,6 +64,16 @@ class PushSettings(BaseModel):
     )
     max_message_size: int = Field(
         DEFAULT_MAX_MESSAGE_SIZE, gt=0, description="larger entries are dead-lettered (the producer's limit)"
+    )
+    message_trace: Literal["follow", "all", "off"] = Field(
+        "follow",
+        description="trace records (docs/trace.md): of messages their producer sampled, of all, or none",
+    )
+    trace_maxlen: int = Field(
+        DEFAULT_TRACE_MAXLEN, ge=1, description="trace records kept per queue (XADD MAXLEN ~)"
+    )
+    trace_max_age_ms: int = Field(
+        0, ge=0, description="trace records older than this are trimmed; 0: no age bound"
     )
 
     @model_validator(mode="after")

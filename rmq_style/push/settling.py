@@ -36,6 +36,8 @@ class Settler:
         self.unsettled: Callable[[Delivery], None] = c.release
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
+        if self.c.recorder is not None:
+            self.c.recorder.done(token)
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
             self.c.stats.consumed += 1
             if self.c.settings.trace_messages:
@@ -110,14 +112,22 @@ class Settler:
             round_ = self.plan(batch)
             observer = self.c.observer
             started_ns = time.time_ns() if observer is not None else 0
+            calls = round_.calls
+            if self.c.recorder is not None:  # trace records ride in the same round trip
+                traced = self.c.recorder.records(batch)
+                if traced:
+                    calls = calls + traced
             try:
-                replies = await execute(client, round_.calls)
+                replies = await execute(client, calls)
             except TRANSIENT as exc:
                 self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
                 self._settle_buffer = batch + self._settle_buffer
                 await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
                 continue
             backoff.reset()
+            extra = replies[len(round_.calls) :]
+            if extra and self.c.recorder is not None and self.c.recorder.count_failures(extra):
+                self.c.log.warning("trace.write_failed", failed=self.c.recorder.failed)
             acked, done, failed = round_.read_grouped(replies)
             if observer is not None:
                 observer.settled(started_ns, acked, done, failed)

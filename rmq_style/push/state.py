@@ -74,6 +74,8 @@ class Delivery:
     message: ReceivedMessage | None = None
     decision: Decision | None = None
     epoch: int = 0  # of its queue when read
+    started: float = 0.0  # traced only (docs/trace.md): wall clock when its listener started
+    ran: float = -1.0  # traced only: how long its listener ran (s)
 
     @property
     def origin_offset(self) -> bytes:
