@@ -46,6 +46,8 @@ LANE_IDLE_CHECK_S = 0.002
 Client = redis_asyncio.Redis
 # Redis (or, on a cluster, a node or the slots of one) away for now: worth another try later
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
+# any refusal or failure of the client: what the runtime's task boundary treats as weather
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError,)
 _ATTENTION = (NoScriptError, *TRANSIENT_ERRORS)  # replies that are not a call's own outcome
 
 

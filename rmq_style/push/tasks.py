@@ -34,15 +34,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
+from .._async._io import REDIS_ERRORS
 from .._errors import BrokerRefusedError, BrokerUnavailableError, ConsumerFailedError
 from .waits import Backoff
 
 __all__ = ["Loop", "TaskTree"]
 
 Loop = Callable[[], Awaitable[Any]]
-_WEATHER = (RedisError, BrokerRefusedError, BrokerUnavailableError, OSError)
+_WEATHER = (*REDIS_ERRORS, BrokerRefusedError, BrokerUnavailableError, OSError)
 
 
 class TaskTree:
