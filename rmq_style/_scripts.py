@@ -44,6 +44,10 @@ SCRIPTS: dict[str, int] = {
     "tx_check_claim": 3,
     "tx_check_unknown": 2,
     "tx_resume": 3,
+    "idem_claim": 1,
+    "idem_done": 1,
+    "idem_release": 1,
+    "idem_renew": 1,
 }
 
 

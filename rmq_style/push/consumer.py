@@ -205,6 +205,8 @@ class PushConsumer:
             asyncio.create_task(c.guard("settle", self._settling.settle_loop)),
             asyncio.create_task(c.guard("retries", self._retries.retry_loop)),
         ]
+        if c.marks is not None:  # idempotent subscriptions: leases of long-held claims renewed
+            self._tasks.append(asyncio.create_task(c.guard("idempotent", c.marks.keep_leases)))
 
     async def _abandon_start(self) -> None:
         """Undo a start that failed before anything was consumed (the member's heartbeat just expires)."""
@@ -230,8 +232,10 @@ class PushConsumer:
         c = self._ctx
         self._stopped.set()
         c.stopping.set()
-        fetch, membership, settle, retries = self._tasks
+        fetch, membership, settle, retries, *keeper = self._tasks
         await asyncio.gather(fetch, membership, retries, return_exceptions=True)
+        if c.marks is not None:
+            await c.marks.admitted()  # claims of reads in flight: their calls queued before the close
         timeout = self.settings.shutdown_timeout_ms / 1000
         cut = 0
         if c.orderly is not None:
@@ -249,6 +253,9 @@ class PushConsumer:
         if not done:
             settle.cancel()
             await asyncio.gather(settle, return_exceptions=True)
+        for task in keeper:
+            task.cancel()
+        await asyncio.gather(*keeper, return_exceptions=True)
         expiry = self.settings.membership.member_expiry_ms
         try:
             await execute(

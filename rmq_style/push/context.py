@@ -25,6 +25,7 @@ from .state import Delivery, PushStats, QueueState, StreamState, Subscription
 from .waits import Backoff
 
 if TYPE_CHECKING:
+    from .marks import MarkBook
     from .orderly import OrderlyRunner
 
 __all__ = ["TRANSIENT", "Context"]
@@ -62,6 +63,7 @@ class Context:
         # monotonic: until then the group counts this member as live (its last heartbeat + expiry)
         self.member_valid_until = 0.0
         self.dropped = 0  # listener calls dropped since the last report
+        self.marks: MarkBook | None = None  # idempotent subscriptions' marks (push/dedup.py)
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until

@@ -89,8 +89,11 @@ class Settler:
         client = self.c.client
         assert client is not None
         backoff = self.c.backoff()
+        marks: list[Any] = []  # idempotent marks: written in the round of their acks, before them
         while True:
-            if not self._settle_buffer:
+            if self.c.marks is not None:
+                marks += self.c.marks.take(self.c.drained.is_set())
+            if not self._settle_buffer and not marks:
                 if self.c.drained.is_set():
                     return
                 self.c.settle_wakeup.clear()
@@ -99,13 +102,17 @@ class Settler:
             batch, self._settle_buffer = self._settle_buffer, []
             round_ = self.plan(batch)
             try:
-                replies = await execute(client, round_.calls)
+                replies = await execute(client, [*marks, *round_.calls] if marks else round_.calls)
             except TRANSIENT as exc:
                 self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
                 self._settle_buffer = batch + self._settle_buffer
                 await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
                 continue
             backoff.reset()
+            if marks:
+                assert self.c.marks is not None
+                self.c.marks.read(marks, replies)
+                replies, marks = replies[len(marks) :], []
             acked, done, failed = round_.read_grouped(replies)
             for deliveries in acked:
                 self.c.release_acked(deliveries)

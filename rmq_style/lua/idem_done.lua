@@ -1,0 +1,17 @@
+--[[
+  idem_done: the listener calls of these marks succeeded: each becomes "consumed" for the
+  retention, whoever holds it now (the work is done; a later copy is a duplicate).
+
+  Input:
+    KEYS[1] marks    rmq:{T:idem:G}:   the marks' common prefix (idem_claim.lua)
+    ARGV[1] retention in ms
+    ARGV[2..] the dedup keys
+
+  Output:
+    the number of marks written
+]]
+
+for i = 2, #ARGV do
+  redis.call('SET', KEYS[1] .. ARGV[i], 'consumed', 'PX', ARGV[1])
+end
+return #ARGV - 1
