@@ -19,10 +19,11 @@
          replaced by our claim, run the listener
 ]]
 
+local prefix, owner, lease = KEYS[1], ARGV[1], ARGV[2]
 local out = {}
 for i = 4, #ARGV do
-  local mark = KEYS[1] .. ARGV[i]
-  if redis.call('SET', mark, ARGV[1], 'NX', 'PX', ARGV[2]) then
+  local mark = prefix .. ARGV[i]
+  if redis.call('SET', mark, owner, 'NX', 'PX', lease) then
     out[#out + 1] = 'r'
   else
     local value = false
@@ -39,7 +40,7 @@ for i = 4, #ARGV do
       end
     end
     if verdict == 'j' then
-      redis.call('SET', mark, ARGV[1], 'PX', ARGV[2])
+      redis.call('SET', mark, owner, 'PX', lease)
     end
     out[#out + 1] = verdict
   end

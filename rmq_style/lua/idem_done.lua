@@ -11,7 +11,8 @@
     the number of marks written
 ]]
 
+local prefix, retention = KEYS[1], ARGV[1]
 for i = 2, #ARGV do
-  redis.call('SET', KEYS[1] .. ARGV[i], 'consumed', 'PX', ARGV[1])
+  redis.call('SET', prefix .. ARGV[i], 'consumed', 'PX', retention)
 end
 return #ARGV - 1

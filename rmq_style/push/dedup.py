@@ -17,7 +17,7 @@ import asyncio
 import os
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .._async._io import execute
 from .._call_values import Call
@@ -28,6 +28,7 @@ from .idempotence import (
     claim_call,
     dedup_key,
     done_call,
+    key_getter,
     lease_ms,
     mark_prefix,
     release_call,
@@ -59,6 +60,7 @@ class DedupListener:
         self._unmarking: set[asyncio.Task[Any]] = set()  # releases of cancelled calls, kept referenced
         self._marks = Coalescer(ctx)
         self._prefix: str | None = None
+        self.key_of = key_getter(spec)
         # claims of admitted messages whose outcome is not queued yet: key -> its delivery
         self.held: dict[str, Delivery] = {}
         self.done: list[str] = []  # keys to write "consumed" in the next settle round
@@ -83,17 +85,20 @@ class DedupListener:
         """Claim the marks of *deliveries* (one read) and hand the claimed ones to the pool."""
         c = self.ctx
         settling = fetcher.settling
-        keys: list[str] = []
-        good: list[Delivery] = []
-        for d in deliveries:
-            assert d.message is not None
-            try:
-                keys.append(dedup_key(d.message, self.spec))
-                good.append(d)
-            except Exception as exc:  # noqa: BLE001 - a key function that fails on this message: its outcome
-                settling.fail(d, exc)
-        if not good:
-            return
+        key_of = self.key_of
+        good = deliveries
+        try:
+            keys = [key_of(cast("ReceivedMessage", d.message)) for d in deliveries]
+        except Exception:  # noqa: BLE001 - a key function that fails on a message: found below
+            keys, good = [], []
+            for d in deliveries:
+                try:
+                    keys.append(key_of(cast("ReceivedMessage", d.message)))
+                    good.append(d)
+                except Exception as exc:  # noqa: BLE001 - that message's outcome (retried, dead-lettered)
+                    settling.fail(d, exc)
+            if not good:
+                return
         try:
             call = claim_call(self.prefix(sub.topic), self.owner, self.lease, keys)
             (reply,) = await execute(c.redis(), [call])

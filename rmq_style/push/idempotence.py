@@ -32,6 +32,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from .._call_values import Call, run_script
@@ -50,6 +52,7 @@ __all__ = [
     "claim_call",
     "dedup_key",
     "done_call",
+    "key_getter",
     "lease_ms",
     "mark_key",
     "mark_prefix",
@@ -152,6 +155,18 @@ def verdicts(reply: object, count: int) -> list[Verdict]:
         if None not in out:
             return out  # type: ignore[return-value]
     raise MarkReplyError(f"unexpected claim reply {reply!r:.80} for {count} keys")
+
+
+def key_getter(spec: Idempotent) -> Callable[[ReceivedMessage], str]:
+    """``dedup_key`` for *spec* as one function (the default, the msg id, is an attribute read).
+
+    >>> from rmq_style._message import ReceivedMessage
+    >>> key_getter(Idempotent())(ReceivedMessage("orders", 2, b"5-0", {b"i": b"ID1"}))
+    'ID1'
+    """
+    if spec.key == "msg_id":
+        return attrgetter("msg_id")
+    return partial(dedup_key, spec=spec)
 
 
 def dedup_key(msg: ReceivedMessage, spec: Idempotent) -> str:
