@@ -110,11 +110,12 @@ class DedupListener:
             return
         run: list[Delivery] = []
         claimed: dict[Delivery, str] = {}
+        held = self.held
         for d, key, verdict in zip(good, keys, found, strict=True):
             if verdict is Verdict.RUN or verdict is Verdict.REPLACED:
                 if verdict is Verdict.REPLACED:
                     c.log.warning("idempotent.junk_mark_replaced", key=key, offset=d.entry_id.decode())
-                self.held[key] = d
+                held[key] = d
                 claimed[d] = key
                 run.append(d)
             elif verdict is Verdict.DUPLICATE:
@@ -132,8 +133,8 @@ class DedupListener:
         if size == 1 and sub.model is None:  # the hot path: one call per message, queued at once
             pool = c.pool
             assert pool is not None
-            calls = [(partial(self.call_claimed, (claimed[d],)), True, (d.message,), d) for d in run]
-            pool.submit_many(calls)
+            call_one = self.call_one
+            pool.submit_many([(call_one, True, (d.message, claimed[d]), d) for d in run])
             return
         for start in range(0, len(run), size):
             chunk = run[start : start + size]
@@ -141,6 +142,23 @@ class DedupListener:
             for d in chunk:
                 if d.decision is not None:  # its body did not decode: dead-lettered, never called
                     self.finish([claimed[d]], False)
+
+    async def call_one(self, msg: ReceivedMessage, key: str) -> object:
+        """``call_claimed`` of one message (the hot path: no list, no partial)."""
+        try:
+            if self.is_async:
+                outcome = await self.listener(msg)
+            else:
+                outcome = await self.call((msg,))
+        except BaseException:  # a raise, a timeout or a stop: the retry must run again
+            self.finish((key,), False)
+            raise
+        self.held.pop(key, None)
+        if outcome is None or succeeded(outcome):
+            self.done.append(key)
+        else:
+            self.release.append(key)
+        return outcome
 
     async def call_claimed(self, keys: Sequence[str], *args: Any) -> object:
         """Run the listener for messages whose marks are claimed; queue the outcome's marks."""
