@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
@@ -332,3 +332,101 @@ def _check_cli(url: str, topic: str, group: str, raw: dict[tuple[int, str], Any]
         cli("pull", topic, "--queue", str(q), *u)
     json.loads(cli("find", topic, "--key", "k", *u, "--json"))  # reads every entry, as do the others
     cli("find", topic, "--tag", "a", *u)
+
+
+# -- idempotence marks (docs/idempotence.md): hostile values never stick -------------------------
+
+MARKS = st.one_of(
+    st.sampled_from(["none", "consumed", "live", "forever", "far", "hash", "list"]).map(lambda k: (k, b"")),
+    st.tuples(
+        st.just("bytes"),
+        st.binary(max_size=12).filter(lambda v: v != b"consumed" and not v.startswith(b"consuming:")),
+    ),
+)
+
+
+async def _write_mark(client: Any, mark: str, kind: str, value: bytes) -> None:
+    if kind == "consumed":
+        await client.set(mark, b"consumed")  # without an expiry: a duplicate all the same
+    elif kind == "live":  # another member's claim, lapsing soon: the message waits for it
+        await client.set(mark, b"consuming:other", px=100)
+    elif kind == "forever":
+        await client.set(mark, b"consuming:other")  # a claim that would never lapse
+    elif kind == "far":
+        await client.set(mark, b"consuming:other", px=36_000_000)  # 10 h: more than ten leases
+    elif kind == "hash":
+        await client.hset(mark, "f", "v")
+    elif kind == "list":
+        await client.rpush(mark, "v")
+    elif kind == "bytes":
+        await client.set(mark, value)
+
+
+@pytest.mark.parametrize("kind", ["concurrent", "orderly", "batch"])
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(marks=st.lists(MARKS, min_size=1, max_size=6))
+@example(
+    marks=[(k, b"") for k in ("none", "consumed", "live", "forever", "far", "hash", "list")]
+    + [("bytes", b"\xff")]
+)
+def test_hostile_idempotence_marks_never_stick(
+    backends: dict[str, str], backend: str, kind: str, marks: list[tuple[str, bytes]]
+) -> None:
+    """Whatever a mark holds, its message is handled once (a "consumed" one: acked as a duplicate),
+    nothing is left pending or dead-lettered, and every mark ends "consumed"."""
+    from rmq_style import AsyncAdmin, Idempotent
+    from rmq_style.push.idempotence import mark_key
+
+    url = backends[backend]
+    n = next(_names)
+    topic, group = f"hostile-idem{n}", f"g{n}"
+
+    async def main() -> tuple[list[str], Any]:
+        async with AsyncAdmin(url) as admin:
+            await admin.create_topic(topic, queues=QUEUES)
+        client = open_client(url)
+        for i, (mark_kind, value) in enumerate(marks):
+            await _write_mark(client, mark_key("rmq", topic, group, f"k{i}"), mark_kind, value)
+        async with AsyncProducer(url) as producer:
+            for i in range(len(marks)):
+                await producer.send(Message(topic, {"i": i}, keys=(f"k{i}",)))
+        handled: list[str] = []
+
+        def one(msg: ReceivedMessage) -> None:
+            handled.append(msg.keys[0])
+
+        def many(msgs: list[ReceivedMessage]) -> None:
+            handled.extend(m.keys[0] for m in msgs)
+
+        batch = 3 if kind == "batch" else 1
+        consumer = PushConsumer(
+            url, group, fast_settings(consume_message_batch_max_size=batch, suspend_current_queue_time_ms=10)
+        )
+        consumer.subscribe(
+            topic, None, many if batch > 1 else one, orderly=kind == "orderly",
+            idempotent=Idempotent("keys", lease_ms=1000),  # "far" is more than ten leases
+        )  # fmt: skip
+        expected = len(marks)
+        async with consumer:
+            await until(lambda: len(handled) + consumer.stats.duplicates >= expected, what="every key")
+            await until(lambda: consumer.in_flight == 0, what="every entry settled")
+            assert not [t for t in consumer._tasks if t.done()]
+        for i in range(len(marks)):
+            assert await client.get(mark_key("rmq", topic, group, f"k{i}")) == b"consumed"
+        await client.aclose()
+        return handled, consumer.stats
+
+    with capture_logs() as logs:
+        handled, stats = asyncio.run(main())
+    assert [e for e in logs if e["event"] in FAILURES or e.get("log_level") == "error"] == []
+    consumed = [f"k{i}" for i, (k, _) in enumerate(marks) if k == "consumed"]
+    assert sorted(handled) == sorted(f"k{i}" for i in range(len(marks)) if f"k{i}" not in consumed)
+    assert stats.duplicates == len(consumed) and stats.dead_lettered == 0
+    pending, dead = asyncio.run(_left(url, topic, group))
+    assert pending == 0 and dead == []
