@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .._async._io import execute
 from .._call_values import Call
+from .context import TRANSIENT
 from .idempotence import (
     DuplicateInProgress,
     Idempotent,
@@ -105,7 +106,11 @@ class DedupListener:
             # the common case, all claimed, read in one C call
             every = isinstance(reply, bytes) and reply.count(b"r") == len(keys)
             found = [] if every else verdicts(reply, len(keys))
-        except Exception as exc:  # noqa: BLE001 - Redis away: each call claims its own marks then
+        except TRANSIENT as exc:  # Redis away: left pending, read again (no reconsume time spent)
+            c.log.warning("consumer.redis_unavailable", task="idempotent_claim", error=str(exc))
+            c.drop(good)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected reply: each call claims its own marks
             c.log.warning("idempotent.claim_failed", error=str(exc), messages=len(good))
             for start in range(0, len(good), c.settings.consume_message_batch_max_size):
                 fetcher.submit(sub, good[start : start + c.settings.consume_message_batch_max_size])

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._async._io import execute
+from .._call_values import Call
 from .._entry_check import shown
 from .context import TRANSIENT, Context
 from .outcomes import Ack, DeadLetterIt, RetryLater, decide, describe_error
@@ -89,7 +90,7 @@ class Settler:
         client = self.c.client
         assert client is not None
         backoff = self.c.backoff()
-        marks: list[Any] = []  # idempotent marks: written in the round of their acks, before them
+        marks: list[Call] = []  # idempotent marks: written in the round of their acks, before them
         while True:
             if self.c.marks is not None:
                 marks += self.c.marks.take(self.c.drained.is_set())
