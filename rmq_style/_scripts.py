@@ -50,6 +50,10 @@ SCRIPTS: dict[str, int] = {
     "simple_ack": 3,
     "simple_change": 2,
     "trace": 1,
+    "idem_claim": 1,
+    "idem_done": 1,
+    "idem_release": 1,
+    "idem_renew": 1,
 }
 
 

@@ -312,8 +312,11 @@ class TransactionCore:
                 log.error("transaction.discarded", group=self.group, queue=str(mq), count=int(got[0]))
             for j in range(2, len(got), 5):
                 msg_id, token, checks, stored, packed = got[j : j + 5]
-                half = HalfMessage(mq, msg_id.decode(), int(stored), unpack_fields(packed), int(checks))
-                claims.append(Claim(half, token.decode(), expires))
+                try:
+                    half = HalfMessage(mq, msg_id.decode(), int(stored), unpack_fields(packed), int(checks))
+                    claims.append(Claim(half, token.decode(), expires))
+                except (ValueError, TypeError) as exc:  # a hostile msg id: its checks run out unanswered
+                    log.warning("transaction.bad_half", group=self.group, queue=str(mq), error=repr(exc))
         return claims
 
     def unknown_call(self, claim: Claim, *, defer: bool) -> Call:

@@ -8,12 +8,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import structlog
+
 from ._call_values import Call, Flow, command, run_script, single
 from ._errors import TopicNotFoundError
 from ._message import MessageQueue, SendResult, unpack_fields
 from ._names import Keys, check_group
 from ._topics import TopicRoute, route_flow
 from ._transaction import HalfMessage, TransactionState, TransactionStateError, half_keys, tx_error
+
+log = structlog.get_logger("rmq_style.transaction")
 
 __all__ = ["HalfRecord", "TxQueueReport", "instances_flow"]
 
@@ -88,12 +92,12 @@ def records_flow(keys: Keys, group: str, topic: str | None = None) -> Flow[list[
         mq = MessageQueue(route.topic, q)
         for packed_map, status in ((half, "pending"), (dead, "discarded")):
             for msg_id, packed in packed_map.items():
-                rec = unpack_fields(packed)
-                if rec[0] not in (b"h", b"d"):
-                    continue  # resolved, remembered for idempotent answers only
-                stored, checks, lease = int(rec[3]), int(rec[1]), rec[4]
-                records.append(
-                    HalfRecord(
+                try:
+                    rec = unpack_fields(packed)
+                    if rec[0] not in (b"h", b"d"):
+                        continue  # resolved, remembered for idempotent answers only
+                    stored, checks, lease = int(rec[3]), int(rec[1]), rec[4]
+                    record = HalfRecord(
                         msg_id=msg_id.decode(),
                         queue=mq,
                         status=status,  # type: ignore[arg-type]
@@ -105,7 +109,11 @@ def records_flow(keys: Keys, group: str, topic: str | None = None) -> Flow[list[
                         checking=bool(lease),
                         message=HalfMessage(mq, msg_id.decode(), stored, rec[6:13], checks),
                     )
-                )
+                except (ValueError, TypeError, IndexError) as exc:
+                    # not a record this store wrote: the next check look discards it with the reason
+                    log.warning("transaction.bad_record", queue=str(mq), status=status, error=repr(exc))
+                    continue
+                records.append(record)
     records.sort(key=lambda r: (r.stored_ms, r.msg_id))
     return records
 

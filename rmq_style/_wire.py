@@ -33,6 +33,8 @@ def unpack_fields(blob: bytes) -> list[bytes]:
     while pos < len(blob):
         colon = blob.index(b":", pos)
         length = int(blob[pos:colon])
+        if length < 0 or colon + 1 + length > len(blob):  # hostile: never loop back, never cut short
+            raise ValueError(f"malformed packed fields at {pos}")
         out.append(blob[colon + 1 : colon + 1 + length])
         pos = colon + 1 + length
     return out

@@ -7,7 +7,14 @@ in the stream; ``retrying``: replayed into its retry stream while no member
 ran), how many copies sit in its dead-letter queue, and how many listener
 calls it has seen. A running group settles at once: every owed delivery
 becomes a cycle of up to ``MAX_RECONSUME + 1`` listener calls that ends
-handled or dead-lettered, decided by the message's kind.
+handled or dead-lettered, decided by the message's kind. An idempotent group
+calls its listener for none of the cycles of a message it handled already
+(a redelivery or a replay of it is a duplicate, acked without a call).
+
+Transactional messages (a producer group's half messages) are pending until a
+commit (the message is sent then), a rollback or a check decides; a pending
+half found due after ``TX_CHECK_MAX`` checks is discarded, and an operator may
+resume (checks 0), commit or roll back a discarded one.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 MAX_RECONSUME = 2  # the consumers' max_reconsume_times: 3 listener calls per delivery
+TX_CHECK_MAX = 2  # the transactional producer's check_max
 KINDS = ("ok", "fail1", "fail2", "fail5", "dead", "bad")
 _FAILS = {"ok": 0, "fail1": 1, "fail2": 2, "fail5": 5, "dead": 0, "bad": 0}
 
@@ -69,6 +77,15 @@ class Msg:
 
 
 @dataclass(slots=True)
+class Half:
+    """A transactional message not committed nor rolled back yet."""
+
+    msg: Msg
+    checks: int = 0
+    discarded: bool = False
+
+
+@dataclass(slots=True)
 class Fate:
     """One message as one group sees it."""
 
@@ -85,6 +102,7 @@ class GroupModel:
     subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite" | "simple"
     running: int = 0  # members running now
     started: bool = False
+    idempotent: bool = False  # listener calls deduplicated by msg id
     fates: dict[str, Fate] = field(default_factory=dict)
 
     @property
@@ -101,6 +119,7 @@ class Model:
     topics: dict[str, int] = field(default_factory=dict)  # queue counts
     msgs: dict[str, Msg] = field(default_factory=dict)
     groups: dict[str, GroupModel] = field(default_factory=dict)
+    halves: dict[str, Half] = field(default_factory=dict)  # msg id -> pending or discarded half
 
     def send(self, msg: Msg) -> None:
         self.msgs[msg.msg_id] = msg
@@ -146,6 +165,8 @@ class Model:
                     if g.lite:
                         fate.handled += 1
                         continue
+                    if g.idempotent and fate.handled:
+                        continue  # a duplicate: acked without a call
                     cycle = run_simple_cycle if g.simple else run_cycle
                     fate.attempts, handled = cycle(self.msgs[msg_id].kind, fate.attempts)
                     if handled:
@@ -175,6 +196,38 @@ class Model:
                     g.fates.setdefault(m.msg_id, Fate()).owed = 1
                 elif m.msg_id in g.fates:
                     g.fates[m.msg_id].owed = 0
+
+    # -- transactional messages ---------------------------------------------------------------------
+
+    def tx_pending(self, msg: Msg) -> None:
+        self.halves[msg.msg_id] = Half(msg)
+
+    def tx_end(self, msg_id: str, commit: bool) -> None:
+        half = self.halves.pop(msg_id)
+        if commit:
+            self.send(half.msg)
+
+    def tx_check(self, answer: str) -> list[str]:
+        """A look of the checker answering *answer* to every due half; the msg ids it checked."""
+        checked = []
+        for msg_id, half in list(self.halves.items()):
+            if half.discarded:
+                continue
+            if half.checks >= TX_CHECK_MAX:
+                half.discarded = True
+                continue
+            half.checks += 1
+            checked.append(msg_id)
+            if answer != "unknown":
+                self.tx_end(msg_id, answer == "commit")
+        return checked
+
+    def tx_resume(self, msg_id: str) -> None:
+        half = self.halves[msg_id]
+        half.discarded, half.checks = False, 0
+
+    def tx_ids(self, discarded: bool) -> set[str]:
+        return {i for i, h in self.halves.items() if h.discarded == discarded}
 
     # -- expectations -------------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
@@ -669,3 +669,198 @@ def test_hostile_trace_records(
     assert len(shown[0]["steps"]) == len(records)
     text = cli("trace", TRACE_ID, "--topic", topic, "--url", url)  # recorded text printed as it is
     assert text.count("<undecodable record") == sum(map(trace_problem, records))
+
+
+# -- idempotence marks (docs/idempotence.md): hostile values never stick -------------------------
+
+MARKS = st.one_of(
+    st.sampled_from(["none", "consumed", "live", "forever", "far", "hash", "list"]).map(lambda k: (k, b"")),
+    st.tuples(
+        st.just("bytes"),
+        st.binary(max_size=12).filter(lambda v: v != b"consumed" and not v.startswith(b"consuming:")),
+    ),
+)
+
+
+async def _write_mark(client: Any, mark: str, kind: str, value: bytes) -> None:
+    if kind == "consumed":
+        await client.set(mark, b"consumed")  # without an expiry: a duplicate all the same
+    elif kind == "live":  # another member's claim, lapsing soon: the message waits for it
+        await client.set(mark, b"consuming:other", px=100)
+    elif kind == "forever":
+        await client.set(mark, b"consuming:other")  # a claim that would never lapse
+    elif kind == "far":
+        await client.set(mark, b"consuming:other", px=36_000_000)  # 10 h: more than ten leases
+    elif kind == "hash":
+        await client.hset(mark, "f", "v")
+    elif kind == "list":
+        await client.rpush(mark, "v")
+    elif kind == "bytes":
+        await client.set(mark, value)
+
+
+@pytest.mark.parametrize("kind", ["concurrent", "orderly", "batch"])
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=3,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(marks=st.lists(MARKS, min_size=1, max_size=6))
+@example(
+    marks=[(k, b"") for k in ("none", "consumed", "live", "forever", "far", "hash", "list")]
+    + [("bytes", b"\xff")]
+)
+def test_hostile_idempotence_marks_never_stick(
+    backends: dict[str, str], backend: str, kind: str, marks: list[tuple[str, bytes]]
+) -> None:
+    """Whatever a mark holds, its message is handled once (a "consumed" one: acked as a duplicate),
+    nothing is left pending or dead-lettered, and every mark ends "consumed"."""
+    from rmq_style import AsyncAdmin, Idempotent
+    from rmq_style.push.idempotence import mark_key
+
+    url = backends[backend]
+    n = next(_names)
+    topic, group = f"hostile-idem{n}", f"g{n}"
+
+    async def main() -> tuple[list[str], Any]:
+        async with AsyncAdmin(url) as admin:
+            await admin.create_topic(topic, queues=QUEUES)
+        client = open_client(url)
+        for i, (mark_kind, value) in enumerate(marks):
+            await _write_mark(client, mark_key("rmq", topic, group, f"k{i}"), mark_kind, value)
+        async with AsyncProducer(url) as producer:
+            for i in range(len(marks)):
+                await producer.send(Message(topic, {"i": i}, keys=(f"k{i}",)))
+        handled: list[str] = []
+
+        def one(msg: ReceivedMessage) -> None:
+            handled.append(msg.keys[0])
+
+        def many(msgs: list[ReceivedMessage]) -> None:
+            handled.extend(m.keys[0] for m in msgs)
+
+        batch = 3 if kind == "batch" else 1
+        consumer = PushConsumer(
+            url, group, fast_settings(consume_message_batch_max_size=batch, suspend_current_queue_time_ms=10)
+        )
+        consumer.subscribe(
+            topic, None, many if batch > 1 else one, orderly=kind == "orderly",
+            idempotent=Idempotent("keys", lease_ms=1000),  # "far" is more than ten leases
+        )  # fmt: skip
+        expected = len(marks)
+        async with consumer:
+            await until(lambda: len(handled) + consumer.stats.duplicates >= expected, what="every key")
+            await until(lambda: consumer.in_flight == 0, what="every entry settled")
+            assert not [t for t in consumer._tasks if t.done()]
+        for i in range(len(marks)):
+            assert await client.get(mark_key("rmq", topic, group, f"k{i}")) == b"consumed"
+        await client.aclose()
+        return handled, consumer.stats
+
+    with capture_logs() as logs:
+        handled, stats = asyncio.run(main())
+    assert [e for e in logs if e["event"] in FAILURES or e.get("log_level") == "error"] == []
+    consumed = [f"k{i}" for i, (k, _) in enumerate(marks) if k == "consumed"]
+    assert sorted(handled) == sorted(f"k{i}" for i in range(len(marks)) if f"k{i}" not in consumed)
+    assert stats.duplicates == len(consumed) and stats.dead_lettered == 0
+    pending, dead = asyncio.run(_left(url, topic, group))
+    assert pending == 0 and dead == []
+
+
+# -- the half store of transactional messages (docs/storage.md): a bad half never sticks ----------
+
+COUNTS = st.sampled_from([b"x", b"-1", b"1.5", b"", b"9" * 20, b"0x10"])
+ENTRY = st.lists(st.binary(max_size=8), min_size=7, max_size=7)
+HALVES = st.one_of(
+    st.tuples(st.just("garbage"), st.binary(max_size=24)),
+    st.tuples(st.just("fields"), st.integers(0, 20).filter(lambda n: n != 13).map(lambda n: [b"h"] * n)),
+    st.tuples(st.just("state"), st.sampled_from([b"z", b"", b"d", b"hh"]).map(lambda s: [s] + [b"0"] * 12)),
+    st.tuples(st.just("count"), st.tuples(st.integers(1, 3), COUNTS).map(lambda p: p)),
+    st.tuples(st.just("entry"), ENTRY),  # a well-formed record of hostile entry fields: committed
+)
+MSG_IDS = st.one_of(st.text(min_size=1, max_size=8).map(str.encode), st.binary(min_size=1, max_size=8))
+
+
+def _half_value(kind: str, what: Any) -> bytes:
+    from rmq_style._wire import pack_fields
+
+    if kind == "garbage":
+        return bytes(what)
+    if kind in ("fields", "state"):
+        return pack_fields(what)
+    if kind == "count":
+        rec = [b"h", b"0", b"0", b"1700000000000", b"", b"0"] + [b""] * 7
+        rec[what[0]] = what[1]
+        return pack_fields(rec)
+    return pack_fields([b"h", b"0", b"0", b"1700000000000", b"", b"0", *what])
+
+
+@pytest.mark.parametrize("backend", ["real", "fake"])
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(halves=st.dictionaries(MSG_IDS, HALVES, min_size=1, max_size=5))
+@example(
+    halves={b"g": ("garbage", b"-5:ab"), b"\xff": ("garbage", b"3:h"), b"f": ("fields", [b"h"] * 12),
+            b"s": ("state", [b"z"] + [b"0"] * 12), b"c": ("count", (2, b"x")), b"e": ("entry", [b"\xff"] * 7)}
+)  # fmt: skip
+def test_hostile_half_records_are_discarded_with_a_reason_or_resolved(
+    backends: dict[str, str], backend: str, halves: dict[bytes, tuple[str, Any]]
+) -> None:
+    """Records of the half store that this store did not write: the checks never fail on them;
+    each ends resolved (a well-formed one, by its check) or discarded with property bad_half;
+    the operators' listings never fail."""
+    from rmq_style import AsyncAdmin, AsyncTransactionProducer, TransactionState
+
+    url = backends[backend]
+    n = next(_names)
+    topic, group = f"hostile-tx{n}", f"ptx{n}"
+
+    async def main() -> None:
+        async with AsyncAdmin(url) as admin:
+            await admin.create_topic(topic, queues=1)
+            producer = AsyncTransactionProducer(
+                url, group, lambda m: TransactionState.COMMIT, transaction_timeout_ms=0,
+                check_interval_ms=1, check_max=2, check_in_background=False,
+            )  # fmt: skip
+            tx = await producer.begin()
+            await tx.send(Message(topic, {"n": 1}))  # the group knows the topic now
+            keys = Keys().queue(topic, 0)
+            client = open_client(url)
+            for msg_id, (kind, what) in halves.items():
+                await client.hset(keys.half(group), msg_id, _half_value(kind, what))  # type: ignore[arg-type]
+                await client.zadd(keys.half_checks(group), {msg_id: 0})
+            for _ in range(4):  # one look more than check_max: every pending half decided
+                await admin.pending_transactions(group)  # the listings never fail
+                await admin.discarded_transactions(group)
+                await producer.check_once()
+                due = await client.zrange(keys.half_checks(group), 0, -1)
+                if due:
+                    await client.zadd(keys.half_checks(group), dict.fromkeys(due, 0), xx=True)  # leases over
+            left = await client.hgetall(keys.half(group))
+            assert [m for m, v in left.items() if v.startswith(b"1:h")] == []  # nothing pending sticks
+            dead = await client.hgetall(keys.tx_discarded(group))
+            committed = {fields[b"i"] for _, fields in await client.xrange(keys.stream)}
+            for msg_id, (kind, what) in halves.items():
+                if kind == "entry" and msg_id not in dead:
+                    assert msg_id in committed  # well-formed: committed by its check
+                elif msg_id in dead:
+                    if kind != "entry":
+                        assert b"bad_half" in dead[msg_id]
+                else:  # a garbage value that reads as a resolution: forgotten
+                    assert kind == "garbage" and bytes(what)[:3] in (b"1:c", b"1:r"), (msg_id, kind)
+            listed = await admin.discarded_transactions(group)
+            for record in listed:
+                if halves.get(record.msg_id.encode(), ("entry",))[0] != "entry":
+                    assert "bad_half" in record.message.properties
+            await client.aclose()
+            await producer.close()
+
+    with capture_logs() as logs:
+        asyncio.run(main())
+    assert [e for e in logs if e["event"] in FAILURES] == []

@@ -6,7 +6,11 @@ delayed by ``delay=``, ``deliver_at=`` and ``delay_level=``), push members
 simple consumers (receive, ack some, let the others' leases end) starting
 and stopping, listeners that succeed, fail n times, raise
 DeadLetter or get a bad payload, DLQ replay and purge, offset resets and a
-clock that fast-forwards delays. After every step the consumers are let run
+clock that fast-forwards delays; an idempotent group (duplicates made by
+replays and resets are acked without a call); transactional sends that
+commit, roll back or stay unknown, checks (their due time fast-forwarded)
+that commit, roll back or leave them, commits repeated, and an operator's
+resume, commit or rollback of discarded halves. After every step the consumers are let run
 until idle (a bounded poll on progress and listener calls), then: every
 message sent after its group existed was handled or is in the DLQ, nothing
 lost or stuck; progress (lag, pending, retrying, dead letters) and the
@@ -56,19 +60,23 @@ from rmq_style import (
     AsyncLitePullConsumer,
     AsyncProducer,
     AsyncSimpleConsumer,
+    AsyncTransaction,
+    AsyncTransactionProducer,
     DeadLetter,
     Message,
     PushConsumer,
     ReceivedMessage,
+    SendResult,
     SerializationError,
     SubscriptionConflictError,
+    TransactionState,
 )
 from rmq_style._async._io import open_client
 from rmq_style._connection import drop_memory_server
 from rmq_style._membership import MembershipSettings
 from rmq_style._names import Keys
 from rmq_style.testing import RedisServer
-from tests.model_ref import KINDS, MAX_RECONSUME, GroupModel, Model, Msg, listener_outcome
+from tests.model_ref import KINDS, MAX_RECONSUME, TX_CHECK_MAX, GroupModel, Model, Msg, listener_outcome
 
 # Defects known and not fixed yet; each name switches off the rule or check that finds it.
 # Issue 11's six (delay_to_push, orderly_replay, one_budget, expand_running, expand_restart,
@@ -84,11 +92,13 @@ PROFILES = {
 }
 PROFILE = PROFILES[os.environ.get("RMQ_MODEL_PROFILE", "ci")]
 IDLE_TIMEOUT_S = float(os.environ.get("RMQ_MODEL_IDLE_TIMEOUT_S", "20"))
-PUSH = ("conc", "ord", "mix")
+PUSH = ("conc", "ord", "mix", "idem")
 # broadcasting members of one group: each is modelled as a group of its own (it owes every message
 # of the topic sent after it first started), named by its instance name; b is orderly (per member)
 BROADCAST = {"bca": "a", "bcb": "b"}
 SETTLED = (*PUSH, "simple")  # groups that retry and dead-letter (replay, purge, reset)
+FOCUS_GROUPS = ("idem", "ord")  # the groups the focused run starts: one idempotent, one orderly
+FOCUS_PROFILE = {"max_examples": 10, "stateful_step_count": 20}
 CONCURRENCY = 2
 TRACED = ("conc", "ord")  # groups whose members trace every message (docs/trace.md)
 MAX_QUEUES = 4
@@ -114,6 +124,7 @@ class Member:
 
 class ModelMachine(RuleBasedStateMachine):
     url = ""  # set by the test per backend
+    focus = False  # True: transactions and the idempotent group only (FOCUS_GROUPS, no topic changes)
 
     def __init__(self) -> None:
         super().__init__()
@@ -123,7 +134,7 @@ class ModelMachine(RuleBasedStateMachine):
         uid = uuid.uuid4().hex[:8]
         self.t0, self.t1 = f"t0-{uid}", f"t1-{uid}"
         self.model = Model()
-        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite", "simple")}
+        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite", "simple", "idem")}
         self.names |= dict.fromkeys(BROADCAST, f"bc-{uid}")
         specs = {
             "conc": {self.t0: "concurrent"},
@@ -133,9 +144,10 @@ class ModelMachine(RuleBasedStateMachine):
             "bca": {self.t0: "concurrent"},  # broadcasting members (BROADCAST)
             "bcb": {self.t0: "orderly"},
             "simple": {self.t0: "simple"},
+            "idem": {self.t0: "concurrent"},  # idempotent=True
         }
         for g, subs in specs.items():
-            self.model.groups[g] = GroupModel(g, subs)
+            self.model.groups[g] = GroupModel(g, subs, idempotent=g == "idem")
         self.members: dict[str, list[Member]] = {g: [] for g in specs}
         self.calls: dict[str, Counter[str]] = {g: Counter() for g in specs}  # group -> msg id -> calls
         self.firsts: dict[tuple[str, str, int], list[int]] = {}  # orderly first calls: queue offsets
@@ -144,6 +156,10 @@ class ModelMachine(RuleBasedStateMachine):
         self.admin = self.run(_make(AsyncAdmin, self.url))
         # route_ttl_s=0: sends reach the queues of an expansion at once
         self.producer = self.run(_make(AsyncProducer, self.url, route_ttl_s=0))
+        self.tx_group = f"txg-{uid}"
+        self.tx: AsyncTransactionProducer | None = None  # made by the first transactional send
+        self.tx_answer = TransactionState.UNKNOWN  # what the checker answers
+        self.committed: list[tuple[AsyncTransaction, SendResult]] = []
 
     def run(self, coro: Any) -> Any:
         return self.runner.run(coro)
@@ -154,6 +170,8 @@ class ModelMachine(RuleBasedStateMachine):
                 for m in members:
                     self.run(_close(m))
             self.run(self.producer.close())
+            if self.tx is not None:
+                self.run(self.tx.close())
             self.run(self.admin.close())
         finally:
             self.runner.close()
@@ -170,7 +188,7 @@ class ModelMachine(RuleBasedStateMachine):
         if t1_queues:
             self.create_t1(t1_queues)
 
-    @precondition(lambda self: self.t1 not in self.model.topics)
+    @precondition(lambda self: not self.focus and self.t1 not in self.model.topics)
     @rule(queues=st.integers(1, 2))
     def create_t1(self, queues: int) -> None:
         self.run(self.admin.create_topic(self.t1, queues=queues))
@@ -191,7 +209,7 @@ class ModelMachine(RuleBasedStateMachine):
             out.append(topic)
         return out
 
-    @precondition(lambda self: self._expandable())
+    @precondition(lambda self: not self.focus and self._expandable())
     @rule(data=st.data(), extra=st.integers(1, 2))
     def expand(self, data: st.DataObject, extra: int) -> None:
         topic = data.draw(st.sampled_from(self._expandable()), label="topic")
@@ -227,6 +245,7 @@ class ModelMachine(RuleBasedStateMachine):
         for kind, r in zip(kinds, results, strict=True):
             self.model.send(Msg(r.msg_id, topic, r.queue.queue_id, kind, released=how not in DELAYS))
 
+    @precondition(lambda self: not self.focus)
     @rule()
     def advance_clock(self) -> None:
         """Fast-forward: every delayed message is due now (its score in the delay zset becomes 0)."""
@@ -258,7 +277,8 @@ class ModelMachine(RuleBasedStateMachine):
         return len(self.members[group]) < most and all(t in self.model.topics for t in subs)
 
     def _startable(self) -> list[str]:
-        return [g for g in self.members if g != "simple" and self._can_start(g)]
+        groups = FOCUS_GROUPS if self.focus else self.members
+        return [g for g in groups if g != "simple" and self._can_start(g)]
 
     @precondition(lambda self: self._startable())
     @rule(data=st.data())
@@ -269,7 +289,7 @@ class ModelMachine(RuleBasedStateMachine):
         self.trail.append(f"start {group} member {len(self.members[group])}")
         self.model.start_member(group)
 
-    @precondition(lambda self: self._can_start("simple"))
+    @precondition(lambda self: not self.focus and self._can_start("simple"))
     @rule()
     def start_simple(self) -> None:
         """A simple consumer (a rule of its own: as often as a push or lite member starts)."""
@@ -312,7 +332,10 @@ class ModelMachine(RuleBasedStateMachine):
         for topic, kind in subs.items():
             orderly = (kind == "orderly") != flip
             member.kinds.add("orderly" if orderly else "concurrent")
-            consumer.subscribe(topic, "*", self._listener(member, orderly), model=Body, orderly=orderly)
+            consumer.subscribe(
+                topic, "*", self._listener(member, orderly), model=Body, orderly=orderly,
+                idempotent=self.model.groups[group].idempotent or None,
+            )  # fmt: skip
         await consumer.start()
         return member
 
@@ -350,7 +373,9 @@ class ModelMachine(RuleBasedStateMachine):
         self.run(_close(member))
         self.model.groups[group].running -= 1
 
-    @precondition(lambda self: "kind_conflict" not in KNOWN_BROKEN and self._running(["conc", "ord"]))
+    @precondition(
+        lambda self: not self.focus and "kind_conflict" not in KNOWN_BROKEN and self._running(["conc", "ord"])
+    )
     @rule(data=st.data())
     def conflicting_member(self, data: st.DataObject) -> None:
         """A member subscribing the group's topic with the other listener kind is refused."""
@@ -384,7 +409,7 @@ class ModelMachine(RuleBasedStateMachine):
         assert replayed == len(records)
         self.model.replay(group, Counter(r.message.msg_id for r in records))
 
-    @precondition(lambda self: self._started(broadcast=True))
+    @precondition(lambda self: not self.focus and self._started(broadcast=True))
     @rule(data=st.data())
     def purge(self, data: st.DataObject) -> None:
         group = data.draw(st.sampled_from(self._started(broadcast=True)), label="group")
@@ -412,6 +437,95 @@ class ModelMachine(RuleBasedStateMachine):
             del self.firsts[where]
         self.trail.append(f"reset {group} to {to}")
 
+    @precondition(lambda self: self.model.groups["idem"].started)
+    @rule()
+    def redeliver_idem(self) -> None:
+        """Every message of the idempotent group delivered again (reset to first): duplicates."""
+        self.run(self.admin.reset_offset(self.names["idem"], self.t0, "first"))
+        self.model.reset("idem", "first")
+        self.trail.append("reset idem to first")
+
+    # -- transactional messages -----------------------------------------------------------------
+
+    @rule(end=st.sampled_from(["commit", "rollback", "unknown"]), kind=st.sampled_from(KINDS))
+    def tx_send(self, end: str, kind: str) -> None:
+        """A transaction of one message to t0 that commits, rolls back or is left to the checks."""
+        if self.tx is None:
+            self.tx = self.run(_make_tx(self.url, self.tx_group, lambda m: self.tx_answer))
+        body: Any = {"kind": kind} if kind != "bad" else b"\xff not json"
+        tx, half = self.run(_begin(self.tx, Message(self.t0, body)))
+        msg = Msg(half.msg_id, self.t0, half.queue.queue_id, kind)
+        self.trail.append(f"tx {end} {kind} {(half.queue.queue_id, half.msg_id)}")
+        self.model.tx_pending(msg)
+        if end == "unknown":
+            return
+        if end == "commit":
+            self.committed.append((tx, self.run(tx.commit())))
+        else:
+            self.run(tx.rollback())
+        self.model.tx_end(half.msg_id, end == "commit")
+
+    @precondition(lambda self: self.committed)
+    @rule(data=st.data())
+    def tx_commit_again(self, data: st.DataObject) -> None:
+        """A repeated commit returns the first one's entry and sends nothing more."""
+        tx, first = data.draw(st.sampled_from(self.committed), label="transaction")
+        again = self.run(tx.commit())
+        assert (again.msg_id, again.offset, again.queue_offset) == (
+            first.msg_id,
+            first.offset,
+            first.queue_offset,
+        )
+        self.trail.append(f"tx commit again {first.msg_id}")
+
+    @precondition(lambda self: self.tx is not None)
+    @rule(answer=st.sampled_from(list(TransactionState)))
+    def tx_check(self, answer: TransactionState) -> None:
+        """A check look with every pending half due now (their due time fast-forwarded)."""
+        self._tx_looks(answer, 1)
+
+    @precondition(lambda self: self.model.tx_ids(discarded=False))
+    @rule()
+    def tx_check_until_discarded(self) -> None:
+        """Check looks answering UNKNOWN until every pending half is discarded."""
+        self._tx_looks(TransactionState.UNKNOWN, TX_CHECK_MAX + 1)
+
+    def _tx_looks(self, answer: TransactionState, looks: int) -> None:
+        assert self.tx is not None
+        self.tx_answer = answer
+        for _ in range(looks):
+            self.run(self._tx_fast_forward())
+            report = self.run(self.tx.check_once())
+            checked = self.model.tx_check(answer.name.lower())
+            self.trail.append(f"tx check {answer.name}: {checked}")
+            assert report.checked == len(checked), (report, checked)
+
+    async def _tx_fast_forward(self) -> None:
+        client = open_client(self.url)
+        try:
+            for msg_id, half in self.model.halves.items():
+                if not half.discarded:
+                    key = Keys().queue(half.msg.topic, half.msg.queue).half_checks(self.tx_group)
+                    await client.zadd(key, {msg_id: 0}, xx=True)
+        finally:
+            await client.aclose()
+
+    @precondition(lambda self: self.model.tx_ids(discarded=True))
+    @rule(data=st.data(), action=st.sampled_from(["resume", "commit", "rollback"]))
+    def tx_admin(self, data: st.DataObject, action: str) -> None:
+        """An operator resumes, commits or rolls back a discarded half."""
+        msg_id = data.draw(st.sampled_from(sorted(self.model.tx_ids(discarded=True))), label="half")
+        self.trail.append(f"tx admin {action} {msg_id}")
+        if action == "resume":
+            self.run(self.admin.resume_transaction(self.tx_group, msg_id))
+            self.model.tx_resume(msg_id)
+        elif action == "commit":
+            self.run(self.admin.commit_transaction(self.tx_group, msg_id))
+            self.model.tx_end(msg_id, commit=True)
+        else:
+            self.run(self.admin.rollback_transaction(self.tx_group, msg_id))
+            self.model.tx_end(msg_id, commit=False)
+
     # -- checks ---------------------------------------------------------------------------------
 
     @invariant()
@@ -427,7 +541,10 @@ class ModelMachine(RuleBasedStateMachine):
             assert offsets == sorted(offsets), (
                 f"{group} {topic}:{q} first calls out of queue order: {offsets}"
             )
-        errors = [e for e in self.events if e.get("log_level") in ("error", "critical")]
+        errors = [
+            e for e in self.events
+            if e.get("log_level") in ("error", "critical") and e["event"] != "transaction.discarded"
+        ]  # fmt: skip
         assert not errors, errors
 
     def _releasing(self) -> set[str]:
@@ -543,6 +660,16 @@ class ModelMachine(RuleBasedStateMachine):
                         out.append(
                             f"{group} {topic}:{q} (lag, pending, retrying, dead) {got_row} != {want_row}"
                         )
+        if self.tx is not None:
+            for discarded in (False, True):
+                records = await (
+                    self.admin.discarded_transactions(self.tx_group)
+                    if discarded
+                    else self.admin.pending_transactions(self.tx_group)
+                )
+                got_ids, want_ids = {r.msg_id for r in records}, self.model.tx_ids(discarded)
+                if got_ids != want_ids:
+                    out.append(f"{'discarded' if discarded else 'pending'} halves {got_ids} != {want_ids}")
         for topic in self.model.topics:
             info = await self.admin.describe_topic(topic)
             for qi in info.queues:
@@ -571,6 +698,19 @@ async def _make(cls: Any, url: str, **options: Any) -> Any:
     return cls(url, **options)  # clients bind to the running loop: build them inside it
 
 
+async def _make_tx(url: str, group: str, checker: Any) -> AsyncTransactionProducer:
+    # checks due at once and 1 ms after an UNKNOWN (fast-forwarded anyway); no background loop
+    return AsyncTransactionProducer(
+        url, group, checker, transaction_timeout_ms=0, check_interval_ms=1, check_max=TX_CHECK_MAX,
+        check_in_background=False, resolved_memory_ms=3_600_000,
+    )  # fmt: skip
+
+
+async def _begin(producer: AsyncTransactionProducer, message: Message) -> tuple[AsyncTransaction, Any]:
+    tx = await producer.begin()
+    return tx, await tx.send(message)
+
+
 async def _close(member: Member) -> None:
     if member.lite or isinstance(member.consumer, AsyncSimpleConsumer):
         await member.consumer.close()
@@ -592,10 +732,25 @@ def model_url(request: pytest.FixtureRequest) -> Iterator[str]:
 
 @pytest.mark.timeout(600)
 def test_model(model_url: str) -> None:
-    ModelMachine.url = model_url
-    machine = ModelMachine.TestCase
+    _run(ModelMachine, model_url, PROFILE)
+
+
+class FocusMachine(ModelMachine):
+    focus = True
+
+
+@pytest.mark.timeout(600)
+def test_model_transactions_and_idempotence(model_url: str) -> None:
+    """The same machine with fewer rules, so a short run reaches discarded halves and redeliveries
+    to the idempotent group."""
+    _run(FocusMachine, model_url, FOCUS_PROFILE)
+
+
+def _run(machine_class: type[ModelMachine], url: str, profile: dict[str, int]) -> None:
+    machine_class.url = url
+    machine = machine_class.TestCase
     machine.settings = settings(
-        **PROFILE,
+        **(profile if os.environ.get("RMQ_MODEL_PROFILE", "ci") == "ci" else PROFILES["long"]),
         deadline=None,
         derandomize=os.environ.get("RMQ_MODEL_PROFILE", "ci") == "ci",
         database=None,

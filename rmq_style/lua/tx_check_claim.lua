@@ -9,6 +9,8 @@
     ARGV[2] lease ms: no other check of the message starts before it ends
     ARGV[3] check max: a due half message checked this many times already is discarded
     ARGV[4] lease token prefix (unique per claim call)
+  A value of KEYS[1] that is not a pending record of docs/storage.md is discarded at once, with
+  property bad_half saying why and the raw value as its body.
 
   Output:
     {discarded, forgotten, msg id 1, token 1, checks 1, stored ms 1, packed r b t k p c d 1, ...}
@@ -26,8 +28,16 @@ for _, msg_id in ipairs(due) do
   if not packed then
     redis.call('ZREM', KEYS[2], msg_id)
   elseif not rmq_half_resolved(packed) then
-    local rec = rmq_unpack(packed)
-    if tonumber(rec[2]) >= tonumber(ARGV[3]) then
+    local rec, why = rmq_half_pending(packed)
+    if not rec then
+      -- not a record this store wrote (hostile or corrupted): discarded at once, readable, with
+      -- the reason in property bad_half and the raw value as the body (docs/storage.md)
+      local props = '{"bad_half":"' .. why .. '"}'
+      redis.call('HSET', KEYS[3], msg_id, rmq_pack({'d', 0, 0, 0, '', now, '', '', '', '', props, 'b', packed}))
+      redis.call('HDEL', KEYS[1], msg_id)
+      redis.call('ZREM', KEYS[2], msg_id)
+      out[1] = out[1] + 1
+    elseif tonumber(rec[2]) >= tonumber(ARGV[3]) then
       rec[1], rec[5], rec[6] = 'd', '', now
       redis.call('HSET', KEYS[3], msg_id, rmq_pack(rec))
       redis.call('HDEL', KEYS[1], msg_id)

@@ -268,12 +268,16 @@ class PushConsumer:
         self._loops["fetch"] = tree.spawn("fetch", fetch)
         self._loops["settle"] = tree.spawn("settle", self._settling.settle_loop)
         self._loops["retries"] = tree.spawn("retries", self._retries.retry_loop)
+        if c.marks is not None:  # idempotent subscriptions: leases of long-held claims renewed
+            self._loops["idempotent"] = tree.spawn("idempotent", c.marks.keep_leases)
 
     async def _drain(self) -> None:
         """Stop fetching, let running calls finish (shutdown_timeout_ms), settle, leave the group."""
         c, loops = self._ctx, self._loops
         c.stopping.set()
         await asyncio.wait([loops["fetch"], loops["membership"], loops["retries"]])
+        if c.marks is not None:
+            await c.marks.admitted()  # claims of reads in flight: their calls queued before the close
         timeout = self.settings.shutdown_timeout_ms / 1000
         cut = 0
         if c.orderly is not None:
@@ -292,6 +296,10 @@ class PushConsumer:
             await asyncio.wait([settle])
         if self._broadcast is not None:
             await self._broadcast.settled()  # the final positions, once every outcome is settled
+        keeper = loops.get("idempotent")
+        if keeper is not None:
+            keeper.cancel()
+            await asyncio.wait([keeper])
         expiry = self.settings.membership.member_expiry_ms
         try:
             await execute(

@@ -29,6 +29,7 @@ from .trace_recorder import TraceRecorder
 from .waits import Backoff
 
 if TYPE_CHECKING:
+    from .marks import MarkBook
     from .orderly import OrderlyRunner
 
 __all__ = ["TRANSIENT", "Context"]
@@ -74,6 +75,7 @@ class Context:
             every = settings.message_trace == "all"
             bound = TraceBound(settings.trace_maxlen, settings.trace_max_age_ms)
             self.recorder = TraceRecorder(group, self.member, trace_all=every, bound=bound)
+        self.marks: MarkBook | None = None  # idempotent subscriptions' marks (push/dedup.py)
 
     def membership_current(self) -> bool:
         return time.monotonic() < self.member_valid_until

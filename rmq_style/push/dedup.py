@@ -1,12 +1,14 @@
 """Idempotent consumption, the wiring: a listener wrapped with the marks of ``push.idempotence``.
 
-The wrapper is the subscription's listener, so concurrent, batch and orderly calls all go
-through it (and through the runner's budget, watchdog and exception boundary). Per call: one
-round trip claims every message of the call (``SET NX PX`` + ``GET``, pipelined; all marks of a
-call are on one slot, its topic's and group's), one more writes "consumed" (or deletes the marks on failure).
-A duplicate already consumed is left out of the call (a call left empty is not made: its
-messages are acked); one in progress elsewhere fails the call with DuplicateInProgress, so
-it is tried again later and never runs twice at once.
+Concurrent subscriptions (single or batch calls): the fetcher hands each read to ``admit``,
+which claims the marks of the whole read in ONE round trip (idem_claim.lua: all marks of a
+subscription share a slot) and queues only the claimed messages; duplicates are acked, those
+in progress elsewhere retried. The outcome of a call is queued (``MarkBook``) and written by
+the settle loop in the same round trip as the acks, just before them (idem_done.lua /
+idem_release.lua). A listener call waits for no Redis round trip of its own.
+
+Orderly calls (and a read whose claim failed) go through ``__call__``: claim, call, write,
+per call (the marks of the calls running at once share one round trip per transition).
 """
 
 from __future__ import annotations
@@ -14,66 +16,37 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 from .._async._io import execute
-from .._call_values import Call, command
+from .._call_values import Call
+from .context import TRANSIENT
 from .idempotence import (
-    CONSUMED,
     DuplicateInProgress,
     Idempotent,
     Verdict,
+    claim_call,
     dedup_key,
+    done_call,
+    key_getter,
     lease_ms,
-    mark_key,
+    mark_prefix,
+    release_call,
     succeeded,
-    verdict,
+    verdicts,
 )
+from .marks import Coalescer, MarkBook
 from .outcomes import ConsumeResult
 from .runner import _call_in_context
 
 if TYPE_CHECKING:
     from .._message import ReceivedMessage
     from .context import Context
+    from .fetch import Fetcher
+    from .state import Delivery, Subscription
 
 __all__ = ["DedupListener"]
-
-
-class Coalescer:
-    """The mark calls of the calls running at once, sent in one round trip: a call's calls wait
-    for the next flush (scheduled when the first arrives), so N concurrent listener calls cost
-    one round trip per transition, not N (the settle loop does the same for acks). One per
-    subscription: its marks share one slot, so a Cluster takes the pipeline."""
-
-    def __init__(self, ctx: Context) -> None:
-        self.ctx = ctx
-        self._calls: list[Call] = []
-        self._waiters: list[tuple[int, int, asyncio.Future[list[Any]]]] = []
-        self._flush: asyncio.Task[None] | None = None
-
-    def run(self, calls: list[Call]) -> asyncio.Future[list[Any]]:
-        future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        start = len(self._calls)
-        self._calls += calls
-        self._waiters.append((start, len(self._calls), future))
-        if self._flush is None:
-            self._flush = asyncio.ensure_future(self._send())
-        return future
-
-    async def _send(self) -> None:
-        await asyncio.sleep(0)  # let the other calls ready now add theirs
-        calls, waiters = self._calls, self._waiters
-        self._calls, self._waiters, self._flush = [], [], None
-        try:
-            replies = await execute(self.ctx.redis(), calls)
-        except Exception as exc:  # noqa: BLE001 - each waiting call gets the failure as its own
-            for _, _, future in waiters:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for start, end, future in waiters:
-            if not future.done():
-                future.set_result(replies[start:end])
 
 
 class DedupListener:
@@ -84,86 +57,223 @@ class DedupListener:
         self.spec = spec
         self.listener = listener
         self.is_async = is_async
-        self._owner = b"consuming:" + os.urandom(6).hex().encode()
-        self._unmarking: set[asyncio.Task[Any]] = set()  # DELs of cancelled calls, kept referenced
+        self.owner = b"consuming:" + os.urandom(6).hex().encode()
+        self._unmarking: set[asyncio.Task[Any]] = set()  # releases of cancelled calls, kept referenced
         self._marks = Coalescer(ctx)
+        self._prefix: str | None = None
+        self.key_of = key_getter(spec)
+        # claims of admitted messages whose outcome is not queued yet: key -> its delivery
+        self.held: dict[str, Delivery] = {}
+        self.done: list[str] = []  # keys to write "consumed" in the next settle round
+        self.release: list[str] = []  # keys to release in the next settle round
+        if ctx.marks is None:
+            ctx.marks = MarkBook(ctx)
+        ctx.marks.listeners.append(self)
 
-    def marks(self, messages: Sequence[ReceivedMessage]) -> list[str]:
-        prefix, group, spec = self.ctx.keys.prefix, self.ctx.group, self.spec
-        return [mark_key(prefix, m.topic, group, dedup_key(m, spec)) for m in messages]
+    @property
+    def lease(self) -> int:
+        return lease_ms(self.spec, self.ctx.settings.consume_timeout_ms)
+
+    def prefix(self, topic: str) -> str:
+        """The marks' prefix (a subscription has one topic, so one slot)."""
+        if self._prefix is None:
+            self._prefix = mark_prefix(self.ctx.keys.prefix, topic, self.ctx.group)
+        return self._prefix
+
+    # -- concurrent subscriptions: a read claimed at once, outcomes written with the acks ---------
+
+    async def admit(self, sub: Subscription, deliveries: list[Delivery], fetcher: Fetcher) -> None:
+        """Claim the marks of *deliveries* (one read) and hand the claimed ones to the pool."""
+        c = self.ctx
+        settling = fetcher.settling
+        key_of = self.key_of
+        good = deliveries
+        try:
+            keys = [key_of(cast("ReceivedMessage", d.message)) for d in deliveries]
+        except Exception:  # noqa: BLE001 - a key function that fails on a message: found below
+            keys, good = [], []
+            for d in deliveries:
+                try:
+                    keys.append(key_of(cast("ReceivedMessage", d.message)))
+                    good.append(d)
+                except Exception as exc:  # noqa: BLE001 - that message's outcome (retried, dead-lettered)
+                    settling.fail(d, exc)
+            if not good:
+                return
+        try:
+            call = claim_call(self.prefix(sub.topic), self.owner, self.lease, keys)
+            (reply,) = await execute(c.redis(), [call])
+            # the common case, all claimed, read in one C call
+            every = isinstance(reply, bytes) and reply.count(b"r") == len(keys)
+            found = [] if every else verdicts(reply, len(keys))
+        except TRANSIENT as exc:  # Redis away: left pending, read again (no reconsume time spent)
+            c.log.warning("consumer.redis_unavailable", task="idempotent_claim", error=str(exc))
+            c.drop(good)
+            return
+        except Exception as exc:  # noqa: BLE001 - an unexpected reply: each call claims its own marks
+            c.log.warning("idempotent.claim_failed", error=str(exc), messages=len(good))
+            for start in range(0, len(good), c.settings.consume_message_batch_max_size):
+                fetcher.submit(sub, good[start : start + c.settings.consume_message_batch_max_size])
+            return
+        if every:
+            self.held.update(zip(keys, good, strict=True))
+            self.hand_on(sub, good, keys, fetcher)
+            return
+        run: list[Delivery] = []
+        run_keys: list[str] = []
+        held = self.held
+        for d, key, verdict in zip(good, keys, found, strict=True):
+            if verdict is Verdict.RUN or verdict is Verdict.REPLACED:
+                if verdict is Verdict.REPLACED:
+                    c.log.warning("idempotent.junk_mark_replaced", key=key, offset=d.entry_id.decode())
+                held[key] = d
+                run.append(d)
+                run_keys.append(key)
+            elif verdict is Verdict.DUPLICATE:
+                self.duplicate(d, key)
+                settling.succeed(d)
+            else:
+                settling.fail(d, DuplicateInProgress(f"a duplicate of {key!r} is being consumed"))
+        self.hand_on(sub, run, run_keys, fetcher)
+
+    def hand_on(self, sub: Subscription, run: list[Delivery], keys: list[str], fetcher: Fetcher) -> None:
+        """Queue the calls of the claimed deliveries *run* (their dedup *keys*, in order)."""
+        c = self.ctx
+        size = c.settings.consume_message_batch_max_size
+        if size == 1 and sub.model is None:  # the hot path: one call per message, queued at once
+            pool = c.pool
+            assert pool is not None
+            call_one = self.call_one
+            pool.submit_many(
+                [(call_one, True, (d.message, key), d) for d, key in zip(run, keys, strict=True)]
+            )
+            return
+        claimed = dict(zip(run, keys, strict=True))
+        for start in range(0, len(run), size):
+            chunk = run[start : start + size]
+            fetcher.submit(sub, chunk, lambda good: partial(self.call_claimed, [claimed[d] for d in good]))
+            for d in chunk:
+                if d.decision is not None:  # its body did not decode: dead-lettered, never called
+                    self.finish([claimed[d]], False)
+
+    async def call_one(self, msg: ReceivedMessage, key: str) -> object:
+        """``call_claimed`` of one message (the hot path: no list, no partial)."""
+        try:
+            if self.is_async:
+                outcome = await self.listener(msg)
+            else:
+                outcome = await self.call((msg,))
+        except BaseException:  # a raise, a timeout or a stop: the retry must run again
+            self.finish((key,), False)
+            raise
+        self.held.pop(key, None)
+        if outcome is None or succeeded(outcome):
+            self.done.append(key)
+        else:
+            self.release.append(key)
+        return outcome
+
+    async def call_claimed(self, keys: Sequence[str], *args: Any) -> object:
+        """Run the listener for messages whose marks are claimed; queue the outcome's marks."""
+        try:
+            outcome = await self.call(args)
+        except BaseException:  # a raise, a timeout or a stop: the retry must run again
+            self.finish(keys, False)
+            raise
+        self.finish(keys, succeeded(outcome))
+        return outcome
+
+    def finish(self, keys: Sequence[str], ok: bool) -> None:
+        """Queue the marks' outcome for the settle round that carries the acks of the same call."""
+        held = self.held
+        for key in keys:
+            held.pop(key, None)
+        (self.done if ok else self.release).extend(keys)
+        self.ctx.settle_wakeup.set()
+
+    def duplicate(self, d: Delivery, key: str) -> None:
+        self.ctx.stats.duplicates += 1
+        self.ctx.log.info("message.duplicate_skipped", key=key, offset=d.entry_id.decode())
+
+    def take(self, final: bool) -> list[Call]:
+        """The mark writes queued since the last settle round (*final*: and every claim still
+        held, whose call will never run)."""
+        if final and self.held:
+            self.release.extend(self.held)
+            self.held.clear()
+        if not (self.done or self.release) or self._prefix is None:
+            return []
+        calls: list[Call] = []
+        if self.done:
+            calls.append(done_call(self._prefix, self.spec.retention_ms, self.done))
+        if self.release:
+            calls.append(release_call(self._prefix, self.owner, self.release))
+        self.done, self.release = [], []
+        return calls
+
+    # -- per call: orderly calls, and reads whose claim failed ------------------------------------
+
+    async def call(self, args: Sequence[Any]) -> object:
+        if self.is_async:
+            return await self.listener(*args)
+        loop = asyncio.get_running_loop()
+        assert self.ctx.pool is not None
+        return await loop.run_in_executor(self.ctx.pool.threads(), _call_in_context(self.listener, args))
 
     async def __call__(self, *args: Any) -> object:
-        c = self.ctx
         batch = isinstance(args[-1], list)
         messages: list[ReceivedMessage] = args[-1] if batch else [args[-1]]
-        marks = self.marks(messages)
-        lease = lease_ms(self.spec, c.settings.consume_timeout_ms)
-        claims: list[Call] = []
-        for mark in marks:
-            claims += [command("SET", mark, self._owner, "NX", "PX", lease), command("GET", mark)]
-        replies = await self._marks.run(claims)
+        keys = [dedup_key(m, self.spec) for m in messages]
+        prefix = self.prefix(messages[0].topic)
+        unique = list(dict.fromkeys(keys))  # the same key twice in one call counts as a duplicate
+        (reply,) = await self._marks.run([claim_call(prefix, self.owner, self.lease, unique)])
+        by_key = dict(zip(unique, verdicts(reply, len(unique)), strict=True))
         keep: list[int] = []  # the messages to hand to the listener
         claimed: list[str] = []  # the marks this call set
         busy = False
-        seen: set[str] = set()
-        for i, mark in enumerate(marks):
-            if replies[2 * i]:
+        for i, key in enumerate(keys):
+            verdict = by_key.pop(key, Verdict.DUPLICATE)
+            if verdict is Verdict.RUN or verdict is Verdict.REPLACED:
                 keep.append(i)
-                claimed.append(mark)
-                seen.add(mark)
-                continue
-            state = Verdict.DUPLICATE if mark in seen else verdict(replies[2 * i + 1])
-            if state is Verdict.DUPLICATE:  # the same key twice in one batch counts as a duplicate too
-                c.stats.duplicates += 1
-                c.log.info("message.duplicate_skipped", mark=mark, msg_id=messages[i].msg_id)
-            elif state is Verdict.IN_PROGRESS:
-                busy = True
+                claimed.append(key)
+            elif verdict is Verdict.DUPLICATE:
+                self.ctx.stats.duplicates += 1
+                self.ctx.log.info("message.duplicate_skipped", key=key, msg_id=messages[i].msg_id)
             else:
-                keep.append(i)
+                busy = True
         if busy:  # never two calls of one key at once: let go of ours, the whole call is tried later
             if claimed:
-                await self._marks.run([command("DEL", *claimed)])
+                await self._marks.run([release_call(prefix, self.owner, claimed)])
             raise DuplicateInProgress(
-                f"a duplicate is being consumed ({len(marks) - len(keep)} of {len(marks)})"
+                f"a duplicate is being consumed ({len(keys) - len(keep)} of {len(keys)})"
             )
         if not keep:
             return ConsumeResult.SUCCESS
-        if len(keep) < len(marks):
+        if len(keep) < len(keys):
             args = tuple([a[i] for i in keep] for a in args)
         try:
-            if self.is_async:
-                outcome: object = await self.listener(*args)
-            else:
-                loop = asyncio.get_running_loop()
-                assert c.pool is not None
-                outcome = await loop.run_in_executor(c.pool.threads(), _call_in_context(self.listener, args))
+            outcome = await self.call(args)
         except asyncio.CancelledError:  # a timeout or a stop: the retry must run again
-            self._unmark([command("DEL", *claimed)] if claimed else [])
+            self._unmark([release_call(prefix, self.owner, claimed)])
             raise
         except Exception:
-            if claimed:
-                await self._settle([command("DEL", *claimed)])
+            await self._settle([release_call(prefix, self.owner, claimed)])
             raise
         if succeeded(outcome):
-            retention = self.spec.retention_ms
-            done: list[Call] = [command("SET", marks[i], CONSUMED, "PX", retention) for i in keep]
-            await self._settle(done)
-        elif claimed:
-            await self._settle([command("DEL", *claimed)])
+            await self._settle([done_call(prefix, self.spec.retention_ms, claimed)])
+        else:
+            await self._settle([release_call(prefix, self.owner, claimed)])
         return outcome
 
     async def _settle(self, calls: list[Call]) -> None:
         """Write the outcome's marks; a failure here is logged, not the listener's outcome (the
         mark's lease then lapses and a redelivery runs again: at least once)."""
-        if not calls:
-            return
         try:
             await self._marks.run(calls)
         except Exception:  # the listener ran: see above
             self.ctx.log.warning("idempotent.mark_failed", exc_info=True)
 
     def _unmark(self, calls: list[Call]) -> None:
-        if calls:
-            task = asyncio.ensure_future(self._settle(calls))
-            self._unmarking.add(task)
-            task.add_done_callback(self._unmarking.discard)
+        task = asyncio.ensure_future(self._settle(calls))
+        self._unmarking.add(task)
+        task.add_done_callback(self._unmarking.discard)

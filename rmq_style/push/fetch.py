@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,6 +20,7 @@ from .._errors import SerializationError
 from .._message import MessageQueue, ReceivedMessage
 from .._replies import ReplyCode, classify
 from .context import TRANSIENT, Context
+from .dedup import DedupListener
 from .outcomes import Ack, DeadLetterIt
 from .redis_calls import check_created, create_groups_calls, fetch_command
 from .runner import Call, Work
@@ -233,6 +235,7 @@ class Fetcher:
         pool = self.c.pool
         assert pool is not None
         returned: set[int] = set()
+        admits: dict[DedupListener, tuple[Subscription, list[Delivery]]] = {}
         for key, entries in reply or ():
             stream = self.c.streams[key if isinstance(key, bytes) else key.encode()]
             if stream.retry and entries:
@@ -246,8 +249,9 @@ class Fetcher:
             in_flight = stream.in_flight
             epoch = queue.epoch
             tags = sub.filter.tags
-            one_by_one = batch_size == 1 and sub.model is None
             listener, is_async = sub.listener, sub.is_async
+            dedup = listener if type(listener) is DedupListener else None
+            one_by_one = batch_size == 1 and sub.model is None and dedup is None
             ready: list[Delivery] = []
             calls: list[Call] = []
             count = size = 0
@@ -281,11 +285,17 @@ class Fetcher:
                 stream.last_id = entries[-1][0]
             if calls:
                 pool.submit_many(calls)  # one hand-off per stream read, not one per message
+            if dedup is not None:  # idempotent: the marks of the whole read are claimed first
+                admits.setdefault(dedup, (sub, []))[1].extend(ready)
+                continue
             for start in range(0, len(ready), batch_size):
                 self.submit(sub, ready[start : start + batch_size])
         for st in scans or ():
             if id(st) not in returned:
                 st.scan_from = None  # no more entries of ours pending there
+        for dedup, (sub, ready) in admits.items():
+            if ready and self.c.marks is not None:
+                self.c.marks.admit(asyncio.ensure_future(dedup.admit(sub, ready, self)))
 
     def register_lost(self, stream: StreamState, entry_id: bytes) -> None:
         """An entry trimmed while pending (MAXLEN retention): nothing left to handle, ack it."""
@@ -296,7 +306,13 @@ class Fetcher:
         self.c.log.warning("entry.lost_to_trim", stream=stream.key, offset=entry_id.decode())
         self.settling.settle(d, ACK)
 
-    def submit(self, sub: Subscription, deliveries: list[Delivery]) -> None:
+    def submit(
+        self,
+        sub: Subscription,
+        deliveries: list[Delivery],
+        claimed: Callable[[list[Delivery]], Callable[..., Any]] | None = None,
+    ) -> None:
+        """Queue one listener call (*claimed*: the idempotent call of the deliveries that decoded)."""
         args: list[Any]
         if sub.model is not None:
             bodies = []
@@ -321,4 +337,7 @@ class Fetcher:
             messages = [d.message for d in deliveries]
             args = [messages] if self.c.settings.consume_message_batch_max_size > 1 else [messages[0]]
         assert self.c.pool is not None
+        if claimed is not None:
+            self.c.pool.submit(Work(claimed(deliveries), True, args, deliveries))
+            return
         self.c.pool.submit(Work(sub.listener, sub.is_async, args, deliveries))

@@ -1,15 +1,15 @@
 """Idempotent consumption, the pure part: which key a message is deduplicated by, where its mark
 lives, and what a mark's state means for a delivery (no I/O; the wiring is ``push.dedup``).
 
-The state machine (RocketMQDedupListener's, docs/idempotence.md):
+The state machine (RocketMQDedupListener's, docs/idempotence.md), one script per transition:
 
-    SET mark "consuming:<owner>" NX PX lease   set      -> run the listener
-                                               refused  -> read the mark:
+    idem_claim.lua  SET mark "consuming:<owner>" NX PX lease, else by the mark's value:
         "consumed"          -> skip: acked without a call, counted as a duplicate
         "consuming:..."     -> in progress elsewhere: retry later (never two calls at once)
-        gone (expired now)  -> retry later (the next delivery claims it)
-    listener succeeded      -> SET mark "consumed" PX retention
-    listener failed         -> DEL mark, so the retry runs again
+        junk                -> replaced by our claim, run the listener (a bad mark never blocks)
+    idem_renew.lua  a call queued or running longer than a lease: our marks' leases extended
+    idem_done.lua   listener succeeded -> SET mark "consumed" PX retention
+    idem_release.lua listener failed   -> DEL mark if still ours, so the retry runs again
 
 >>> from rmq_style._message import ReceivedMessage
 >>> m = ReceivedMessage("orders", 2, b"5-0", {b"i": b"ID1", b"k": b"order-7 x", b"p": b'{"biz": "B9"}'})
@@ -23,18 +23,20 @@ The state machine (RocketMQDedupListener's, docs/idempotence.md):
 'orders/ID1'
 >>> mark_key("rmq", "orders", "billing", "order-7")
 'rmq:{orders:idem:billing}:order-7'
->>> verdict(b"consumed"), verdict(b"consuming:m1"), verdict(None), verdict(b"junk")
-(<Verdict.DUPLICATE: 'duplicate'>, <Verdict.IN_PROGRESS: 'in_progress'>, \
-<Verdict.IN_PROGRESS: 'in_progress'>, <Verdict.RUN: 'run'>)
+>>> [v.value for v in verdicts(b"rdpj", 4)]
+['run', 'duplicate', 'in_progress', 'replaced']
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
+from .._call_values import Call, run_script
 from .._errors import UsageError
 from .outcomes import ConsumeResult
 
@@ -45,16 +47,26 @@ __all__ = [
     "CONSUMED",
     "DuplicateInProgress",
     "Idempotent",
+    "MarkReplyError",
     "Verdict",
+    "claim_call",
     "dedup_key",
+    "done_call",
+    "key_getter",
     "lease_ms",
     "mark_key",
+    "mark_prefix",
+    "release_call",
+    "renew_call",
     "succeeded",
-    "verdict",
+    "verdicts",
 ]
 
 CONSUMED = b"consumed"
 CONSUMING = b"consuming:"
+# a "consuming" mark with more lease left than this many of ours is junk (no member sets such a
+# lease): replaced, so a hostile or corrupted mark never blocks its key for long
+LIVE_LEASE_FACTOR = 10
 
 # The retry ladder of 16 levels spans about 4 h 46 min; a DLQ replay comes hours or days later.
 # A "consumed" mark must outlive both, or the late copy runs again (docs/idempotence.md).
@@ -110,9 +122,51 @@ class DuplicateInProgress(Exception):
 
 
 class Verdict(enum.Enum):
-    RUN = "run"
-    DUPLICATE = "duplicate"
-    IN_PROGRESS = "in_progress"
+    RUN = "run"  # claimed: run the listener
+    DUPLICATE = "duplicate"  # "consumed": acked without a call
+    IN_PROGRESS = "in_progress"  # "consuming" elsewhere (or earlier in the same claim): later
+    REPLACED = "replaced"  # a junk mark, replaced by our claim: run the listener
+
+
+class MarkReplyError(Exception):
+    """A mark script's reply that does not say one verdict per key (a proxy or a bug)."""
+
+
+_LETTERS = {
+    ord("r"): Verdict.RUN,
+    ord("d"): Verdict.DUPLICATE,
+    ord("p"): Verdict.IN_PROGRESS,
+    ord("j"): Verdict.REPLACED,
+}
+
+
+def verdicts(reply: object, count: int) -> list[Verdict]:
+    """The verdicts of idem_claim.lua's reply for *count* keys; MarkReplyError if it is not that.
+
+    >>> verdicts(b"rx", 2)
+    Traceback (most recent call last):
+    ...
+    rmq_style.push.idempotence.MarkReplyError: unexpected claim reply b'rx' for 2 keys
+    """
+    if isinstance(reply, str):
+        reply = reply.encode()
+    if isinstance(reply, bytes) and len(reply) == count:
+        out = [_LETTERS.get(letter) for letter in reply]
+        if None not in out:
+            return out  # type: ignore[return-value]
+    raise MarkReplyError(f"unexpected claim reply {reply!r:.80} for {count} keys")
+
+
+def key_getter(spec: Idempotent) -> Callable[[ReceivedMessage], str]:
+    """``dedup_key`` for *spec* as one function (the default, the msg id, is an attribute read).
+
+    >>> from rmq_style._message import ReceivedMessage
+    >>> key_getter(Idempotent())(ReceivedMessage("orders", 2, b"5-0", {b"i": b"ID1"}))
+    'ID1'
+    """
+    if spec.key == "msg_id":
+        return attrgetter("msg_id")
+    return partial(dedup_key, spec=spec)
 
 
 def dedup_key(msg: ReceivedMessage, spec: Idempotent) -> str:
@@ -127,25 +181,42 @@ def dedup_key(msg: ReceivedMessage, spec: Idempotent) -> str:
     return msg.msg_id
 
 
-def mark_key(prefix: str, topic: str, group: str, key: str) -> str:
-    """The mark of *key* for *group* on *topic*: scoped per group, one slot per topic and group.
+def mark_prefix(prefix: str, topic: str, group: str) -> str:
+    """What every mark of *group* on *topic* starts with: one slot per topic and group.
 
     Not the queue's slot: the same business key sent twice may land in two queues (a redelivery
     stays in its queue, a second send need not), and both copies must find the one mark.
     """
-    return f"{prefix}:{{{topic}:idem:{group}}}:{key}"
+    return f"{prefix}:{{{topic}:idem:{group}}}:"
 
 
-def verdict(existing: bytes | None) -> Verdict:
-    """What a delivery whose claim was refused does, by the mark's value (read just after).
+def mark_key(prefix: str, topic: str, group: str, key: str) -> str:
+    """The mark of *key* for *group* on *topic*."""
+    return mark_prefix(prefix, topic, group) + key
 
-    An unknown value is consumed anyway (degrade, as RocketMQDedupListener does).
+
+def claim_call(marks: str, owner: bytes, lease: int, keys: Sequence[str]) -> Call:
+    """Claim *keys* (idem_claim.lua): one verdict letter per key.
+
+    >>> claim_call("rmq:{t:idem:g}:", b"consuming:m1", 500, ["a", "b"]).args
+    (b'consuming:m1', 500, 5000, 'a', 'b')
     """
-    if existing == CONSUMED:
-        return Verdict.DUPLICATE
-    if existing is None or existing.startswith(CONSUMING):
-        return Verdict.IN_PROGRESS
-    return Verdict.RUN
+    return run_script("idem_claim", [marks], [owner, lease, lease * LIVE_LEASE_FACTOR, *keys])
+
+
+def done_call(marks: str, retention: int, keys: Sequence[str]) -> Call:
+    """Mark *keys* consumed for *retention* ms (idem_done.lua)."""
+    return run_script("idem_done", [marks], [retention, *keys])
+
+
+def release_call(marks: str, owner: bytes, keys: Sequence[str]) -> Call:
+    """Delete the marks of *keys* still claimed by *owner* (idem_release.lua)."""
+    return run_script("idem_release", [marks], [owner, *keys])
+
+
+def renew_call(marks: str, owner: bytes, lease: int, keys: Sequence[str]) -> Call:
+    """Extend the leases of *keys* still claimed by *owner* (idem_renew.lua): k kept, l lost."""
+    return run_script("idem_renew", [marks], [owner, lease, *keys])
 
 
 def succeeded(outcome: object) -> bool:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._async._io import execute
+from .._call_values import Call
 from .._entry_check import shown
 from .context import TRANSIENT, Context
 from .outcomes import Ack, DeadLetterIt, RetryLater, decide, describe_error
@@ -101,8 +102,11 @@ class Settler:
         client = self.c.client
         assert client is not None
         backoff = self.c.backoff()
+        marks: list[Call] = []  # idempotent marks: written in the round of their acks, before them
         while True:
-            if not self._settle_buffer:
+            if self.c.marks is not None:
+                marks += self.c.marks.take(self.c.drained.is_set())
+            if not self._settle_buffer and not marks:
                 if self.c.drained.is_set():
                     return
                 self.c.settle_wakeup.clear()
@@ -118,13 +122,17 @@ class Settler:
                 if traced:
                     calls = calls + traced
             try:
-                replies = await execute(client, calls)
+                replies = await execute(client, [*marks, *calls] if marks else calls)
             except TRANSIENT as exc:
                 self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
                 self._settle_buffer = batch + self._settle_buffer
                 await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
                 continue
             backoff.reset()
+            if marks:
+                assert self.c.marks is not None
+                self.c.marks.read(marks, replies)
+                replies, marks = replies[len(marks) :], []
             extra = replies[len(round_.calls) :]
             if extra and self.c.recorder is not None and self.c.recorder.count_failures(extra):
                 self.c.log.warning("trace.write_failed", failed=self.c.recorder.failed)

@@ -11,6 +11,42 @@ local function rmq_pack(values)
   return table.concat(parts)
 end
 
+-- rmq_unpack that refuses a malformed blob (nil): a record read from Redis may be hostile.
+local function rmq_half_unpack(blob)
+  local out, pos = {}, 1
+  while pos <= #blob do
+    local colon = string.find(blob, ':', pos, true)
+    if not colon then
+      return nil
+    end
+    local len = tonumber(string.sub(blob, pos, colon - 1))
+    if not len or len < 0 or len % 1 ~= 0 or colon + len > #blob then
+      return nil
+    end
+    out[#out + 1] = string.sub(blob, colon + 1, colon + len)
+    pos = colon + len + 1
+  end
+  return out
+end
+
+-- A pending record (13 fields, state 'h', counts in fields 2 to 4), or nil and why it is not.
+local function rmq_half_pending(packed)
+  local rec = rmq_half_unpack(packed)
+  if not rec then
+    return nil, 'not a packed record'
+  end
+  if #rec ~= 13 or rec[1] ~= 'h' then
+    return nil, 'not a pending record of 13 fields'
+  end
+  for i = 2, 4 do
+    local n = tonumber(rec[i])
+    if not n or n < 0 or n % 1 ~= 0 or n >= 9007199254740992 then
+      return nil, 'field ' .. i .. ' is not a count'
+    end
+  end
+  return rec
+end
+
 -- The record of msg_id for a commit or rollback: from the half store, or (operators only)
 -- from the discarded list. Returns packed, from_dead; or nil, nil, an error reply.
 local function rmq_half_find(half, dead, msg_id, source)
