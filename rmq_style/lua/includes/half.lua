@@ -11,6 +11,14 @@ local function rmq_pack(values)
   return table.concat(parts)
 end
 
+-- A count written by this store: decimal digits only (Lua's tonumber also takes '0x10', ' 1', '1e3').
+local function rmq_half_count(s)
+  if not s or #s > 16 or not string.match(s, '^%d+$') then
+    return nil
+  end
+  return tonumber(s)
+end
+
 -- rmq_unpack that refuses a malformed blob (nil): a record read from Redis may be hostile.
 local function rmq_half_unpack(blob)
   local out, pos = {}, 1
@@ -19,8 +27,8 @@ local function rmq_half_unpack(blob)
     if not colon then
       return nil
     end
-    local len = tonumber(string.sub(blob, pos, colon - 1))
-    if not len or len < 0 or len % 1 ~= 0 or colon + len > #blob then
+    local len = rmq_half_count(string.sub(blob, pos, colon - 1))
+    if not len or colon + len > #blob then
       return nil
     end
     out[#out + 1] = string.sub(blob, colon + 1, colon + len)
@@ -39,8 +47,8 @@ local function rmq_half_pending(packed)
     return nil, 'not a pending record of 13 fields'
   end
   for i = 2, 4 do
-    local n = tonumber(rec[i])
-    if not n or n < 0 or n % 1 ~= 0 or n >= 9007199254740992 then
+    local n = rmq_half_count(rec[i])
+    if not n or n >= 9007199254740992 then
       return nil, 'field ' .. i .. ' is not a count'
     end
   end
