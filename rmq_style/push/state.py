@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._filter import TagFilter
-from .._message import MessageQueue, ReceivedMessage
+from .._message import MessageQueue, ReceivedMessage, field_map
 from .._names import QueueKeys
 from .._topics import Retention
 from .outcomes import Decision
@@ -69,11 +69,19 @@ class Delivery:
 
     stream: StreamState
     entry_id: bytes
-    fields: dict[bytes, bytes]
+    raw: dict[bytes, bytes] | list[bytes]  # its fields as read: a map, or ``[name, value, ...]``
     size: int
     message: ReceivedMessage | None = None
     decision: Decision | None = None
     epoch: int = 0  # of its queue when read
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """Its fields as a map (made on first use: an acknowledgement needs none)."""
+        raw = self.raw
+        if isinstance(raw, list):
+            raw = self.raw = field_map(raw)
+        return raw
 
     @property
     def origin_offset(self) -> bytes:
