@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from rmq_style import Message, PushConsumer, ReceivedMessage
 from rmq_style._async._io import execute_unparsed, open_client
 from rmq_style._call_values import Command
+from rmq_style.testing import RedisServer
 from tests.pushkit import create_topic, fast_settings, send, until
 
 STREAM = "rmq:{orders:0}:s"
@@ -58,3 +62,26 @@ def test_the_listener_sees_the_same_message_from_either_shape(url: str) -> None:
 
     asyncio.run(main())
     assert seen == [("paid", ("k1", "k2"), b"plain", {}), (None, (), b"with props", {"a": "b"})]
+
+
+def test_a_blocking_read_cut_by_a_role_change_is_a_connection_error(private_redis: RedisServer) -> None:
+    """UNBLOCKED (the master turned replica under a blocked read) means the server is away for this
+    read, as redis-py's path through LaneClient says: the fetch backs off and re-reads its own entries."""
+
+    async def main() -> None:
+        client, admin = open_client(private_redis.url), open_client(private_redis.url)
+        try:
+            await client.xgroup_create(STREAM, "g", "$", mkstream=True)
+            read = Command(("XREADGROUP", "GROUP", "g", "m", "BLOCK", 5000, "STREAMS", STREAM, ">"))
+            blocked = asyncio.ensure_future(execute_unparsed(client, read))
+            while int((await admin.info("clients"))["blocked_clients"]) == 0:
+                await asyncio.sleep(0.01)
+            await admin.execute_command("REPLICAOF", "127.0.0.1", "1")  # nobody there: the role is enough
+            with pytest.raises(RedisConnectionError, match="changed role"):
+                await blocked
+        finally:
+            await admin.execute_command("REPLICAOF", "NO", "ONE")
+            await client.aclose()
+            await admin.aclose()
+
+    asyncio.run(main())

@@ -157,6 +157,8 @@ def execute_unparsed(client: Client, cmd: Command) -> Any:
     """
     if _packs(client):
         (reply,) = direct_round_trip(client, pack_command(cmd.args), 1)
+        if isinstance(reply, ResponseError) and is_unblocked(reply):  # as LaneClient.execute_command
+            raise RedisConnectionError(f"the server changed role during a blocking read: {reply}") from reply
         return reply
     (reply,) = execute(client, [cmd])
     return reply
