@@ -19,6 +19,10 @@ per queue wakes the readers. Messages/s from the first delivery to an empty
 group (nothing left to deliver, nothing pending), polled every 10 ms with
 XINFO GROUPS: start-up and balancing are not counted. 3 rounds per side,
 alternating; medians; one JSON object per N.
+
+The machine is shared: besides messages/s, each side's CPU time per message
+(its N consumer processes, user + system, over the same span, from /proc) is
+printed, which other load changes much less than the rates.
 """
 
 from __future__ import annotations
@@ -132,17 +136,45 @@ def release(url: str, client: redis.Redis, group: str, n: int, procs: list[subpr
     return sum(int(client.xlen(key)) for key in streams())
 
 
-def drain(client: redis.Redis, group: str, procs: list[subprocess.Popen[bytes]], backlog: int) -> float:
-    """Messages/s from the first delivery to an empty group."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of *pids* so far (0.0 where /proc cannot tell)."""
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(stat[11]) + int(stat[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def consumer_pids(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """The consumer processes: *procs*, or for a supervisor its worker children."""
+    pids = []
+    for p in procs:
+        try:
+            children = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
+        except OSError:
+            children = []
+        pids += [int(c) for c in children] or [p.pid]
+    return pids
+
+
+def drain(
+    client: redis.Redis, group: str, procs: list[subprocess.Popen[bytes]], backlog: int
+) -> tuple[float, float]:
+    """Messages/s from the first delivery to an empty group, and CPU microseconds per message."""
     deadline = time.monotonic() + LIMIT_S
     start = None
+    pids = consumer_pids(procs)
+    cpu = 0.0
     while True:
         read, left = progress(client, group)
         now = time.perf_counter()
         if start is None and read > 0:
-            start = now
+            start, cpu = now, cpu_seconds(pids)
         if start is not None and left == 0 and read >= backlog:
-            return backlog / (now - start)
+            return backlog / (now - start), (cpu_seconds(pids) - cpu) / backlog * 1e6
         if time.monotonic() > deadline or any(p.poll() not in (None, 0) for p in procs):
             raise SystemExit(f"{group}: not drained ({read} read, {left} left)")
         time.sleep(POLL_S)
@@ -160,7 +192,7 @@ def worker_command() -> list[str]:
     return [str(exe) if exe.exists() else shutil.which("rmq-style") or "rmq-style"]
 
 
-def ours(url: str, client: redis.Redis, n: int, group: str) -> float:
+def ours(url: str, client: redis.Redis, n: int, group: str) -> tuple[float, float]:
     env = {**os.environ, "RMQ_URL": url, "SCALE_TOPIC": TOPIC, "SCALE_GROUP": group}
     cmd = [*worker_command(), "worker", "scale_app:app", "--processes", str(n), "--app-dir", "bench/apps"]
     create_groups(client, group)
@@ -172,7 +204,7 @@ def ours(url: str, client: redis.Redis, n: int, group: str) -> float:
         worker.wait(30)
 
 
-def baseline(url: str, client: redis.Redis, n: int, group: str) -> float:
+def baseline(url: str, client: redis.Redis, n: int, group: str) -> tuple[float, float]:
     create_groups(client, group)
     procs = [
         subprocess.Popen([sys.executable, __file__, "--raw-consumer", url, group, f"raw-{i}"], cwd=ROOT)
@@ -201,12 +233,13 @@ def main() -> int:
         client.flushall()
         fill(url, backlog)
         for n in args.processes or [1, 2]:
-            mine, theirs = [], []
+            runs: dict[str, list[tuple[float, float]]] = {"ours": [], "raw": []}
             for r in range(ROUNDS):
                 # alternate who goes first, so a burst of load elsewhere hurts both sides alike
-                sides = [("ours", ours, mine), ("raw", baseline, theirs)]
-                for side, run, out in sides if r % 2 == 0 else sides[::-1]:
-                    out.append(run(url, client, n, f"{side}-{n}-{r}"))
+                sides = [("ours", ours), ("raw", baseline)]
+                for side, run in sides if r % 2 == 0 else sides[::-1]:
+                    runs[side].append(run(url, client, n, f"{side}-{n}-{r}"))
+            mine, theirs = [rate for rate, _ in runs["ours"]], [rate for rate, _ in runs["raw"]]
             msgs, base = statistics.median(mine), statistics.median(theirs)
             print(
                 json.dumps(
@@ -219,6 +252,8 @@ def main() -> int:
                         "baseline_msgs_per_s": round(base),
                         "ratio": round(msgs / base, 3),
                         "round_ratios": [round(a / b, 3) for a, b in zip(mine, theirs, strict=True)],
+                        "cpu_us_per_msg": round(statistics.median(cpu for _, cpu in runs["ours"]), 2),
+                        "baseline_cpu_us_per_msg": round(statistics.median(cpu for _, cpu in runs["raw"]), 2),
                         "processes": n,
                         "backlog": backlog,
                         "rounds": ROUNDS,

@@ -41,6 +41,7 @@ __all__ = [
     "SendResult",
     "SendStatus",
     "decode_entry",
+    "field_map",
     "new_msg_id",
     "new_msg_ids",
     "pack_fields",
@@ -166,14 +167,24 @@ class ReceivedMessage:
     ('1700000000000-0', 3, 'paid', (), {}, b'x', 1700000000000)
     """
 
-    __slots__ = ("_entry_id", "_fields", "_properties", "_queue_id", "_topic")
+    __slots__ = ("_entry", "_entry_id", "_properties", "_queue_id", "_topic")
 
-    def __init__(self, topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]):
+    def __init__(
+        self, topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes] | list[bytes]
+    ):
+        """*fields*: the entry's, as a map or as Redis sends them (``[name, value, ...]``)."""
         self._topic = topic
         self._queue_id = queue_id
         self._entry_id = entry_id
-        self._fields = fields
+        self._entry = fields
         self._properties: dict[str, str] | None = None
+
+    @property
+    def _fields(self) -> Mapping[bytes, bytes]:
+        entry = self._entry
+        if isinstance(entry, list):  # as read: mapped on first use (a listener may look at nothing)
+            entry = self._entry = field_map(entry)
+        return entry
 
     @property
     def topic(self) -> str:
@@ -360,8 +371,18 @@ def _too_large(message: Message, size: int, max_size: int) -> MessageTooLargeErr
     )
 
 
+def field_map(flat: list[bytes]) -> dict[bytes, bytes]:
+    """An entry's fields as Redis sends them (``[name, value, ...]``) as a map (a name twice: its last value).
+
+    >>> field_map([b"i", b"x", b"d", b"1", b"d", b"2"])
+    {b'i': b'x', b'd': b'2'}
+    """
+    pairs = iter(flat)
+    return dict(zip(pairs, pairs, strict=False))
+
+
 def decode_entry(
-    topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes]
+    topic: str, queue_id: int, entry_id: bytes | str, fields: Mapping[bytes, bytes] | list[bytes]
 ) -> ReceivedMessage:
     """The received view of one stream entry (hot path of every consumer: decoding is deferred)."""
     return ReceivedMessage(topic, queue_id, entry_id, fields)

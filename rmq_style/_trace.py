@@ -29,6 +29,7 @@ from ._names import Keys, QueueKeys
 
 __all__ = [
     "DEFAULT_TRACE_MAXLEN",
+    "TRACE_FLAG",
     "TRACE_PROPERTY",
     "TraceBound",
     "born_ms",
@@ -46,7 +47,7 @@ __all__ = [
 TRACE_PROPERTY = "TRACE_ON"
 DEFAULT_TRACE_MAXLEN = 10_000
 # how the property reads in a compact JSON object (docs/storage.md, properties): a cheap test
-_FLAG = b'"TRACE_ON":"1"'
+TRACE_FLAG = b'"TRACE_ON":"1"'
 # a producer's clock may run ahead of the server's: records are looked for from born time minus this
 CLOCK_SLACK_MS = 60_000
 _MAX_TEXT = 1000
@@ -64,7 +65,7 @@ def is_traced(fields: Mapping[bytes, bytes]) -> bool:
     (True, False, False)
     """
     p = fields.get(b"p")
-    return bool(p) and type(p) is bytes and _FLAG in p
+    return bool(p) and type(p) is bytes and TRACE_FLAG in p
 
 
 def sampled(rate: float) -> bool:

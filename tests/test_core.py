@@ -29,7 +29,7 @@ from rmq_style._handlers import inspect_handler
 from rmq_style._message import pack_fields, unpack_fields
 from rmq_style._offsets import MAX_SEQ, Offset, parse_offset
 from rmq_style._producing import ProducerCore, ProducerSettings
-from rmq_style._sync._io import _pack_scripts
+from rmq_style._sync._lane import pack_calls
 from rmq_style._topics import TopicRoute
 
 
@@ -160,7 +160,7 @@ def test_send_calls_carry_their_arguments_prepacked_exactly(
     replies = []
     for call in calls:
         assert isinstance(call, ScriptCall)
-        assert _pack_scripts([call]) == pack_command(call.evalsha_args)
+        assert pack_calls([call]) == pack_command(call.evalsha_args)
         n = int(call.args[2])
         assert call.args[:2] == retention.script_args and len(call.args) == 3 + 8 * n
         replies.append([0, *(f"{k}-{call.keys[0]}".encode() for k in range(n))])

@@ -31,6 +31,8 @@ from typer.testing import CliRunner
 
 from rmq_style import AsyncProducer, Keys, Message, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
+from rmq_style._entry_check import _common, plain, rejection
+from rmq_style._message import FIELD_ORDER
 from rmq_style.cli import app as cli_app
 from rmq_style.testing import RedisServer
 from tests.pushkit import fast_settings, until
@@ -129,6 +131,30 @@ def hostile_entries(draw: st.DrawFn) -> dict[bytes, bytes]:
             fields[name] = value
     fields.update(draw(st.dictionaries(st.binary(min_size=1, max_size=3), st.binary(max_size=6), max_size=2)))
     return fields or {b"x": b""}
+
+
+@settings(max_examples=300, deadline=None)
+@given(fields=hostile_entries(), max_size=st.integers(1, 2 * MAX_SIZE))
+def test_the_in_place_check_passes_only_entries_the_table_accepts(
+    fields: dict[bytes, bytes], max_size: int
+) -> None:
+    """The consumers check an entry as Redis sent it (a flat list, ``plain``) and map it only when that
+    says no: what ``plain`` passes, the table passes too, with the fields in the producers' order."""
+    flat = [part for pair in fields.items() for part in pair]
+    passed = plain(flat, max_size)
+    assert passed == (list(fields) == list(FIELD_ORDER) and _common(fields, max_size))
+    if passed:
+        assert rejection(fields, max_size) is None
+        assert rejected_field(fields) is None or (rejected_field(fields) == "size" and max_size > MAX_SIZE)
+
+
+def test_a_message_as_sent_is_plain() -> None:
+    sent = [b"i", b"0" * 32, b"q", b"7", b"r", b"0", b"b", b"1700000000000", b"t", b"a", b"k", b"k1 k2",
+            b"p", b"", b"c", b"j", b"d", b"{}"]  # fmt: skip
+    assert plain(sent, MAX_SIZE)
+    assert not plain(sent, 6)  # body and keys: 7 bytes
+    assert not plain([*sent[:13], b'{"a":"b"}', *sent[14:]], MAX_SIZE)  # properties: mapped, then checked
+    assert not plain([*sent, b"o", b"1-0"], MAX_SIZE)  # a retried copy: another layout
 
 
 # (queue, raw entry) or (None, tag of a good message), in the order they are written

@@ -21,7 +21,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "rmq_style"
 # the I/O layer (clients, sentinel-following masters, per-node replicated round trips, the
 # sentinel listener), the test kit's server processes and the metrics endpoint
 IO_MODULES = {
-    *(f"{front}/{name}.py" for front in ("_async", "_sync") for name in ("_io", "_master", "_replicated")),
+    *(
+        f"{front}/{name}.py"
+        for front in ("_async", "_sync")
+        for name in ("_io", "_lane", "_master", "_replicated")
+    ),
     "_sentinel_watch.py",
     "_kit_server.py",
     "_kit_sentinel.py",

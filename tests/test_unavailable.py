@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from rmq_style import BrokerUnavailableError, Message, MessageQueue, Producer
-from rmq_style._async import _io as async_io
-from rmq_style._sync import _io as sync_io
+from rmq_style._async import _lane as async_lane
+from rmq_style._sync import _lane as sync_lane
 from rmq_style.cli import main
 from rmq_style.testing import RedisServer, free_port
 
@@ -59,8 +59,8 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_before_use(
 ) -> None:
     if closer == "client kill":
         # a kill can follow the last use within the idle window (2 ms) that skips the check
-        for io in (sync_io, async_io):
-            monkeypatch.setattr(io, "LANE_IDLE_CHECK_S", 0.0)
+        for lane in (sync_lane, async_lane):
+            monkeypatch.setattr(lane, "LANE_IDLE_CHECK_S", 0.0)
     # no retries: a send written to the closed connection would fail
     with front.Admin(private_redis.url) as admin, front.Producer(private_redis.url, retries=0) as producer:
         admin.create_topic("conn", queues=1)

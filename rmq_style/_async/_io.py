@@ -4,25 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import select
-import threading
 import traceback
 from collections.abc import Callable, Sequence
-from time import monotonic
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
 
 import redis.asyncio as redis_asyncio
 from hiredis import pack_command
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ClusterDownError, NoScriptError, RedisError, ResponseError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .._call_values import Call, Command, Flow, Pause, ScriptCall, refusal
+from .._call_values import Call, Command, Flow, Pause, refusal
 from .._connection import ClusterTarget, memory_server, parse_url
 from .._errors import BrokerUnavailableError
+from ._lane import LaneClient, direct_round_trip, is_unblocked, pack_calls
 from ._master import master_client
 from ._replicated import cluster_waited_round_trip
 
@@ -34,14 +31,12 @@ __all__ = [
     "drive",
     "drive_with_retries",
     "execute",
+    "execute_unparsed",
     "is_cluster",
     "open_client",
 ]
 
 T = TypeVar("T")
-# a lane idle for longer is checked before use; a server restart takes longer than this, so a
-# lane it closed is never written to (a close while in use is a failure of that call)
-LANE_IDLE_CHECK_S = 0.002
 AsyncClient = redis_asyncio.Redis
 # Redis (or, on a cluster, a node or the slots of one) away for now: worth another try later
 TRANSIENT_ERRORS = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError)
@@ -79,7 +74,7 @@ class ClusterClient(RedisCluster):
         try:
             return await cast(Any, super()).execute_command(*args, **kwargs)
         except ResponseError as exc:
-            if _is_unblocked(exc):
+            if is_unblocked(exc):
                 raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
             raise
         except AttributeError as exc:
@@ -107,37 +102,6 @@ def _closed_under_us(exc: AttributeError) -> bool:
     frames = traceback.extract_tb(exc.__traceback__)
     in_redis = bool(frames) and f"{os.sep}redis{os.sep}" in frames[-1].filename
     return in_redis and str(exc).startswith("'NoneType' object has no attribute")
-
-
-def _is_unblocked(exc: ResponseError) -> bool:
-    """UNBLOCKED: a blocking read on a master that turned replica (a failover). Not the call's outcome:
-    the server is away for this call, as after a connection error (read again: MOVED or the sentinels
-    lead to the new master)."""
-    return str(exc).startswith("UNBLOCKED")
-
-
-class LaneClient(redis_asyncio.Redis):
-    """A client that keeps one connection aside for packed round trips (no pool checkout per call).
-
-    The lane is taken without waiting: a caller that finds it busy (another
-    thread or task mid-call) takes a pooled connection as before.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lane_lock = threading.Lock()  # never waited on, so safe in asyncio too
-        self.lane: Any = None
-        self.lane_pid = 0
-        self.lane_used = 0.0  # monotonic time of the lane's last round trip
-        self.follows_master = isinstance(self.connection_pool, SentinelConnectionPool)
-
-    async def execute_command(self, *args: Any, **options: Any) -> Any:
-        try:
-            return await cast(Any, super()).execute_command(*args, **options)
-        except ResponseError as exc:
-            if _is_unblocked(exc):
-                raise RedisConnectionError(f"the server changed role during a blocking read: {exc}") from exc
-            raise
 
 
 def _args(call: Call) -> tuple[Any, ...]:
@@ -179,11 +143,33 @@ def _is_wait(call: Call) -> bool:
     return type(call) is Command and call.args[0] in ("WAIT", "WAITAOF")
 
 
+def _packs(client: AsyncClient) -> bool:
+    """Whether calls may go packed on *client*'s own connections (redis-py's plain client or ours)."""
+    return (type(client) is LaneClient or type(client) is redis_asyncio.Redis) and client.connection is None
+
+
+async def execute_unparsed(client: AsyncClient, cmd: Command) -> Any:
+    """*cmd*'s reply (a failed call's: its ResponseError), left as Redis sent it where the client packs
+    calls (a plain, lane or Sentinel-managed client), else as redis-py's reply callback makes it.
+
+    An XREADGROUP's entries keep their fields as a flat list ``[name, value, ...]``
+    there, instead of a dict per entry built before anyone asked: the caller reads
+    both shapes (a cluster or fakeredis client gives the dicts).
+    """
+    if _packs(client):
+        (reply,) = await direct_round_trip(client, pack_command(cmd.args), 1)
+        if isinstance(reply, ResponseError) and is_unblocked(reply):  # as LaneClient.execute_command
+            raise RedisConnectionError(f"the server changed role during a blocking read: {reply}") from reply
+        return reply
+    (reply,) = await execute(client, [cmd])
+    return reply
+
+
 async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
-    if (type(client) is LaneClient or type(client) is redis_asyncio.Redis) and client.connection is None:
-        packed = _pack_scripts(calls)
+    if _packs(client):
+        packed = pack_calls(calls)
         if packed is not None:
-            return await _direct_round_trip(client, packed, len(calls))
+            return await direct_round_trip(client, packed, len(calls))
     if calls and _is_wait(calls[-1]) and isinstance(client, RedisCluster):  # WAIT on the writes' connections
         try:
             return await cluster_waited_round_trip(client, calls)
@@ -205,151 +191,6 @@ async def _round_trip(client: AsyncClient, calls: Sequence[Call]) -> list[Any]:
         if _closed_under_us(exc):
             raise RedisConnectionError(f"connection closed by a cluster topology refresh: {exc}") from exc
         raise
-
-
-# commands whose replies redis-py hands back as read (no response callback): they may go packed
-_PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT", "WAITAOF"})
-
-
-def _pack_scripts(calls: Sequence[Call]) -> bytes | None:
-    """The calls in the wire format, if all are script calls or plain commands (no redis-py callback)."""
-    parts = []
-    for call in calls:
-        if type(call) is not ScriptCall:
-            if type(call) is Command and call.args[0] in _PLAIN_COMMANDS:
-                parts.append(pack_command(call.args))  # acks: one C call for many ids
-                continue
-            return None
-        packed = call.packed
-        parts.append(pack_command(call.evalsha_args) if packed is None else _evalsha(call, packed))
-    return b"".join(parts)
-
-
-# wire form of EVALSHA sha numkeys keys..., without the array header, by (sha, keys)
-_HEADS: dict[tuple[str, tuple[str, ...]], bytes] = {}
-
-
-def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
-    head = _HEADS.get((call.script.sha, call.keys))
-    if head is None:
-        if len(_HEADS) >= 4096:
-            _HEADS.clear()
-        full = pack_command(cast(Any, ("EVALSHA", call.script.sha, call.script.numkeys, *call.keys)))
-        head = _HEADS[(call.script.sha, call.keys)] = full[full.index(b"\r\n") :]
-    return b"*%d%b%b" % (3 + len(call.keys) + len(call.args), head, packed_args)
-
-
-async def _direct_round_trip(client: AsyncClient, packed: bytes, count: int) -> list[Any]:
-    """Send packed commands and read *count* replies (redis-py's pipeline, leaner).
-
-    Connection errors are retried by the client's retry policy, as redis-py does;
-    any other exception leaves the connection in an unknown state: it is dropped.
-    """
-    pool = cast(Any, client.connection_pool)
-    if type(client) is LaneClient and client.lane_lock.acquire(blocking=False):
-        try:
-            conn = client.lane
-            # a forked child opens its own: it must never write on its parent's socket
-            if conn is None or client.lane_pid != os.getpid():
-                conn = client.lane = await pool.get_connection()
-                client.lane_pid = os.getpid()
-            elif monotonic() - client.lane_used > LANE_IDLE_CHECK_S and _closed_by_server(conn):
-                await conn.disconnect()  # it reconnects on send
-            if client.follows_master:
-                await _follow_master(pool, conn)
-            return await _exchange_on(conn, packed, count)
-        finally:
-            client.lane_used = monotonic()
-            client.lane_lock.release()
-    conn = await pool.get_connection()
-    try:
-        return await _exchange_on(conn, packed, count)
-    finally:
-        await pool.release(conn)
-
-
-def _closed_by_server(conn: Any) -> bool:
-    """Whether the server closed *conn* while it sat idle (a restart, its idle timeout, CLIENT KILL).
-
-    No reply is due on an idle connection, so a socket that reads as ready holds
-    EOF. Polled directly: an event loop may not have run since the close.
-    """
-    at_eof = getattr(getattr(conn, "_reader", None), "at_eof", None)  # asyncio connections
-    if at_eof is not None and at_eof():
-        return True
-    writer = getattr(conn, "_writer", None)
-    sock = writer.get_extra_info("socket") if writer is not None else getattr(conn, "_sock", None)
-    if sock is None or sock.fileno() < 0:
-        return False  # not connected: the send connects
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
-
-
-async def _follow_master(pool: Any, conn: Any) -> None:
-    """Point a Sentinel-managed lane at the master the sentinels name now.
-
-    A lane still open to a master the pool has seen replaced is dropped (redis-py
-    does that to a pooled connection when it is released; the lane never is). A
-    closed lane reconnects by connect(), which asks the sentinels: a send on a
-    closed connection would reconnect to the old address (redis-py issue #3874).
-    """
-    if pool.master_address not in (None, (conn.host, conn.port)):
-        await conn.disconnect()
-    if not conn.is_connected:
-        await conn.connect()
-
-
-async def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
-    try:
-        return cast(
-            "list[Any]",
-            await conn.retry.call_with_retry(
-                lambda: _exchange(conn, packed, count), lambda _error: conn.disconnect()
-            ),
-        )
-    except BaseException:
-        await conn.disconnect()
-        raise
-
-
-async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    await _send(conn, packed)
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies
-
-
-_PLAIN_CONNECTION: Any = redis_asyncio.Connection  # typed Any: conn is not narrowed by the check
-
-
-async def _send(conn: Any, packed: bytes) -> None:
-    """Write *packed* on *conn*: redis-py's send_packed_command without its per-call wait_for.
-
-    redis-py wraps every drain in asyncio.wait_for (a task and a loop turn per
-    send). A small write on an open socket leaves the transport's buffer empty,
-    so there is nothing to drain; only a write that did not go out at once
-    waits, through send_packed_command (its timeout, its disconnect on error).
-    Only redis-py's own connection class: a subclass's send may do more (a
-    Sentinel-managed connection follows a switch there).
-    """
-    writer = getattr(conn, "_writer", None)
-    if (
-        type(conn) is not _PLAIN_CONNECTION
-        or writer is None
-        or not conn.is_connected
-        or writer.transport.is_closing()
-        or (conn.health_check_interval and monotonic() > conn.next_health_check)  # the loop's clock
-    ):
-        await conn.send_packed_command([packed])  # connects, checks health
-        return
-    writer.write(packed)
-    if writer.transport.get_write_buffer_size():
-        await conn.send_packed_command([], check_health=False)  # drains, with the socket timeout
 
 
 async def drive(client: AsyncClient, flow: Flow[T]) -> T:

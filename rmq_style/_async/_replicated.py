@@ -22,6 +22,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._call_values import Call, Command, ScriptCall, WaitAofRefused
 from .._replies import unknown_waitaof
+from ._lane import exchange
 
 __all__ = ["cluster_waited_round_trip"]
 
@@ -112,11 +113,11 @@ async def _on_node(client: Any, node: Any, calls: list[Call], wait: Call, *, ask
         conn = await pool.get_connection()
         release = pool.release
     try:
-        replies = await _exchange(conn, packed, count)
+        replies = await exchange(conn, packed, count)
         acked = replies[-1]
         if isinstance(acked, ResponseError) and unknown_waitaof(acked):  # before Redis 7.2
             n, timeout = _args_of(wait)[2:4]
-            (fallback,) = await _exchange(conn, pack_command(cast(Any, ("WAIT", n, timeout))), 1)
+            (fallback,) = await exchange(conn, pack_command(cast(Any, ("WAIT", n, timeout))), 1)
             replies[-1] = WaitAofRefused(str(acked), fallback)
     except (RedisConnectionError, RedisTimeoutError, OSError):
         await conn.disconnect()
@@ -140,14 +141,3 @@ async def _refresh(client: Any) -> None:
         await client.nodes_manager.initialize()
     except (RedisClusterException, RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise RedisConnectionError(f"cluster slot table not refreshed: {exc}") from exc
-
-
-async def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    await conn.send_packed_command([packed])
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(await conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies

@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._call_values import Call, Command, ScriptCall, WaitAofRefused
 from .._replies import unknown_waitaof
+from ._lane import exchange
 
 __all__ = ["cluster_waited_round_trip"]
 
@@ -113,11 +114,11 @@ def _on_node(client: Any, node: Any, calls: list[Call], wait: Call, *, asking: b
         conn = pool.get_connection()
         release = pool.release
     try:
-        replies = _exchange(conn, packed, count)
+        replies = exchange(conn, packed, count)
         acked = replies[-1]
         if isinstance(acked, ResponseError) and unknown_waitaof(acked):  # before Redis 7.2
             n, timeout = _args_of(wait)[2:4]
-            (fallback,) = _exchange(conn, pack_command(cast(Any, ("WAIT", n, timeout))), 1)
+            (fallback,) = exchange(conn, pack_command(cast(Any, ("WAIT", n, timeout))), 1)
             replies[-1] = WaitAofRefused(str(acked), fallback)
     except (RedisConnectionError, RedisTimeoutError, OSError):
         conn.disconnect()
@@ -141,14 +142,3 @@ def _refresh(client: Any) -> None:
         client.nodes_manager.initialize()
     except (RedisClusterException, RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise RedisConnectionError(f"cluster slot table not refreshed: {exc}") from exc
-
-
-def _exchange(conn: Any, packed: bytes, count: int) -> list[Any]:
-    conn.send_packed_command([packed])
-    replies: list[Any] = []
-    for _ in range(count):
-        try:
-            replies.append(conn.read_response())
-        except ResponseError as exc:
-            replies.append(exc)
-    return replies

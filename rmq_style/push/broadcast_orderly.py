@@ -87,6 +87,6 @@ class OrderlyHold:
             return  # left in flight: the position stays before it, the next start handles it
         fields = dict(d.fields)
         fields[b"r"] = str(attempts).encode()
-        d.fields = fields
+        d.raw = fields
         d.message = ReceivedMessage(d.message.topic, d.message.queue_id, d.entry_id, fields)
         self.fetcher.submit(d.stream.queue.sub, [d])

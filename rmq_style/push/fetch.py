@@ -13,11 +13,11 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-from .._async._io import AsyncClient, execute, open_client
+from .._async._io import AsyncClient, execute, execute_unparsed, open_client
 from .._call_values import Command, single
-from .._entry_check import rejection
+from .._entry_check import plain, rejection
 from .._errors import SerializationError
-from .._message import MessageQueue, ReceivedMessage
+from .._message import MessageQueue, ReceivedMessage, field_map
 from .._replies import ReplyCode, classify
 from .context import TRANSIENT, Context
 from .dedup import DedupListener
@@ -32,12 +32,13 @@ __all__ = ["Fetcher"]
 
 ACK = Ack()
 PREFETCH_MIN = 4  # entries in a reply worth reading ahead of handling them
+_BODY = 17  # index of the body in the fields of a plain entry (_entry_check.plain)
 
 
 async def run_one(client: AsyncClient, cmd: Command) -> Any:
-    """One read through the calls-as-values front; an error reply is raised (NOGROUP: re-create)."""
-    (reply,) = await execute(client, [cmd])
-    return single(reply)
+    """One read, its entries' fields left as Redis sent them where the client allows it (a flat
+    list, else redis-py's dict); an error reply is raised (NOGROUP: re-create)."""
+    return single(await execute_unparsed(client, cmd))
 
 
 def scanning(q: QueueState) -> bool:
@@ -255,22 +256,30 @@ class Fetcher:
             ready: list[Delivery] = []
             calls: list[Call] = []
             count = size = 0
-            for entry_id, fields in entries:
+            for entry_id, raw in entries:
                 if scans is not None:
                     stream.scan_from = entry_id
                     if entry_id in in_flight:
                         continue  # being handled or settled right now
-                if not fields:  # trimmed while pending: nil fields, which redis-py reads as {}
+                if not raw:  # trimmed while pending: nil fields (redis-py's dict of them: {})
                     self.register_lost(stream, entry_id)
                     continue
-                body_size = len(fields.get(b"d") or b"")
                 in_flight.add(entry_id)
                 count += 1
+                # fields as Redis sent them (a list) are checked in place; any other layout as a map
+                fields = raw
+                if type(raw) is list and plain(raw, max_size):
+                    body_size = len(raw[_BODY])
+                else:
+                    fields = field_map(raw) if type(raw) is list else raw
+                    body_size = len(fields.get(b"d") or b"")
+                    problem = rejection(fields, max_size)
+                    if problem is not None:  # never handed to a listener (docs/storage.md, field validity)
+                        size += body_size
+                        d = Delivery(stream, entry_id, fields, body_size)
+                        self.settling.settle(d, DeadLetterIt(problem))
+                        continue
                 size += body_size
-                problem = rejection(fields, max_size)
-                if problem is not None:  # never handed to a listener (docs/storage.md, field validity)
-                    self.settling.settle(Delivery(stream, entry_id, fields, body_size), DeadLetterIt(problem))
-                    continue
                 msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
                 d = Delivery(stream, entry_id, fields, body_size, msg, None, epoch)
                 if tags is not None and msg.tag not in tags:

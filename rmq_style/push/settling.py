@@ -40,12 +40,15 @@ class Settler:
         if self.c.recorder is not None:
             self.c.recorder.done(token)
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
-            self.c.stats.consumed += 1
-            if self.c.settings.trace_messages:
+            c = self.c
+            c.stats.consumed += 1
+            if c.settings.trace_messages:
                 self.event(token).debug("message.consumed")
             token.decision = ACK
-            self._settle_buffer.append(token)
-            self.c.settle_wakeup.set()
+            buffer = self._settle_buffer
+            buffer.append(token)
+            if len(buffer) == 1:  # else set since it was empty: the settle loop clears it only then
+                c.settle_wakeup.set()
             return
         for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:

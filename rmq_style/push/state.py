@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._filter import TagFilter
-from .._message import MessageQueue, ReceivedMessage
+from .._message import MessageQueue, ReceivedMessage, field_map
 from .._names import QueueKeys
 from .._topics import Retention
+from .._trace import TRACE_FLAG
 from .outcomes import Decision
 
 __all__ = ["Delivery", "PushStats", "QueueState", "StreamState", "Subscription"]
@@ -69,13 +70,31 @@ class Delivery:
 
     stream: StreamState
     entry_id: bytes
-    fields: dict[bytes, bytes]
+    raw: dict[bytes, bytes] | list[bytes]  # its fields as read: a map, or ``[name, value, ...]``
     size: int
     message: ReceivedMessage | None = None
     decision: Decision | None = None
     epoch: int = 0  # of its queue when read
     started: float = 0.0  # traced only (docs/trace.md): wall clock when its listener started
     ran: float = -1.0  # traced only: how long its listener ran (s)
+
+    @property
+    def fields(self) -> dict[bytes, bytes]:
+        """Its fields as a map (made on first use: an acknowledgement needs none)."""
+        raw = self.raw
+        if isinstance(raw, list):
+            raw = self.raw = field_map(raw)
+        return raw
+
+    def traced(self) -> bool:
+        """Whether it carries the trace flag (docs/trace.md), read without making the map: an entry
+        in the producers' layout has its properties at index 13 of the flat fields."""
+        raw = self.raw
+        if isinstance(raw, list) and len(raw) > 13 and raw[12] == b"p":
+            p: bytes | None = raw[13]
+        else:
+            p = self.fields.get(b"p")
+        return bool(p) and type(p) is bytes and TRACE_FLAG in p
 
     @property
     def origin_offset(self) -> bytes:

@@ -33,16 +33,16 @@ class TraceRecorder:
         self.failed = 0  # trace writes Redis refused (best effort: the settle itself is unaffected)
 
     def wants(self, d: Delivery) -> bool:
-        return self.trace_all or is_traced(d.fields)
+        return self.trace_all or d.traced()
 
     # start and done run for every listener call: the untraced case reads one field and returns
     def start(self, token: Delivery | list[Delivery]) -> None:
         if not isinstance(token, list):
-            if self.trace_all or is_traced(token.fields):
+            if self.trace_all or token.traced():
                 token.started = time.time()
             return
         for d in token:
-            if self.trace_all or is_traced(d.fields):
+            if self.trace_all or d.traced():
                 d.started = time.time()
 
     def done(self, token: Delivery | list[Delivery]) -> None:
@@ -59,7 +59,7 @@ class TraceRecorder:
         calls: list[ScriptCall] = []
         trace_all = self.trace_all
         for d in batch:
-            if not d.started and not trace_all and not is_traced(d.fields):
+            if not d.started and not trace_all and not d.traced():
                 continue
             decision = d.decision
             detail: dict[str, str] = {}
