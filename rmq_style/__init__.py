@@ -75,6 +75,7 @@ from ._transaction import (
 from .app import App, HandlerSubscription
 from .push.consumer import PushConsumer, PushStats
 from .push.idempotence import DuplicateInProgress, Idempotent
+from .push.key_window import KeyFunction, ordering_key
 from .push.outcomes import ConsumeResult, ConsumeTimeout, DeadLetter
 from .push.settings import PushSettings
 from .settings import AppSettings
@@ -107,6 +108,7 @@ __all__ = [
     "InvalidNameError",
     "InvalidOffsetError",
     "InvalidUrlError",
+    "KeyFunction",
     "Keys",
     "LitePullConsumer",
     "LitePullSettings",
@@ -145,6 +147,7 @@ __all__ = [
     "TransactionState",
     "TransactionStateError",
     "UsageError",
+    "ordering_key",
     "parse_offset",
     "queue_for_key",
 ]

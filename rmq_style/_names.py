@@ -119,6 +119,10 @@ class QueueKeys:
         """Hash of the orderly message holding (group, queue): owner, offset, attempts, since, reason."""
         return f"{self.tag}:held:{group}"
 
+    def key_held(self, group: str) -> str:
+        """Hash of the key-ordered messages holding their key: entry id -> failed attempts."""
+        return f"{self.tag}:kheld:{group}"
+
     def broadcast(self, group: str) -> str:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"

@@ -34,6 +34,7 @@ from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys
 from .handler_times import HandlerTimes
+from .key_order import KeyQueue
 from .orderly_leases import (
     lease_deadline,
     renew_call,
@@ -95,7 +96,7 @@ class OrderlyRunner:
         for mq in sorted(mine):
             if mq in self.queues:
                 continue  # running, or still finishing a hand-back: a new task once it is gone
-            q = OrderlyQueue(self, mq, sub)
+            q = (KeyQueue if sub.key_order is not None else OrderlyQueue)(self, mq, sub)
             self.queues[mq] = q
             q.task = asyncio.create_task(q.run())
 
