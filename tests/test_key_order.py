@@ -155,7 +155,8 @@ async def test_a_new_owner_goes_on_where_the_previous_one_stopped(url: str) -> N
     qk = Keys().queue("orders", 0)
     client = open_client(url)
     await client.xgroup_create(qk.stream, "billing", "0")
-    entries = await client.xreadgroup("billing", "gone", {qk.stream: ">"}, count=5)  # 5 in hand at a dead member
+    # 5 entries in hand at a member that is gone
+    entries = await client.xreadgroup("billing", "gone", {qk.stream: ">"}, count=5)
     first = entries[0][1][0][0]
     await client.hset(qk.key_held("billing"), mapping={first: b"2", entries[0][1][1][0]: b"x!"})
     seen: list[tuple[str, int, int]] = []
