@@ -37,9 +37,11 @@ from typing import Protocol, cast
 from .._call_values import Call
 from .._entry_check import rejection, shown
 from .._message import MessageQueue, ReceivedMessage, decode_entry
+from .._replies import ReplyCode, classify
+from .key_acks import AckRounds
 from .key_calls import KeyRead, held_field, key_read_call, key_settle_call, parse_key_read
 from .key_window import KeyWindow, key_of
-from .orderly_leases import fenced_dead_letter_call
+from .orderly_leases import fenced_dead_letter_call, is_fenced
 from .orderly_queue import Host, OrderlyQueue, _Lost, _with_attempts
 from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_error
 from .redis_calls import packed_record
@@ -65,6 +67,7 @@ class KeyHost(Host, Protocol):
 
     budget: Budget
     pool: HandlerPool
+    ack_rounds: AckRounds
 
 
 class KeyQueue(OrderlyQueue):
@@ -113,12 +116,15 @@ class KeyQueue(OrderlyQueue):
 
     async def _feed(self) -> None:
         r = self.runner
+        # a read may fill every slot of the consumer at once (a batch per slot would be too many reads)
+        batch = max(r.settings.pull_batch_size, r.settings.concurrency)
         while not self.halt.is_set():
             if not self.lease_valid:
                 self.lost = True
                 raise _Lost
             room = self.window.room
-            if room <= 0:  # back pressure: the queue's window is full
+            if room < min(batch, self.window.cap) and self.window.size:
+                # back pressure: the queue's window is full; read again once a batch fits
                 self._room.clear()
                 await self._room.wait()
                 continue
@@ -129,7 +135,7 @@ class KeyQueue(OrderlyQueue):
                         r.group,
                         r.member,
                         self.value,
-                        min(room, r.settings.pull_batch_size),
+                        min(room, batch),
                         self.cursor,
                         self.retry_cursor,
                     )
@@ -197,7 +203,9 @@ class KeyQueue(OrderlyQueue):
             task.add_done_callback(self._running.discard)
 
     async def _ack_loop(self) -> None:
-        """Acknowledge finished entries as they finish: one write in flight, the rest wait for the next."""
+        """Acknowledge finished entries as they finish, in the consumer's acknowledgement rounds
+        (one round trip for every key-ordered queue; one round in flight per queue)."""
+        rounds = self.host.ack_rounds
         while True:
             if not self.acks and not self.retry_acks:
                 if self.halt.is_set():
@@ -205,9 +213,27 @@ class KeyQueue(OrderlyQueue):
                 self._ack_wakeup.clear()
                 await self._ack_wakeup.wait()
                 continue
-            acks, retry_acks = self.acks, self.retry_acks
-            self.acks, self.retry_acks = [], []
-            await self._write(key_settle_call(self.keys, self.runner.group, self.value, acks, retry_acks))
+            await self._settled(await rounds.flush(self))
+
+    def take_ack_call(self) -> Call | None:
+        """This queue's part of an acknowledgement round (AckRounds)."""
+        if not self.acks and not self.retry_acks:
+            return None
+        acks, retry_acks = self.acks, self.retry_acks
+        self.acks, self.retry_acks = [], []
+        return key_settle_call(self.keys, self.runner.group, self.value, acks, retry_acks)
+
+    async def _settled(self, reply: object) -> None:
+        """The reply of this queue's acknowledgements: refused (FENCED) ends the ownership."""
+        if is_fenced(reply):
+            self.lost = True
+            self.runner.stats.fenced += 1
+            self.log.error("queue.fenced", error=str(reply))
+            raise _Lost
+        if classify(reply) is ReplyCode.NOGROUP:
+            await self._recreate_group(str(reply))  # the pending entries went with the group
+        elif isinstance(reply, Exception):
+            raise reply
 
     # -- one key's head ---------------------------------------------------------------------------
 

@@ -54,11 +54,16 @@ def ordering_key(msg: ReceivedMessage) -> OrderKey:
 
 
 def key_of(function: KeyFunction, msg: ReceivedMessage) -> Hashable:
-    """*function*'s key of *msg*, made hashable and comparable across types (``1`` is not ``"1"``)."""
+    """*function*'s key of *msg*, checked (``1``, ``"1"`` and ``b"1"`` are three keys)."""
     key = function(msg)
-    if key is not None and not isinstance(key, str | bytes | int):
-        raise TypeError(f"an ordering key is str, bytes, int or None, got {type(key).__name__}")
-    return (type(key).__name__, key)
+    if key is None or type(key) in _KEY_TYPES:
+        return key
+    if isinstance(key, str | bytes | int) and not isinstance(key, bool):
+        return key
+    raise TypeError(f"an ordering key is str, bytes, int or None, got {type(key).__name__}")
+
+
+_KEY_TYPES = (str, bytes, int)
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ is overdue starts no handler any more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,7 @@ from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys
 from .handler_times import HandlerTimes
+from .key_acks import ACK_LINGER_S, AckRounds
 from .key_order import KeyQueue
 from .orderly_leases import (
     lease_deadline,
@@ -43,6 +45,7 @@ from .orderly_queue import OrderlyQueue
 from .runner import HandlerPool
 from .settings import PushSettings
 from .state import Subscription
+from .waits import Backoff
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
@@ -79,6 +82,8 @@ class OrderlyRunner:
         self.wait_client = wait_client
         self.start_position = start_position
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
+        backoff = functools.partial(Backoff, settings.reconnect_backoff_ms, settings.reconnect_backoff_max_ms)
+        self.ack_rounds = AckRounds(client, ACK_LINGER_S, backoff)  # of the key-ordered queues
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()
 
