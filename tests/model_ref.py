@@ -67,7 +67,7 @@ class Fate:
 @dataclass(slots=True)
 class GroupModel:
     name: str
-    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite"
+    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "key" | "lite"
     running: int = 0  # members running now
     started: bool = False
     fates: dict[str, Fate] = field(default_factory=dict)
