@@ -27,7 +27,7 @@ from tests.test_orderly_faults import QUEUES, TAKEOVER_BOUND_S, lock_owners, sen
 
 pytestmark = pytest.mark.real_only
 KEYS = 200
-MESSAGES = int(os.environ.get("RMQ_KEY_ORDER_MESSAGES", "9000"))
+MESSAGES = int(os.environ.get("RMQ_KEY_ORDER_MESSAGES", "6000"))
 HANDLER_MS = 2
 
 

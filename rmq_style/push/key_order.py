@@ -105,10 +105,16 @@ class KeyQueue(OrderlyQueue):
             await asyncio.gather(*loops, *stops, return_exceptions=True)
             for timer in self._timers.values():
                 timer.cancel()
-            if self._running:  # running listeners finish (the stop deadline cuts them)
-                await asyncio.wait(self._running)
-            self._ack_wakeup.set()
-            await asyncio.gather(acker, return_exceptions=True)
+            try:
+                if self._running:  # running listeners finish
+                    await asyncio.wait(self._running)
+                self._ack_wakeup.set()
+                await asyncio.gather(acker, return_exceptions=True)
+            except asyncio.CancelledError:  # the stop deadline: cut them (what finished is acknowledged)
+                for t in [*self._running, acker]:
+                    t.cancel()
+                await asyncio.gather(*self._running, acker, return_exceptions=True)
+                raise
         for t in [*loops, acker]:
             exc = t.exception() if t in done and not t.cancelled() else None
             if exc is not None and not isinstance(exc, _Lost):
