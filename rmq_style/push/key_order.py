@@ -199,7 +199,10 @@ class KeyQueue(OrderlyQueue):
                 self._ready.clear()
                 await self._ready.wait()
                 continue
-            await budget.take()  # one budget with every listener call of the consumer
+            if budget.free > 0:  # one budget with every listener call of the consumer
+                budget.free -= 1
+            else:
+                await budget.take()
             taken = window.take()
             if taken is None:
                 budget.give()
