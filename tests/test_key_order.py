@@ -304,3 +304,27 @@ async def test_stop_cuts_listeners_running_past_the_shutdown_deadline(url: str) 
     await asyncio.wait_for(consumer.stop(), 5)
     assert len(cancelled) == 3  # cut, not left running
     assert await pending_total(url, 1) == 3  # not acknowledged: the next owner runs them
+
+
+@sync
+async def test_a_kheld_key_of_the_wrong_type_changes_nothing_but_the_count(url: str) -> None:
+    await create_topic(url, queues=1)
+    ids = await send_keyed(url, keys=2, per_key=2)
+    client = open_client(url)
+    await client.set(Keys().queue("orders", 0).key_held("billing"), "not a hash")
+    attempts: list[int] = []
+    handled: list[str] = []
+
+    async def listener(msg: ReceivedMessage) -> None:
+        if msg.msg_id == ids[0] and not attempts:
+            attempts.append(msg.reconsume_times)
+            raise RuntimeError("once")
+        handled.append(msg.msg_id)
+
+    consumer = PushConsumer(url, "billing", key_settings())
+    consumer.subscribe("orders", "*", listener, order="key")
+    async with consumer:
+        await until(lambda: len(handled) >= 4, what="every message")
+    assert sorted(handled) == sorted(ids) and consumer.stats.suspended == 1
+    assert await pending_total(url, 1) == 0
+    await client.aclose()

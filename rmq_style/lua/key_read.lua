@@ -68,8 +68,11 @@ local function claim(stream, cursor, prefix)
     end
   end
   top = ids[#ids]
-  local counts = redis.call('HMGET', KEYS[4], unpack(fields))
+  local counts = redis.pcall('HMGET', KEYS[4], unpack(fields))
   local attempts = {}
+  if counts.err then  -- kheld is not a hash (written by someone else): no attempts recorded
+    counts = {}
+  end
   for i, n in ipairs(counts) do
     if n then
       attempts[#attempts + 1] = ids[i]

@@ -44,10 +44,11 @@ if #retry > 0 then
   acked = acked + redis.call('XACK', KEYS[3], ARGV[1], unpack(retry))
   redis.call('XDEL', KEYS[3], unpack(retry))
 end
+-- kheld is only a count of attempts: when it is not a hash (written by someone else), do without
 if #fields > 0 then
-  redis.call('HDEL', KEYS[4], unpack(fields))
+  redis.pcall('HDEL', KEYS[4], unpack(fields))
 end
 if ARGV[3] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+  redis.pcall('HSET', KEYS[4], ARGV[3], ARGV[4])
 end
 return acked
