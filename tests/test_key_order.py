@@ -300,7 +300,7 @@ async def test_stop_cuts_listeners_running_past_the_shutdown_deadline(url: str) 
     consumer.subscribe("orders", "*", listener, order="key")
     await consumer.start()
     await asyncio.wait_for(started.wait(), 5)
-    await until(lambda: len(consumer._ctx.orderly.queues[MessageQueue("orders", 0)]._running) == 3)  # type: ignore[union-attr, attr-defined]
+    await until(lambda: consumer._ctx.orderly.queues[MessageQueue("orders", 0)]._busy == 3)  # type: ignore[union-attr, attr-defined]
     await asyncio.wait_for(consumer.stop(), 5)
     assert len(cancelled) == 3  # cut, not left running
     assert await pending_total(url, 1) == 3  # not acknowledged: the next owner runs them

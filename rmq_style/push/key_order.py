@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from .._call_values import Call
 from .._entry_check import rejection, shown
@@ -40,10 +40,11 @@ from .._message import MessageQueue, ReceivedMessage, decode_entry
 from .._replies import ReplyCode, classify
 from .key_acks import AckRounds
 from .key_calls import KeyRead, held_field, key_read_call, key_settle_call, parse_key_read
+from .key_turns import KeyTurns
 from .key_window import KeyWindow, key_of
 from .orderly_leases import fenced_dead_letter_call, is_fenced
 from .orderly_queue import Host, OrderlyQueue, _Lost, _with_attempts
-from .outcomes import DeadLetterIt, Proceed, Suspend, decide_orderly, describe_error
+from .outcomes import DeadLetterIt, OrderlyDecision, Proceed, Suspend, decide_orderly, describe_error
 from .redis_calls import packed_record
 from .runner import Budget, HandlerPool
 from .state import Subscription
@@ -60,6 +61,7 @@ class _Item:
     msg: ReceivedMessage
     retry: bool  # an entry of the group's retry stream (a replayed dead letter)
     attempts: int
+    decision: OrderlyDecision | None = None  # a failure, carried out by ``after`` (without a slot)
 
 
 class KeyHost(Host, Protocol):
@@ -68,6 +70,7 @@ class KeyHost(Host, Protocol):
     budget: Budget
     pool: HandlerPool
     ack_rounds: AckRounds
+    key_turns: KeyTurns
 
 
 class KeyQueue(OrderlyQueue):
@@ -80,20 +83,22 @@ class KeyQueue(OrderlyQueue):
         self.cursor = b"0-0"  # the highest queue entry id in hand or handled
         self.retry_cursor = b"0-0"  # the same for the retry stream
         self.retry_acks: list[bytes] = []  # handled entries of the retry stream (self.acks: of the queue)
-        self.halt = asyncio.Event()  # lost, handed back or crashed: feed and dispatch no more
-        self._ready = asyncio.Event()  # a key may go
+        self.halt = asyncio.Event()  # lost, handed back or crashed: feed and start no more
+        self.in_turns = False  # among the consumer's key-ordered queues with work (KeyTurns)
         self._room = asyncio.Event()  # the window has room again
         self._ack_wakeup = asyncio.Event()
-        self._running: set[asyncio.Task[None]] = set()
+        self._busy = 0  # heads out: running, or their failure being written
+        self._idle = asyncio.Event()  # none out
+        self._runners: set[asyncio.Task[Any]] = set()  # the workers running this queue's heads
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}  # held keys, until tried again
 
     def __repr__(self) -> str:
         return f"<KeyQueue {self.mq} locked={self.locked} lost={self.lost} {self.window!r}>"
 
-    # -- the three loops ----------------------------------------------------------------------------
+    # -- the loops ----------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
-        loops = [asyncio.create_task(self._feed()), asyncio.create_task(self._dispatch())]
+        loops = [asyncio.create_task(self._feed())]
         acker = asyncio.create_task(self._ack_loop())
         stops = [asyncio.create_task(self.release.wait()), asyncio.create_task(self.halt.wait())]
         try:
@@ -106,14 +111,16 @@ class KeyQueue(OrderlyQueue):
             for timer in self._timers.values():
                 timer.cancel()
             try:
-                if self._running:  # running listeners finish
-                    await asyncio.wait(self._running)
+                if self._busy:  # running listeners finish
+                    self._idle.clear()
+                    await self._idle.wait()
                 self._ack_wakeup.set()
                 await asyncio.gather(acker, return_exceptions=True)
             except asyncio.CancelledError:  # the stop deadline: cut them (what finished is acknowledged)
-                for t in [*self._running, acker]:
+                runners = [*self._runners, acker]
+                for t in runners:
                     t.cancel()
-                await asyncio.gather(*self._running, acker, return_exceptions=True)
+                await asyncio.gather(*runners, return_exceptions=True)
                 raise
         for t in [*loops, acker]:
             exc = t.exception() if t in done and not t.cancelled() else None
@@ -189,27 +196,8 @@ class KeyQueue(OrderlyQueue):
             self.cursor = self.last_id = last  # last_id: where a lost group is re-created
         elif read.retry and read.top is None:
             self.retry_cursor = last  # new entries of the retry stream
-        self._ready.set()
-
-    async def _dispatch(self) -> None:
-        budget = self.host.budget  # the consumer's one Budget
-        window = self.window
-        while True:
-            if not window.ready:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            if budget.free > 0:  # one budget with every listener call of the consumer
-                budget.free -= 1
-            else:
-                await budget.take()
-            taken = window.take()
-            if taken is None:
-                budget.give()
-                continue
-            task = asyncio.create_task(self._run_head(*taken))
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        if self.window.ready:
+            self.host.key_turns.offer(self)
 
     async def _ack_loop(self) -> None:
         """Acknowledge finished entries as they finish, in the consumer's acknowledgement rounds
@@ -246,22 +234,49 @@ class KeyQueue(OrderlyQueue):
 
     # -- one key's head ---------------------------------------------------------------------------
 
-    async def _run_head(self, key: Hashable, item: _Item) -> None:
-        """Run *key*'s head (a budget slot is held for it) and carry out the decision."""
-        r = self.runner
-        s = r.settings
+    def next_head(self) -> tuple[Hashable, _Item] | None:
+        """The head of this queue's next key in turn, now out (KeyTurns); None when none may go."""
+        if self.halt.is_set():
+            return None
+        taken = self.window.take()
+        if taken is not None:
+            self._busy += 1
+        return taken
+
+    def has_ready(self) -> bool:
+        return bool(self.window.ready) and not self.halt.is_set()
+
+    async def run_head(self, key: Hashable, item: _Item) -> bool:
+        """Run *key*'s head (the worker holds a budget slot); False: a failure for ``after``."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._runners.add(task)
         try:
-            try:
-                self._check()  # the wait for a slot may have outlived the lease, or the queue must go
-                outcome = await self._call(_with_attempts(item.msg, item.fields, item.attempts))
-            finally:
-                self.host.budget.give()
-            decision = decide_orderly(outcome, item.attempts, s.max_reconsume_times)
+            self._check()  # the wait for a slot may have outlived the lease, or the queue must go
+            outcome = await self._call(_with_attempts(item.msg, item.fields, item.attempts))
+            decision = decide_orderly(outcome, item.attempts, self.runner.settings.max_reconsume_times)
             if isinstance(decision, Proceed):
-                r.stats.consumed += 1
+                self.runner.stats.consumed += 1
                 self._acked(item.entry_id, item.retry)
                 self._finished(key)
-                return
+            else:
+                item.decision = decision
+                return False  # still busy: after() writes it
+        except _Lost:
+            self.halt.set()
+        except Exception:  # logged; the queue is handed back and taken again at the next rebalance
+            self.log.exception("queue.task_crashed", offset=item.entry_id.decode())
+            self.halt.set()
+        self._runners.discard(task)
+        self._done_one()
+        return True
+
+    async def after(self, key: Hashable, item: _Item) -> None:
+        """Carry out a failure of *key*'s head: dead letter, or hold the key and try again later."""
+        r = self.runner
+        s = r.settings
+        decision = item.decision
+        try:
             r.stats.failed += 1
             if isinstance(decision, DeadLetterIt):
                 self._log_failure(item, item.attempts, decision.reason, "dead_letter")
@@ -291,6 +306,14 @@ class KeyQueue(OrderlyQueue):
         except Exception:  # logged; the queue is handed back and taken again at the next rebalance
             self.log.exception("queue.task_crashed", offset=item.entry_id.decode())
             self.halt.set()
+        finally:
+            self._runners.discard(cast("asyncio.Task[Any]", asyncio.current_task()))
+            self._done_one()
+
+    def _done_one(self) -> None:
+        self._busy -= 1
+        if not self._busy:
+            self._idle.set()
 
     async def _call(self, msg: ReceivedMessage) -> object:
         """The listener's outcome for *msg*: through the runner's thread pool, watchdog and boundary."""
@@ -304,12 +327,14 @@ class KeyQueue(OrderlyQueue):
     def _resume(self, key: Hashable) -> None:
         self._timers.pop(key, None)
         self.window.resume(key)
-        self._ready.set()
+        if not self.halt.is_set():
+            self.host.key_turns.offer(self)
 
     def _finished(self, key: Hashable) -> None:
         self.window.done(key)
-        self._ready.set()
         self._room.set()
+        if not self.in_turns and self.window.ready and not self.halt.is_set():
+            self.host.key_turns.offer(self)
 
     def _acked(self, entry_id: bytes, retry: bool) -> None:
         (self.retry_acks if retry else self.acks).append(entry_id)

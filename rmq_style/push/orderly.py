@@ -37,6 +37,7 @@ from .._names import Keys
 from .handler_times import HandlerTimes
 from .key_acks import ACK_LINGER_S, AckRounds
 from .key_order import KeyQueue
+from .key_turns import KeyTurns
 from .orderly_leases import (
     lease_deadline,
     renew_call,
@@ -84,6 +85,7 @@ class OrderlyRunner:
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
         backoff = functools.partial(Backoff, settings.reconnect_backoff_ms, settings.reconnect_backoff_max_ms)
         self.ack_rounds = AckRounds(client, ACK_LINGER_S, backoff)  # of the key-ordered queues
+        self.key_turns = KeyTurns(self.budget)  # who runs the key-ordered queues' heads
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()
 
@@ -169,4 +171,5 @@ class OrderlyRunner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.key_turns.close()
         return cut
