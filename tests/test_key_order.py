@@ -328,3 +328,33 @@ async def test_a_kheld_key_of_the_wrong_type_changes_nothing_but_the_count(url: 
     assert sorted(handled) == sorted(ids) and consumer.stats.suspended == 1
     assert await pending_total(url, 1) == 0
     await client.aclose()
+
+
+@sync
+async def test_key_order_and_concurrent_listeners_share_one_budget(url: str) -> None:
+    """Key-ordered workers keep their slot only while nobody else waits: a concurrent topic of the
+    same consumer is served while a key-ordered backlog runs, and never more than concurrency at once."""
+    await create_topic(url, queues=2)
+    await create_topic(url, "payments", queues=2)
+    await send_keyed(url, keys=40, per_key=10)  # 400 key-ordered messages
+    async with AsyncProducer(url) as producer:
+        await producer.send_batch([Message("payments", {"n": n}) for n in range(20)])
+    running = peak = 0
+    done: dict[str, list[float]] = {"orders": [], "payments": []}
+    loop = asyncio.get_running_loop()
+
+    async def listener(msg: ReceivedMessage) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.002)
+        running -= 1
+        done[msg.topic].append(loop.time())
+
+    consumer = PushConsumer(url, "billing", key_settings(concurrency=4))
+    consumer.subscribe("orders", "*", listener, order="key")
+    consumer.subscribe("payments", "*", listener)
+    async with consumer:
+        await until(lambda: len(done["orders"]) >= 400 and len(done["payments"]) >= 20, what="both topics")
+    assert peak <= 4
+    assert max(done["payments"]) < max(done["orders"])  # not starved until the key-ordered backlog ended

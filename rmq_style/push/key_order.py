@@ -2,23 +2,24 @@
 
 ``order="key"`` keeps the orderly listener's queue lease and fencing
 (``rmq_style.push.orderly``: acquire, renew, release, every write checked) and
-changes what happens inside the queue. Its task runs three loops:
+changes what happens inside the queue. Its task runs two loops:
 
 - feed: ``key_read`` takes entries while the window has room (the group's
   entries pending above the cursor first: a takeover, or a reply lost on the
   way), into a ``KeyWindow`` split by ordering key; at the cap (the queue's
   ``pull_threshold_for_queue``) it reads no more: back pressure per queue;
-- dispatch: takes a slot of the consumer's one concurrency budget, then the
-  head of the next key in turn (round-robin), and runs it in a task of its own;
-  at most one entry of a key runs at a time, in queue order;
 - acknowledge: ``key_settle`` acknowledges finished entries as they finish, in
-  any order, one write in flight per queue.
+  any order, in the consumer's acknowledgement rounds (``AckRounds``).
+
+The heads of its keys are run by the consumer's ``KeyTurns`` workers, each
+holding a slot of the one concurrency budget (queues in turn, keys in turn
+inside each queue): at most one entry of a key runs at a time, in queue order.
 
 The group's pending entries list is the offset map: what is acknowledged is
 finished, what is pending is in hand (queued behind its key, or running). A
 new owner claims the pending entries in offset order before any new one, and
 each key's pending entries come after all its finished ones, so a takeover
-re-runs at most what was running (and one acknowledgement write) and never
+re-runs at most what was running (and one acknowledgement round) and never
 runs a later message of a key before an earlier one.
 
 A failure holds its key only: the head stays, out of turn, for the suspend
