@@ -9,7 +9,8 @@ hand-off per message; it gives the slot back when nothing may go, when a
 failure has to be written, or as soon as another listener call of the
 consumer (concurrent, orderly) waits for a slot, so the budget stays first
 come, first served. New work starts a worker per free slot; without a free
-slot, one task waits in the budget's queue for the key-ordered queues.
+slot and no worker running (a running one takes the next head itself), one
+task waits in the budget's queue for the key-ordered queues.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class KeyTurns:
         self.queues: deque[Turning] = deque()
         self.tasks: set[asyncio.Task[None]] = set()
         self._waiter: asyncio.Task[None] | None = None
+        self.active = 0  # workers holding a slot
         self._closed = False
 
     def __repr__(self) -> str:
@@ -67,14 +69,16 @@ class KeyTurns:
         self.staff()
 
     def staff(self) -> None:
-        """A worker more while there is work and a free slot; else, one task waits for a slot."""
+        """A worker more while there is work and a free slot; else, with no worker running (they
+        take the next head themselves), one task waits for a slot."""
         if self._closed or not self.queues:
             return
         budget = self.budget
         if budget.free > 0:
             budget.free -= 1
+            self.active += 1
             self._start(self._work())
-        elif self._waiter is None:
+        elif self._waiter is None and not self.active:
             self._waiter = self._start(self._wait_for_slot())
 
     def _start(self, coro: Any) -> asyncio.Task[None]:
@@ -106,6 +110,7 @@ class KeyTurns:
             await self.budget.take()
         finally:
             self._waiter = None
+        self.active += 1
         await self._work()
 
     async def _work(self) -> None:
@@ -126,10 +131,13 @@ class KeyTurns:
                     continue
                 budget.give()  # a failure to write: not a listener call, no slot
                 held = False
+                self.active -= 1
+                self.staff()
                 await q.after(key, item)
                 break
         finally:
             if held:
+                self.active -= 1
                 budget.give()
             if self.queues:
                 self.staff()  # work is left: a worker on a free slot, or a wait in the budget's queue
