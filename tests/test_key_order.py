@@ -358,3 +358,53 @@ async def test_key_order_and_concurrent_listeners_share_one_budget(url: str) -> 
         await until(lambda: len(done["orders"]) >= 400 and len(done["payments"]) >= 20, what="both topics")
     assert peak <= 4
     assert max(done["payments"]) < max(done["orders"])  # not starved until the key-ordered backlog ended
+
+
+@sync
+async def test_sync_listeners_run_in_the_thread_pool_in_key_order(url: str) -> None:
+    import threading
+
+    await create_topic(url, queues=2)
+    await send_keyed(url, keys=6, per_key=5)
+    handled: list[tuple[str, int]] = []
+    threads: set[int] = set()
+    lock = threading.Lock()
+
+    def listener(msg: ReceivedMessage) -> None:
+        body = msg.value()
+        with lock:
+            threads.add(threading.get_ident())
+            handled.append((body["key"], body["seq"]))
+
+    consumer = PushConsumer(url, "billing", key_settings(concurrency=4))
+    consumer.subscribe("orders", "*", listener, order="key")
+    async with consumer:
+        await until(lambda: len(handled) >= 30, what="every message")
+    check_order(handled)
+    assert threading.get_ident() not in threads  # not on the event loop's thread
+    assert await pending_total(url, 2) == 0
+
+
+@sync
+async def test_a_listener_past_the_consume_timeout_holds_its_key_and_is_tried_again(url: str) -> None:
+    await create_topic(url, queues=1)
+    ids = await send_keyed(url, keys=3, per_key=2)
+    attempts: list[int] = []
+    handled: list[tuple[str, int]] = []
+
+    async def listener(msg: ReceivedMessage) -> None:
+        if msg.msg_id == ids[0]:
+            attempts.append(msg.reconsume_times)
+            if msg.reconsume_times == 0:
+                await asyncio.Event().wait()  # hangs: the watchdog cuts it
+        body = msg.value()
+        handled.append((body["key"], body["seq"]))
+
+    consumer = PushConsumer(url, "billing", key_settings(consume_timeout_ms=200))
+    consumer.subscribe("orders", "*", listener, order="key")
+    async with consumer:
+        await until(lambda: len(handled) >= 6, what="every message")
+    assert attempts == [0, 1]
+    check_order(handled)
+    assert handled.index(("k1", 1)) < handled.index(("k0", 0))  # k1 did not wait for k0's timeout
+    assert consumer.stats.suspended == 1
