@@ -28,6 +28,7 @@ from rmq_style import (
 from rmq_style._async._io import open_client
 from rmq_style._message import MessageQueue
 from rmq_style.push.key_window import KeyWindow, ordering_key
+from rmq_style.testing import RedisServer
 from tests.pushkit import create_topic, dead_letters, fast_settings, until
 from tests.test_orderly import check_order, sync
 
@@ -407,3 +408,32 @@ async def test_a_listener_past_the_consume_timeout_holds_its_key_and_is_tried_ag
     check_order(handled)
     assert handled.index(("k1", 1)) < handled.index(("k0", 0))  # k1 did not wait for k0's timeout
     assert consumer.stats.suspended == 1
+
+
+@pytest.mark.real_only
+def test_redis_restarting_mid_flow_loses_nothing_and_keeps_key_order(private_redis: RedisServer) -> None:
+    url = private_redis.url
+
+    async def main() -> None:
+        await create_topic(url, queues=2)
+        await send_keyed(url, keys=20, per_key=10)
+        handled: list[tuple[str, int]] = []
+        restarted = asyncio.Event()
+
+        async def listener(msg: ReceivedMessage) -> None:
+            if len(handled) >= 50:
+                await restarted.wait()  # the calls running while Redis is away finish after it
+            body = msg.value()
+            handled.append((body["key"], body["seq"]))
+
+        consumer = PushConsumer(url, "billing", key_settings(concurrency=8, orderly_lease_ms=3000))
+        consumer.subscribe("orders", "*", listener, order="key")
+        async with consumer:
+            await until(lambda: len(handled) >= 50 and consumer.queues, what="a first part")
+            await asyncio.to_thread(private_redis.restart)  # AOF: messages and group survive
+            restarted.set()
+            await until(lambda: len(set(handled)) >= 200, 30, "every message after the restart")
+        check_order(handled)
+        assert await pending_total(url, 2) == 0
+
+    asyncio.run(main())

@@ -78,6 +78,15 @@ class AckRounds:
             if self._next is done:
                 self._next = None
             if not done.done():
-                done.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    done.cancel()  # closed: the queues waiting for it stop too
+                else:
+                    done.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+    async def close(self) -> None:
+        """Give up the rounds still going (Redis away at stop: what they held stays pending)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -172,4 +172,5 @@ class OrderlyRunner:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
         await self.key_turns.close()
+        await self.ack_rounds.close()
         return cut
