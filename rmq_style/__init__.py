@@ -85,6 +85,7 @@ from ._transaction import (
 from .app import App, HandlerSubscription
 from .push.consumer import PushConsumer, PushStats
 from .push.idempotence import DuplicateInProgress, Idempotent
+from .push.key_window import KeyFunction, ordering_key
 from .push.outcomes import ConsumeResult, ConsumeTimeout, DeadLetter
 from .push.settings import PushSettings
 from .settings import AppSettings
@@ -121,6 +122,7 @@ __all__ = [
     "InvalidOffsetError",
     "InvalidReceiptHandleError",
     "InvalidUrlError",
+    "KeyFunction",
     "Keys",
     "LitePullConsumer",
     "LitePullSettings",
@@ -166,6 +168,7 @@ __all__ = [
     "TransactionState",
     "TransactionStateError",
     "UsageError",
+    "ordering_key",
     "otel",
     "parse_offset",
     "queue_for_key",

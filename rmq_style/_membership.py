@@ -26,7 +26,7 @@ from ._replies import ReplyCode, classify
 __all__ = ["ListenerKind", "MembershipSettings", "new_member_id"]
 
 # How a member consumes a topic; members of one group must agree on it (subscribe.lua).
-ListenerKind = Literal["concurrent", "orderly", "lite_pull", "broadcasting"]
+ListenerKind = Literal["concurrent", "orderly", "key", "lite_pull", "broadcasting"]
 
 
 class MembershipSettings(BaseModel):

@@ -153,6 +153,10 @@ class QueueKeys:
         """Hash lease ('s:<id>', 'r:<id>') -> receipt token of the simple consumer holding it."""
         return f"{self.tag}:lease:{group}"
 
+    def key_held(self, group: str) -> str:
+        """Hash of the key-ordered messages holding their key: entry id -> failed attempts."""
+        return f"{self.tag}:kheld:{group}"
+
     def broadcast(self, group: str) -> str:
         """Hash instance name -> position of each broadcasting consumer of the group in this queue."""
         return f"{self.tag}:bcast:{group}"

@@ -38,6 +38,8 @@ SCRIPTS: dict[str, int] = {
     "orderly_read": 4,
     "orderly_settle": 3,
     "orderly_dead_letter": 4,
+    "key_read": 4,
+    "key_settle": 4,
     "prune_consumers": 1,
     "adopt_entries": 1,
     "tx_half": 3,

@@ -22,7 +22,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import structlog
 
@@ -31,7 +31,13 @@ from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
 from ._async.transaction import AsyncTransactionProducer
-from ._errors import BrokerUnavailableError, ConfigurationError, TopicExistsError, TopicNotFoundError
+from ._errors import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    TopicExistsError,
+    TopicNotFoundError,
+    UsageError,
+)
 from ._filter import TagFilter
 from ._handlers import HandlerSpec, inspect_handler
 from ._message import ReceivedMessage
@@ -44,6 +50,7 @@ from ._sync.transaction import TransactionProducer
 from ._transaction import TransactionSettings
 from .push.consumer import PushConsumer
 from .push.idempotence import Idempotent
+from .push.key_window import KeyFunction, key_order_of
 from .push.settings import PushSettings
 from .settings import AppSettings
 
@@ -65,6 +72,7 @@ class HandlerSubscription:
     orderly: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     idempotent: Idempotent | None = None  # docs/idempotence.md
+    key_order: KeyFunction | None = None  # order="key": the ordering key of a message (docs/push.md)
 
 
 # options a handler may set; each is a PushSettings field of its group's consumer
@@ -117,6 +125,8 @@ class App:
         orderly: bool = False,
         batch: int | None = None,
         idempotent: bool | str | Idempotent | None = None,
+        order: Literal["queue", "key"] | None = None,
+        order_key: KeyFunction | None = None,
         **options: Any,
     ) -> Callable[[F], F]:
         """Declare *func* the handler of *topic* for *group*; returns *func* unchanged.
@@ -127,6 +137,9 @@ class App:
         (docs/trace.md).
         *idempotent*: handle each message (or business key) once per group (True, ``"keys"``,
         ``"property:NAME"`` or an Idempotent; docs/idempotence.md).
+        *order*: ``"queue"`` is *orderly*; ``"key"`` handles the messages
+        of one ordering key (*order_key* of the message, by default its first business key)
+        one at a time in queue order, different keys in parallel (docs/push.md, "Key order").
         """
         check_topic(topic)
         check_group(group)
@@ -140,6 +153,11 @@ class App:
         if batch is not None and batch < 1:
             raise ConfigurationError(f"batch must be at least 1, got {batch}")
         dedup = Idempotent.of(idempotent)
+        try:
+            key_order = key_order_of(order, order_key, batch or 1)
+        except UsageError as exc:
+            raise ConfigurationError(str(exc)) from None
+        orderly = orderly or order is not None
 
         def decorate(func: F) -> F:
             spec = inspect_handler(func)
@@ -156,7 +174,9 @@ class App:
             opts = dict(options)
             if batch is not None:
                 opts["consume_message_batch_max_size"] = batch
-            self._subscriptions.append(HandlerSubscription(topic, group, tags, spec, orderly, opts, dedup))
+            self._subscriptions.append(
+                HandlerSubscription(topic, group, tags, spec, orderly, opts, dedup, key_order)
+            )
             return func
 
         return decorate
@@ -362,6 +382,8 @@ def _orderly(sub: HandlerSubscription) -> dict[str, Any]:
     extra: dict[str, Any] = {"orderly": True} if sub.orderly else {}
     if sub.idempotent is not None:
         extra["idempotent"] = sub.idempotent
+    if sub.key_order is not None:
+        extra.update(order="key", order_key=sub.key_order)
     return extra
 
 

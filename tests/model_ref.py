@@ -99,7 +99,7 @@ class Fate:
 @dataclass(slots=True)
 class GroupModel:
     name: str
-    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "lite" | "simple"
+    subs: dict[str, str]  # topic -> "concurrent" | "orderly" | "key" | "lite" | "simple"
     running: int = 0  # members running now
     started: bool = False
     idempotent: bool = False  # listener calls deduplicated by msg id

@@ -1,6 +1,9 @@
 """An orderly push consumer process for the fault tests.
 
-Usage: python -m tests.orderly_worker URL GROUP HANDLER_MS
+Usage: python -m tests.orderly_worker URL GROUP HANDLER_MS [ORDER]
+
+ORDER is ``queue`` (orderly, the default) or ``key`` (key-ordered, the key being
+the body's ``key``: tests/test_key_order_faults.py).
 
 Prints ``ready MEMBER`` once consuming. Each handled message is appended to the
 Redis list ``test:handled`` as ``msg_id key seq`` at the end of its handler
@@ -24,7 +27,7 @@ from rmq_style import PushConsumer, ReceivedMessage
 from tests.pushkit import fast_settings
 
 
-async def main(url: str, group: str, handler_ms: int) -> None:
+async def main(url: str, group: str, handler_ms: int, order: str) -> None:
     client = redis_asyncio.Redis.from_url(url)
     consumer = PushConsumer(
         url, group, fast_settings(concurrency=8, orderly_lease_ms=1000, suspend_current_queue_time_ms=20)
@@ -39,7 +42,10 @@ async def main(url: str, group: str, handler_ms: int) -> None:
             await asyncio.sleep(handler_ms / 1000)
         await client.rpush("test:handled", f"{msg.msg_id} {body['key']} {body['seq']}")
 
-    consumer.subscribe("orders", "*", listener, orderly=True)
+    if order == "key":
+        consumer.subscribe("orders", "*", listener, order="key", order_key=lambda m: m.value()["key"])
+    else:
+        consumer.subscribe("orders", "*", listener, orderly=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await consumer.start()
@@ -57,4 +63,6 @@ async def main(url: str, group: str, handler_ms: int) -> None:
 
 if __name__ == "__main__":
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout says "ready"
-    asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3])))
+    asyncio.run(
+        main(sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else "queue")
+    )

@@ -1,6 +1,6 @@
 """Hostile entries, fuzzed: raw XADDs of arbitrary fields among good messages, on both backends.
 
-For concurrent, orderly, batch and broadcasting listeners, with and without a tag filter:
+For concurrent, orderly, key-ordered, batch and broadcasting listeners, with and without a tag filter:
 each good message is handled exactly once; each entry that the table
 "Field validity" of docs/storage.md rejects is in the DLQ after its first
 delivery, with a reason naming the field, and never reaches the listener; one
@@ -234,7 +234,10 @@ async def _consume(
         suspend_current_queue_time_ms=10,
     )
     consumer = PushConsumer(url, group, settings)
-    consumer.subscribe(topic, tags, many if batch > 1 else one, orderly=kind.startswith("orderly"))
+    if kind == "key":
+        consumer.subscribe(topic, tags, one, order="key")  # hostile keys (field k) included
+    else:
+        consumer.subscribe(topic, tags, many if batch > 1 else one, orderly=kind.startswith("orderly"))
     async with consumer:
         await until(lambda: len(handled) + consumer.stats.dead_lettered + consumer.stats.filtered >= expected,
                     what="every entry handled, dead-lettered or filtered")  # fmt: skip
@@ -281,7 +284,7 @@ def cli(*args: str) -> str:
 
 
 @pytest.mark.parametrize("filtered", [False, True], ids=["all", "tag-filter"])
-@pytest.mark.parametrize("kind", ["concurrent", "orderly", "batch", "broadcast"])
+@pytest.mark.parametrize("kind", ["concurrent", "orderly", "key", "batch", "broadcast"])
 @pytest.mark.parametrize("backend", ["real", "fake"])
 @settings(
     max_examples=3,  # per backend x kind x filter (the first is the simplest): about half a minute

@@ -2,7 +2,7 @@
 
 Hypothesis drives topics (create, expand), sends (plain, keyed, batched,
 delayed by ``delay=``, ``deliver_at=`` and ``delay_level=``), push members
-(concurrent, orderly, and both in one consumer), lite pull members and
+(concurrent, orderly, key-ordered, and both in one consumer), lite pull members and
 simple consumers (receive, ack some, let the others' leases end) starting
 and stopping, listeners that succeed, fail n times, raise
 DeadLetter or get a bad payload, DLQ replay and purge, offset resets and a
@@ -15,7 +15,8 @@ until idle (a bounded poll on progress and listener calls), then: every
 message sent after its group existed was handled or is in the DLQ, nothing
 lost or stuck; progress (lag, pending, retrying, dead letters) and the
 delayed counts equal the model's, per queue; the DLQ holds exactly the
-model's msg ids; first listener calls of orderly groups keep queue order;
+model's msg ids; first listener calls of orderly groups keep queue order, those
+of key-ordered groups the order of each key in its queue;
 no consumer ran more listener calls at once than its concurrency; nothing
 was logged at error level.
 
@@ -92,7 +93,7 @@ PROFILES = {
 }
 PROFILE = PROFILES[os.environ.get("RMQ_MODEL_PROFILE", "ci")]
 IDLE_TIMEOUT_S = float(os.environ.get("RMQ_MODEL_IDLE_TIMEOUT_S", "20"))
-PUSH = ("conc", "ord", "mix", "idem")
+PUSH = ("conc", "ord", "mix", "key", "idem")
 # broadcasting members of one group: each is modelled as a group of its own (it owes every message
 # of the topic sent after it first started), named by its instance name; b is orderly (per member)
 BROADCAST = {"bca": "a", "bcb": "b"}
@@ -134,12 +135,13 @@ class ModelMachine(RuleBasedStateMachine):
         uid = uuid.uuid4().hex[:8]
         self.t0, self.t1 = f"t0-{uid}", f"t1-{uid}"
         self.model = Model()
-        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "lite", "simple", "idem")}
+        self.names = {g: f"{g}-{uid}" for g in ("conc", "ord", "mix", "key", "lite", "simple", "idem")}
         self.names |= dict.fromkeys(BROADCAST, f"bc-{uid}")
         specs = {
             "conc": {self.t0: "concurrent"},
             "ord": {self.t0: "orderly"},
             "mix": {self.t0: "orderly", self.t1: "concurrent"},
+            "key": {self.t0: "key"},  # keyed sends carry their key (keys=[key]); the others share one
             "lite": {self.t0: "lite"},
             "bca": {self.t0: "concurrent"},  # broadcasting members (BROADCAST)
             "bcb": {self.t0: "orderly"},
@@ -150,7 +152,8 @@ class ModelMachine(RuleBasedStateMachine):
             self.model.groups[g] = GroupModel(g, subs, idempotent=g == "idem")
         self.members: dict[str, list[Member]] = {g: [] for g in specs}
         self.calls: dict[str, Counter[str]] = {g: Counter() for g in specs}  # group -> msg id -> calls
-        self.firsts: dict[tuple[str, str, int], list[int]] = {}  # orderly first calls: queue offsets
+        # first calls of orderly groups per queue, of key-ordered ones per (queue, key): queue offsets
+        self.firsts: dict[tuple[Any, ...], list[int]] = {}
         self.polled: dict[str, set[str]] = {"lite": set()}
         self.trail: list[str] = []  # what was done, for the failure message
         self.admin = self.run(_make(AsyncAdmin, self.url))
@@ -232,7 +235,8 @@ class ModelMachine(RuleBasedStateMachine):
             self._send(topic, how, kinds, key)
 
     def _send(self, topic: str, how: str, kinds: list[str], key: str) -> None:
-        messages = [Message(topic, {"kind": k} if k != "bad" else b"\xff not json") for k in kinds]
+        keys = [key] if how == "keyed" else []  # the key-ordered group's ordering key
+        messages = [Message(topic, {"kind": k} if k != "bad" else b"\xff not json", keys=keys) for k in kinds]
         options: dict[str, Any] = DELAYS[how]() if how in DELAYS else {}
         if how == "keyed":
             options["sharding_key"] = key
@@ -330,16 +334,20 @@ class ModelMachine(RuleBasedStateMachine):
         )  # fmt: skip
         member = Member(group, consumer, lite=False)
         for topic, kind in subs.items():
+            if kind == "key" and not flip:
+                member.kinds.add("key")
+                consumer.subscribe(topic, "*", self._listener(member, "key"), model=Body, order="key")
+                continue
             orderly = (kind == "orderly") != flip
             member.kinds.add("orderly" if orderly else "concurrent")
             consumer.subscribe(
-                topic, "*", self._listener(member, orderly), model=Body, orderly=orderly,
-                idempotent=self.model.groups[group].idempotent or None,
+                topic, "*", self._listener(member, "queue" if orderly else None), model=Body,
+                orderly=orderly, idempotent=self.model.groups[group].idempotent or None,
             )  # fmt: skip
         await consumer.start()
         return member
 
-    def _listener(self, member: Member, orderly: bool) -> Any:
+    def _listener(self, member: Member, order: str | None) -> Any:
         calls = self.calls[member.group]
 
         async def on_message(body: Body, msg: ReceivedMessage) -> None:
@@ -348,8 +356,10 @@ class ModelMachine(RuleBasedStateMachine):
             try:
                 attempt = calls[msg.msg_id]
                 calls[msg.msg_id] += 1
-                if orderly and attempt == 0:
-                    where = (member.group, msg.topic, msg.queue_id)
+                if order is not None and attempt == 0:
+                    where: tuple[Any, ...] = (member.group, msg.topic, msg.queue_id)
+                    if order == "key":
+                        where += (msg.keys[:1],)
                     self.firsts.setdefault(where, []).append(msg.queue_offset)
                 await asyncio.sleep(0.005)  # long enough for calls to overlap
                 outcome = listener_outcome(body.kind, attempt)
@@ -374,12 +384,14 @@ class ModelMachine(RuleBasedStateMachine):
         self.model.groups[group].running -= 1
 
     @precondition(
-        lambda self: not self.focus and "kind_conflict" not in KNOWN_BROKEN and self._running(["conc", "ord"])
+        lambda self: (
+            not self.focus and "kind_conflict" not in KNOWN_BROKEN and self._running(["conc", "ord", "key"])
+        )
     )
     @rule(data=st.data())
     def conflicting_member(self, data: st.DataObject) -> None:
-        """A member subscribing the group's topic with the other listener kind is refused."""
-        group = data.draw(st.sampled_from(self._running(["conc", "ord"])), label="group")
+        """A member subscribing the group's topic with another listener kind is refused."""
+        group = data.draw(st.sampled_from(self._running(["conc", "ord", "key"])), label="group")
         try:
             member = self.run(self._start(group, flip=True))
         except SubscriptionConflictError:
@@ -537,10 +549,8 @@ class ModelMachine(RuleBasedStateMachine):
         for members in self.members.values():
             for m in members:
                 self._check_peak(m)
-        for (group, topic, q), offsets in self.firsts.items():
-            assert offsets == sorted(offsets), (
-                f"{group} {topic}:{q} first calls out of queue order: {offsets}"
-            )
+        for where, offsets in self.firsts.items():
+            assert offsets == sorted(offsets), f"{where} first calls out of queue order: {offsets}"
         errors = [
             e for e in self.events
             if e.get("log_level") in ("error", "critical") and e["event"] != "transaction.discarded"

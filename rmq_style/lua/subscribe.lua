@@ -12,7 +12,7 @@
     ARGV[2] expression
     ARGV[3] member id
     ARGV[4] member expiry in ms
-    ARGV[5] listener kind: 'concurrent' | 'orderly' | 'lite_pull' | 'broadcasting'
+    ARGV[5] listener kind: 'concurrent' | 'orderly' | 'key' | 'lite_pull' | 'broadcasting'
 
   Output:
     'OK', or error 'SUBCONFLICT <kind of the live members> <their expression>'

@@ -291,6 +291,12 @@ class Broadcast:
                 f"must be 1 with orderly subscriptions ({sorted(c.orderly_topics)}) and message_model="
                 "'broadcasting'"
             )
+        keyed = sorted(t for t, sub in c.subs.items() if sub.key_order is not None)
+        if keyed:
+            raise UsageError(
+                f"key-ordered subscriptions ({keyed}) are not supported with message_model='broadcasting': "
+                "a broadcasting member takes orderly=True (each queue in order, per member)"
+            )
         deduped = sorted(t for t, sub in c.subs.items() if isinstance(sub.listener, DedupListener))
         if deduped:
             raise UsageError(

@@ -22,7 +22,7 @@ import functools
 import inspect
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from .._async._io import drive, execute, is_cluster, open_client
 from .._errors import BrokerUnavailableError, UsageError
@@ -36,6 +36,7 @@ from .context import TRANSIENT, Context
 from .dedup import DedupListener
 from .fetch import Fetcher
 from .idempotence import Idempotent
+from .key_window import KeyFunction, key_order_of
 from .orderly import OrderlyRunner
 from .rebalance import Rebalancer
 from .retries import Retries
@@ -118,6 +119,8 @@ class PushConsumer:
         model: Any = None,
         orderly: bool = False,
         idempotent: bool | str | Idempotent | None = None,
+        order: Literal["queue", "key"] | None = None,
+        order_key: KeyFunction | None = None,
     ) -> None:
         """Consume *topic* messages whose tag matches *expression* (``*`` or ``TagA || TagB``).
 
@@ -127,6 +130,9 @@ class PushConsumer:
         With *orderly*, the messages of each queue are handled one at a time in
         offset order by the holder of the queue's lease (docs/push.md); one
         consumer may mix orderly and concurrent topics.
+        ``order="queue"`` is *orderly*; with ``order="key"`` the messages of one ordering
+        key (*order_key* of the message, by default its first business key) are handled
+        one at a time in queue order, different keys in parallel (docs/push.md, "Key order").
         With *idempotent* (True, a key choice or an Idempotent), a message whose
         dedup key this group already consumed is acked without a call
         (docs/idempotence.md).
@@ -142,10 +148,14 @@ class PushConsumer:
         is_async = inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
             getattr(listener, "__call__", None)  # noqa: B004 - an async callable object
         )
+        key_order = key_order_of(order, order_key, self.settings.consume_message_batch_max_size)
+        orderly = orderly or order is not None
         spec = Idempotent.of(idempotent)
         if spec is not None:
             listener, is_async = DedupListener(c, spec, listener, is_async), True
-        c.subs[topic] = Subscription(topic, TagFilter.parse(expression), listener, is_async, model)
+        c.subs[topic] = Subscription(
+            topic, TagFilter.parse(expression), listener, is_async, model, key_order=key_order
+        )
         if orderly:
             c.orderly_topics.add(topic)
 
@@ -224,7 +234,13 @@ class PushConsumer:
             route = await drive(client, route_flow(self.keys, sub.topic))
             sub.queue_count = route.queue_count
             sub.counts_trims = route.retention.mode == "maxlen"
-            kind: ListenerKind = "orderly" if sub.topic in c.orderly_topics else "concurrent"
+            kind: ListenerKind = (
+                "key"
+                if sub.key_order is not None
+                else "orderly"
+                if sub.topic in c.orderly_topics
+                else "concurrent"
+            )
             if self._broadcast is not None:
                 kind = "broadcasting"
             replies = await execute(

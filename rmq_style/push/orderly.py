@@ -23,6 +23,7 @@ is overdue starts no handler any more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +35,9 @@ from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys
 from .handler_times import HandlerTimes
+from .key_acks import ACK_LINGER_S, AckRounds
+from .key_order import KeyQueue
+from .key_turns import KeyTurns
 from .orderly_leases import (
     lease_deadline,
     renew_call,
@@ -43,6 +47,7 @@ from .runner import HandlerPool, Spawn
 from .settings import PushSettings
 from .state import Subscription
 from .trace_recorder import TraceRecorder
+from .waits import Backoff
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 
@@ -83,6 +88,9 @@ class OrderlyRunner:
         self.start_position = start_position
         self.recorder = recorder  # message trace (docs/trace.md); None: off
         self.queues: dict[MessageQueue, OrderlyQueue] = {}
+        backoff = functools.partial(Backoff, settings.reconnect_backoff_ms, settings.reconnect_backoff_max_ms)
+        self.ack_rounds = AckRounds(client, ACK_LINGER_S, backoff)  # of the key-ordered queues
+        self.key_turns = KeyTurns(self.budget)  # who runs the key-ordered queues' heads
         self.log = log.bind(group=group, member=member)
         self._stop = asyncio.Event()
         self._spawn = spawn
@@ -101,7 +109,7 @@ class OrderlyRunner:
         for mq in sorted(mine):
             if mq in self.queues:
                 continue  # running, or still finishing a hand-back: a new task once it is gone
-            q = OrderlyQueue(self, mq, sub)
+            q = (KeyQueue if sub.key_order is not None else OrderlyQueue)(self, mq, sub)
             self.queues[mq] = q
             if self._spawn is None:
                 q.task = asyncio.create_task(q.run())
@@ -172,4 +180,6 @@ class OrderlyRunner:
             for t in pending:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        await self.key_turns.close()
+        await self.ack_rounds.close()
         return cut

@@ -190,9 +190,7 @@ class OrderlyQueue:
         """
         r = self.runner
         if self.locked:
-            calls: list[Call] = []
-            if self.acks:
-                calls.append(settle_call(self.keys, r.group, self.value, self.acks, retry=self.retry))
+            calls = self._ack_calls()
             if not self.lost:
                 calls.append(release_call(self.keys, r.group, self.value))
             calls += self.traces
@@ -209,6 +207,12 @@ class OrderlyQueue:
         if r.queues.get(self.mq) is self:
             del r.queues[self.mq]
         self.log.info("queue.released", lost=self.lost)
+
+    def _ack_calls(self) -> list[Call]:
+        """The acknowledgements still to send when the queue is handed back."""
+        if not self.acks:
+            return []
+        return [settle_call(self.keys, self.runner.group, self.value, self.acks, retry=self.retry)]
 
     # -- consuming --------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ class Subscription:
     members: frozenset[str] = frozenset()
     counts_trims: bool = False  # maxlen retention: trims may remove entries the group has not read
     retention: Retention = field(default_factory=Retention)  # the topic's, for the delayed-message release
+    key_order: Callable[[ReceivedMessage], Any] | None = None  # order="key": the ordering key of a message
 
 
 @dataclass(slots=True, eq=False)
