@@ -253,6 +253,11 @@ class KeyHeld:
 MAX_KEY_HELD = 100  # shown per queue (the hash holds at most a window's entries; a larger one is cut)
 
 
+def _decimal(text: str) -> int | None:
+    """A stored count or time: 1 to 15 decimal digits, else None (written by anyone)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else None
+
+
 def parse_key_held(reply: Any) -> tuple[KeyHeld, ...]:
     """KeyHeld rows from HGETALL kheld (field ``<entry id>`` or ``r<entry id>``, value: failed attempts).
 
@@ -262,8 +267,7 @@ def parse_key_held(reply: Any) -> tuple[KeyHeld, ...]:
     rows = []
     for field, value in sorted((_text(k), _text(v)) for k, v in (single(reply) or {}).items()):
         retry = field.startswith("r")
-        count = value if value.isascii() and value.isdigit() and len(value) <= 15 else None
-        rows.append(KeyHeld(field[1:] if retry else field, retry, None if count is None else int(count)))
+        rows.append(KeyHeld(field[1:] if retry else field, retry, _decimal(value)))
     return tuple(rows[:MAX_KEY_HELD])
 
 
@@ -289,8 +293,8 @@ def parse_held(queue: MessageQueue, held_reply: Any, lock_reply: Any) -> HeldQue
         queue,
         fields.get("owner", ""),
         fields["offset"],
-        int(fields.get("attempts") or 0),
-        int(fields.get("since") or 0),
+        _decimal(fields.get("attempts", "")) or 0,
+        _decimal(fields.get("since", "")) or 0,
         fields.get("reason", ""),
         lock_owner(lock_reply),
     )

@@ -32,8 +32,8 @@ from typer.testing import CliRunner
 from rmq_style import AsyncProducer, Keys, Message, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
 from rmq_style._entry_check import _common, plain, rejection
-from rmq_style._group_admin import MAX_KEY_HELD, parse_key_held
-from rmq_style._message import FIELD_ORDER
+from rmq_style._group_admin import MAX_KEY_HELD, parse_held, parse_key_held
+from rmq_style._message import FIELD_ORDER, MessageQueue
 from rmq_style.cli import app as cli_app
 from rmq_style.testing import RedisServer
 from tests.pushkit import fast_settings, until
@@ -905,3 +905,9 @@ def test_hostile_key_held_records_are_shown(held: dict[bytes, bytes]) -> None:
     rows = parse_key_held(held)
     assert len(rows) == min(len(held), MAX_KEY_HELD)
     assert all(r.attempts is None or 0 <= r.attempts < 10**15 for r in rows)
+    # an orderly queue's held record (same keys as written, any values): shown, never a crash
+    values = list(held.values())[:3]
+    names = (b"attempts", b"since", b"owner")[: len(values)]
+    record = {b"offset": b"1-0", **dict(zip(names, values, strict=True))}
+    shown = parse_held(MessageQueue("t", 0), record, None)
+    assert shown is not None and shown.attempts >= 0 and shown.since_ms >= 0
