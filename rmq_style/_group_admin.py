@@ -20,7 +20,7 @@ from ._pulling import RouteCache
 from ._search_offset import position_for_timestamp_flow
 from ._topics import route_flow
 
-__all__ = ["DeadLetterRecord", "HeldQueue", "QueueReport", "held_flow"]
+__all__ = ["DeadLetterRecord", "HeldQueue", "KeyHeld", "QueueReport", "held_flow", "parse_key_held"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,7 @@ class QueueReport:
     held: HeldQueue | None = None  # orderly: the failing message that holds the queue
     trimmed: int = 0  # maxlen retention: entries removed before they were delivered to the group
     members: tuple[MemberProgress, ...] = ()  # broadcasting: each member's position, lag and retries
+    key_held: tuple[KeyHeld, ...] = ()  # key-ordered: the failing messages holding their keys
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +54,7 @@ class DeadLetterRecord:
 
 
 def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _ms(value: bytes | None) -> int:
@@ -85,8 +86,9 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
     rows: list[QueueReport] = []
     for name in topics:
         route = yield from route_flow(keys, name)
-        (now,) = yield [command("TIME")]
+        now, kind = yield [command("TIME"), command("HGET", keys.subscription_kinds(group), name)]
         now_ms = int(single(now)[0]) * 1000
+        key_order = _text(single(kind) or b"") == "key"  # its held messages are in the kheld hash
         (members,) = yield [command("ZRANGEBYSCORE", keys.members(group, name), now_ms - expiry, "+inf")]
         live = [_text(m) for m in single(members)]
         queues = [MessageQueue(name, q) for q in range(route.queue_count)]
@@ -95,13 +97,14 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
             progress = yield from progress_flow(keys, group, queue)
             qk = keys.queue(name, queue.queue_id)
             # retry stream entries are deleted once acknowledged: its length is the due backlog
-            waiting, due, dead, held, lock, trimmed = yield [
+            waiting, due, dead, held, lock, trimmed, *kheld = yield [
                 command("ZCARD", qk.retry(group)),
                 command("XLEN", qk.retry_stream(group)),
                 command("XLEN", qk.dlq(group)),
                 command("HGETALL", qk.held(group)),
                 command("GET", qk.lock(group)),
                 command("HGET", qk.trimmed, group),
+                *([command("HGETALL", qk.key_held(group))] if key_order else []),
             ]
             retrying = int(single(waiting)) + int(single(due))
             owner = lock_owner(lock) or owners.get(queue)
@@ -115,6 +118,7 @@ def progress_report_flow(keys: Keys, group: str, topic: str | None = None) -> Fl
                     parse_held(queue, held, lock),
                     int(single(trimmed) or 0),
                     members,
+                    parse_key_held(kheld[0]) if kheld else (),
                 )
             )
     return rows
@@ -237,6 +241,36 @@ class HeldQueue:
     lock_owner: str | None  # member holding the lease now (None: nobody)
 
 
+@dataclass(frozen=True, slots=True)
+class KeyHeld:
+    """A key-ordered message holding its ordering key (``rmq:{T:i}:kheld:G``, what ``progress`` shows)."""
+
+    entry_id: str  # of the queue stream, or of the group's retry stream when ``retry``
+    retry: bool
+    attempts: int | None  # failed attempts so far; None: the stored count is not a number
+
+
+MAX_KEY_HELD = 100  # shown per queue (the hash holds at most a window's entries; a larger one is cut)
+
+
+def _decimal(text: str) -> int | None:
+    """A stored count or time: 1 to 15 decimal digits, else None (written by anyone)."""
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 15 else None
+
+
+def parse_key_held(reply: Any) -> tuple[KeyHeld, ...]:
+    """KeyHeld rows from HGETALL kheld (field ``<entry id>`` or ``r<entry id>``, value: failed attempts).
+
+    >>> parse_key_held({b"r1-0": b"2", b"5-1": b"x"})
+    (KeyHeld(entry_id='5-1', retry=False, attempts=None), KeyHeld(entry_id='1-0', retry=True, attempts=2))
+    """
+    rows = []
+    for field, value in sorted((_text(k), _text(v)) for k, v in (single(reply) or {}).items()):
+        retry = field.startswith("r")
+        rows.append(KeyHeld(field[1:] if retry else field, retry, _decimal(value)))
+    return tuple(rows[:MAX_KEY_HELD])
+
+
 def held_flow(keys: Keys, group: str, queue: MessageQueue) -> Flow[HeldQueue | None]:
     """Whether a failing message holds (group, queue), and since when; None when the queue flows."""
     qk = keys.queue(queue.topic, queue.queue_id)
@@ -259,8 +293,8 @@ def parse_held(queue: MessageQueue, held_reply: Any, lock_reply: Any) -> HeldQue
         queue,
         fields.get("owner", ""),
         fields["offset"],
-        int(fields.get("attempts") or 0),
-        int(fields.get("since") or 0),
+        _decimal(fields.get("attempts", "")) or 0,
+        _decimal(fields.get("since", "")) or 0,
         fields.get("reason", ""),
         lock_owner(lock_reply),
     )

@@ -25,15 +25,18 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import INVALID_SPAN, Link, Span, SpanKind
 
+from ._errors import InvalidReceiptHandleError
 from ._message import Message, ReceivedMessage
 from ._otel_attrs import (
     COUNT,
     DEST,
     DURATION_BUCKETS,
     ERROR,
+    GROUP,
     KIND,
     MSG_ID,
     OP_NAME,
@@ -48,8 +51,10 @@ from ._otel_attrs import (
     log,
     metric_of,
     receive_attributes,
+    safe,
 )  # fmt: skip
 from ._otel_push import ConsumerTelemetry
+from ._receipt import ReceiptHandle
 
 __all__ = ["OtelTelemetry"]
 
@@ -174,6 +179,59 @@ class OtelTelemetry:
             self.client_duration.record(duration, metric)
             self.consumed_messages.add(len(found), metric)
 
+    @contextlib.contextmanager
+    def settling(self, group: str, operation: str, message: Any) -> Iterator[None]:
+        """An ``{operation} {topic}`` span (CLIENT, settle) around a simple consumer's ack."""
+        started_ns, started = time.time_ns(), time.perf_counter()
+        error: Exception | None = None
+        try:
+            yield
+        except Exception as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                self._settled(group, operation, message, started_ns, time.perf_counter() - started, error)
+            except Exception:  # noqa: BLE001 - telemetry never fails a settle
+                log.exception("otel.hook_failed", hook="settle", group=group)
+
+    def _settled(
+        self,
+        group: str,
+        operation: str,
+        message: Any,
+        started_ns: int,
+        duration: float,
+        error: Exception | None,
+    ) -> None:
+        attributes: dict[str, Any] = {SYS: SYSTEM, OP_TYPE: "settle", OP_NAME: operation, GROUP: group}
+        links: list[Link] = []
+        if isinstance(message, ReceivedMessage):
+            topic: str | None = message.topic
+            attributes[PART] = str(message.queue_id)
+            attributes[MSG_ID] = safe(lambda: message.msg_id)
+            context = creation(message)
+            links = [Link(context)] if context is not None else []
+        else:  # a receipt handle's text: its topic and queue when it parses (no message id, no link)
+            try:
+                handle = ReceiptHandle.parse(message)
+            except InvalidReceiptHandleError:
+                topic = None
+            else:
+                topic = handle.topic
+                attributes[PART] = str(handle.queue_id)
+        if topic is not None:
+            attributes[DEST] = topic
+        span = self.tracer.start_span(
+            f"{operation} {topic}" if topic else operation, context=_EMPTY, kind=SpanKind.CLIENT,
+            attributes=attributes, links=links, start_time=started_ns,
+        )  # fmt: skip
+        if error is not None:
+            failed_on(span, error)
+            attributes[ERROR] = type(error).__qualname__
+        span.end()
+        self.client_duration.record(duration, metric_of(attributes))
+
     # -- push consumers --------------------------------------------------------------------------
 
     def consumer(self, group: str) -> ConsumerTelemetry:
@@ -200,6 +258,9 @@ class _Receiving:
 
     def got(self, messages: Sequence[Any]) -> None:
         self.messages = messages
+
+
+_EMPTY = otel_context.Context()  # a settle span is a root (linked to the message's creation)
 
 
 def _with_properties(m: Message, carrier: dict[str, str]) -> Message:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -97,7 +98,7 @@ class SimpleMessage(ReceivedMessage):
     time), and ``reconsume_times`` is one less.
     """
 
-    __slots__ = ("_attempt", "_handle", "_until_ms")
+    __slots__ = ("_attempt", "_handle", "_until_ms", "received_ms")
 
     def __init__(
         self,
@@ -113,6 +114,7 @@ class SimpleMessage(ReceivedMessage):
         self._handle = handle
         self._attempt = attempt
         self._until_ms = until_ms
+        self.received_ms = int(time.time() * 1000)  # the start of its `sub` trace record (docs/trace.md)
 
     @property
     def receipt_handle(self) -> str:
@@ -121,6 +123,11 @@ class SimpleMessage(ReceivedMessage):
     @property
     def handle(self) -> ReceiptHandle:
         return self._handle
+
+    @property
+    def entry_fields(self) -> Mapping[bytes, bytes]:
+        """The stored entry's fields, as read (the consumer reads its trace flag and id there)."""
+        return self._fields
 
     @property
     def delivery_attempt(self) -> int:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ from ._offsets import ConsumeFrom
 from ._pulling import RouteCache
 from ._receipt import ReceiptHandle, SimpleMessage, Source, new_token, token_prefix
 from ._replies import ReplyCode, classify, is_error_reply, refusal
+from ._trace import DEFAULT_TRACE_MAXLEN, SubRecords, TraceBound
 
 __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
@@ -66,6 +67,16 @@ class SimpleSettings(BaseModel):
     max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0, description="larger ones go to the DLQ")
     member_expiry_ms: int = Field(6000, gt=0, description="a push member silent longer is not live")
     route_ttl_s: float = Field(30.0, ge=0, description="how long a topic's queue count is trusted")
+    message_trace: Literal["follow", "all", "off"] = Field(
+        "follow",
+        description="trace records (docs/trace.md): of messages their producer sampled, of all, or none",
+    )
+    trace_maxlen: int = Field(
+        DEFAULT_TRACE_MAXLEN, ge=1, description="trace records kept per queue (XADD MAXLEN ~)"
+    )
+    trace_max_age_ms: int = Field(
+        0, ge=0, description="trace records older than this are trimmed; 0: no age bound"
+    )
 
 
 def _seconds(value: object, what: str, low: float, high: float) -> float:
@@ -101,6 +112,8 @@ class SimpleCore:
         self._checked: set[str] = set()  # topics whose group records were checked
         self._turn = 0
         self._refresh: set[str] = set()  # topics to read the route of again (a queue was gone)
+        bound = TraceBound(settings.trace_maxlen, settings.trace_max_age_ms)
+        self.tracing = SubRecords(self.group, settings.message_trace, bound)  # message trace (docs/trace.md)
 
     # -- subscriptions ----------------------------------------------------------------
 
@@ -238,11 +251,13 @@ class SimpleCore:
         g, qk = self.group, self.keys.queue(queue.topic, queue.queue_id)
         keys = (
             qk.stream, qk.retry_stream(g), qk.invisible(g), qk.receipts(g), qk.dlq(g),
-            qk.delay, qk.delayed, qk.seq, qk.trimmed,
+            qk.delay, qk.delayed, qk.seq, qk.trimmed, qk.trace,
         )  # fmt: skip
+        t = self.tracing
         args = (
             g, SIMPLE_CONSUMER, invisible_ms, room, self.settings.max_attempts, token_prefix(),
             queue.topic, queue.queue_id, *route.retention.script_args,
+            t.code, t.bound.maxlen, t.bound.max_age_ms, t.host,
         )  # fmt: skip
         (reply,) = yield [run_script("simple_receive", keys, args)]
         if classify(reply) is ReplyCode.NOTOPIC:
@@ -291,8 +306,13 @@ class SimpleCore:
                     "simple.rejected", group=self.group, stream=qk.stream, offset=entry_id, reason=problem
                 )
                 cleanup += self._dead_letter_calls(qk, handle, fields, problem)
+                if self.tracing.wants(fields):
+                    why = {"reason": problem}
+                    cleanup.append(self.tracing.record(qk, fields, int(attempt) - 1, "dead", detail=why))
             elif not tags.matches(_text(fields.get(b"t")) or None):
                 cleanup.append(self.ack_call(handle))
+                if self.tracing.wants(fields):
+                    cleanup.append(self.tracing.record(qk, fields, int(attempt) - 1, "skipped"))
             else:
                 messages.append(
                     SimpleMessage(
@@ -335,20 +355,27 @@ class SimpleCore:
 
     # -- ack and change ---------------------------------------------------------------
 
-    def ack_call(self, handle: ReceiptHandle) -> Call:
+    def ack_call(self, handle: ReceiptHandle, message: SimpleMessage | None = None) -> Call:
+        """``simple_ack``; with the ``sub`` record of *message* when it is traced (written only when the
+        ack is accepted: one round trip)."""
         g, qk = self.group, self.keys.queue(handle.topic, handle.queue_id)
         stream = qk.retry_stream(g) if handle.source == "r" else qk.stream
         delete = "1" if handle.source == "r" else "0"
-        return run_script(
-            "simple_ack",
-            (stream, qk.invisible(g), qk.receipts(g)),
-            (g, handle.lease, handle.entry_id, handle.token, delete),
-        )
+        args: tuple[Any, ...] = (g, handle.lease, handle.entry_id, handle.token, delete)
+        if message is not None and self.tracing.wants(message.entry_fields):
+            started = message.received_ms
+            record = self.tracing.record(
+                qk, message.entry_fields, message.reconsume_times, "ok", start_ms=started,
+                duration_ms=max(int(time.time() * 1000) - started, 0),
+                detail={"retry_entry": handle.entry_id} if handle.source == "r" else None,
+            )  # fmt: skip
+            args += record.args
+        return run_script("simple_ack", (stream, qk.invisible(g), qk.receipts(g), qk.trace), args)
 
     def ack_flow(self, message: SimpleMessage | str) -> Flow[None]:
         """End the lease of *message* (or of the handle text): the group consumed it."""
         handle = _handle_of(message)
-        (reply,) = yield [self.ack_call(handle)]
+        (reply,) = yield [self.ack_call(handle, message if isinstance(message, SimpleMessage) else None)]
         _check_fresh(reply, "ack")
 
     def change_flow(self, message: SimpleMessage | str, duration: float) -> Flow[str]:

@@ -17,6 +17,9 @@ with ``Telemetry.receiving``::
         messages = read()
         receiving.got(messages)                # one "receive {topic}" span per topic read
     return messages
+
+A simple consumer's ack is a settle operation (``Telemetry.settling``): one
+``ack {topic}`` span around it, its failure (a stale receipt handle) recorded.
 """
 
 from __future__ import annotations
@@ -71,6 +74,10 @@ class Telemetry(Protocol):
     def receiving(
         self, group: str, topic: str | None = None, queue_id: int | None = None
     ) -> AbstractContextManager[Receiving]: ...
+
+    def settling(self, group: str, operation: str, message: Any) -> AbstractContextManager[None]:
+        """One settle call of a simple consumer (*operation* "ack") on *message* (a SimpleMessage or a
+        receipt handle text)."""
 
     def consumer(self, group: str) -> ConsumerHooks: ...
 

@@ -31,6 +31,7 @@ __all__ = [
     "DEFAULT_TRACE_MAXLEN",
     "TRACE_FLAG",
     "TRACE_PROPERTY",
+    "SubRecords",
     "TraceBound",
     "born_ms",
     "is_traced",
@@ -109,6 +110,29 @@ def trace_command(
     x = json.dumps(dict(detail), separators=(",", ":")) if detail else ""
     values = (msg_id, event, group, host, attempt, start_ms, duration_ms, outcome, x)
     return run_script("trace", (keys.trace,), (bound.maxlen, bound.max_age_ms, *values))
+
+
+class SubRecords:
+    """The ``sub`` records of a consumer that settles entries itself (the simple consumer): which
+    entries it records (*mode* ``follow``, ``all`` or ``off``) and the record of one."""
+
+    def __init__(self, group: str, mode: str, bound: TraceBound) -> None:
+        self.group, self.bound, self.host = group, bound, trace_host()
+        self.code = {"off": "0", "follow": "1", "all": "2"}[mode]  # as simple_receive.lua reads it
+
+    def wants(self, fields: Mapping[bytes, bytes]) -> bool:
+        return self.code == "2" or (self.code == "1" and is_traced(fields))
+
+    def record(
+        self, keys: QueueKeys, fields: Mapping[bytes, bytes], attempt: int, outcome: str, *,
+        start_ms: int | None = None, duration_ms: int = 0, detail: Mapping[str, str] | None = None,
+    ) -> ScriptCall:  # fmt: skip
+        return trace_command(
+            keys, self.bound, msg_id=fields.get(b"i") or b"", event="sub", group=self.group,
+            host=self.host, attempt=max(attempt, 0),
+            start_ms=int(time.time() * 1000) if start_ms is None else start_ms,
+            duration_ms=duration_ms, outcome=outcome, detail=detail,
+        )  # fmt: skip
 
 
 def merged(calls: Sequence[ScriptCall]) -> list[ScriptCall]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from ._aio import wait_event
+from ._wait_event import wait_event
 
 __all__ = ["AsyncCheckRunner", "CheckRunner"]
 

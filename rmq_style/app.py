@@ -27,7 +27,6 @@ from typing import Any, Literal, TypeVar
 import structlog
 
 from . import otel
-from ._aio import wait_event
 from ._async.admin import AsyncAdmin
 from ._async.producer import AsyncProducer
 from ._async.transaction import AsyncTransactionProducer
@@ -48,6 +47,7 @@ from ._sync.producer import Producer
 from ._sync.pull import PullConsumer
 from ._sync.transaction import TransactionProducer
 from ._transaction import TransactionSettings
+from ._wait_event import wait_event
 from .push.consumer import PushConsumer
 from .push.idempotence import Idempotent
 from .push.key_window import KeyFunction, key_order_of

@@ -154,6 +154,7 @@ def progress(
             "held": None if r.held is None else f"{r.held.offset} x{r.held.attempts}: {r.held.reason}",
             "trimmed": r.trimmed,
             "members": [asdict(m) for m in r.members],
+            "key_held": [asdict(k) for k in r.key_held],
         }
         for r in rows
     ]
@@ -161,6 +162,7 @@ def progress(
         emit_json(data)
         return
     members = [{"topic": d["topic"], "queue": d["queue"], **m} for d in data for m in d.pop("members")]
+    held_keys = [{"topic": d["topic"], "queue": d["queue"], **k} for d in data for k in d.pop("key_held")]
     lost = sum(r.trimmed for r in rows)
     columns = [c for c in (list(data[0]) if data else ["topic"]) if c != "trimmed" or lost]
     console.print(table(f"progress of group {group}", columns, [[d[c] for c in columns] for d in data]))
@@ -172,6 +174,10 @@ def progress(
         columns = ["topic", "queue", "instance", "position", "consumed_queue_offset", "lag", "retrying"]
         title = f"broadcasting members of group {group}"
         console.print(table(title, columns, [[m[c] for c in columns] for m in members]))
+    if held_keys:  # key-ordered: the failing messages holding their keys
+        columns = ["topic", "queue", "entry_id", "retry", "attempts"]
+        title = f"messages holding their keys in group {group}"
+        console.print(table(title, columns, [[k[c] for c in columns] for k in held_keys]))
 
 
 @app.command("reset-offset")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -340,3 +341,50 @@ def test_create_console_without_the_extra_says_which_to_install(monkeypatch: pyt
     monkeypatch.setitem(sys.modules, "starlette.applications", None)
     with pytest.raises(ImportError, match=r'pip install "rmq_style\[console\]"'):
         rmq_style.console.create_console  # noqa: B018 - the lazy import is the point
+
+
+def test_group_page_shows_broadcasting_members_and_held_keys_escaped(url: str) -> None:
+    """Broadcasting members (instance, position, lag, retrying) and a key-ordered group's held keys
+    (rmq:{T:i}:kheld:G), as stored: hostile names and counts escaped, never a crash."""
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=1)
+    with Producer(url) as producer:
+        sent = [producer.send(Message("orders", n)) for n in range(3)]
+    keys, qk = Keys(), Keys().queue("orders", 0)
+    raw = open_client(url)
+    for group, kind in (("fanout", "broadcasting"), ("keyed", "key")):
+        raw.sadd(keys.groups(), group)
+        raw.hset(keys.subscriptions(group), "orders", "*")
+        raw.hset(keys.subscription_kinds(group), "orders", kind)
+    raw.hset(qk.broadcast("fanout"), mapping={"node-1": sent[0].offset, "<i>evil</i>": "zzz"})
+    raw.zadd(qk.member_retry("fanout", "node-1"), {"m": 1})
+    raw.hset(qk.key_held("keyed"), mapping={sent[1].offset: "3", "r9-0": "1", "<b>x</b>": "<s>"})
+    raw.close()
+    app = create_console(url)
+
+    async def session(client: httpx.AsyncClient) -> None:
+        fanout = (await client.get("/groups/fanout")).text
+        table = fanout.split('<table id="members">')[1].split("</table>")[0]
+        node = table.split('data-instance="node-1"')[1].split("</tr>")[0]
+        assert f"<td>{sent[0].offset}</td>" in node and "<td>1</td>" in node  # position, consumed 1
+        assert '<td class="lag warn">2</td>' in node and '<td class="retrying warn">1</td>' in node
+        assert "&lt;i&gt;evil&lt;/i&gt;" in table and "<i>evil" not in fanout and "not an offset" in table
+        keyed = (await client.get("/groups/keyed")).text
+        held = keyed.split('<td class="held">')[1].split("</td>")[0]
+        times = "\N{MULTIPLICATION SIGN}"
+        assert f'<span class="bad key-held">{sent[1].offset} {times}3</span>' in held
+        assert f'<span class="bad key-held">9-0 (retry) {times}1</span>' in held
+        assert f"&lt;b&gt;x&lt;/b&gt; {times}?" in held and "<b>x" not in keyed and "<s>" not in keyed
+        assert 'held keys <b class="bad">3</b>' in keyed and 'id="members"' not in keyed
+        part = (await client.get("/parts/groups/keyed")).text
+        assert "key-held" in part
+
+    run(app, session)
+    from rmq_style.cli import app as cli_app  # the progress command shows them too
+
+    shown = CliRunner().invoke(cli_app, ["progress", "--group", "keyed", "--url", url, "--json"])
+    assert shown.exit_code == 0, shown.output
+    (row,) = json.loads(shown.output)
+    assert {"entry_id": "9-0", "retry": True, "attempts": 1} in row["key_held"]
+    text = CliRunner().invoke(cli_app, ["progress", "--group", "keyed", "--url", url]).output
+    assert "messages holding their keys" in text and "<b>x</b>" in text

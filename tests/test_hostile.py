@@ -32,7 +32,8 @@ from typer.testing import CliRunner
 from rmq_style import AsyncProducer, Keys, Message, Producer, PushConsumer, ReceivedMessage
 from rmq_style._async._io import open_client
 from rmq_style._entry_check import _common, plain, rejection
-from rmq_style._message import FIELD_ORDER
+from rmq_style._group_admin import MAX_KEY_HELD, parse_held, parse_key_held
+from rmq_style._message import FIELD_ORDER, MessageQueue
 from rmq_style.cli import app as cli_app
 from rmq_style.testing import RedisServer
 from tests.pushkit import fast_settings, until
@@ -894,3 +895,19 @@ def test_hostile_half_records_are_discarded_with_a_reason_or_resolved(
     with capture_logs() as logs:
         asyncio.run(main())
     assert [e for e in logs if e["event"] in FAILURES] == []
+
+
+@given(st.dictionaries(st.binary(max_size=8), st.binary(max_size=20), max_size=MAX_KEY_HELD + 20))
+@example({b"r": b"\xb2", b"\xff": b"-1", b"1-0": b"99999999999999999"})
+def test_hostile_key_held_records_are_shown(held: dict[bytes, bytes]) -> None:
+    """Whatever a kheld hash holds, progress (CLI, console) shows its fields, at most MAX_KEY_HELD a queue;
+    a count that is not a decimal number is shown as unknown, never a crash."""
+    rows = parse_key_held(held)
+    assert len(rows) == min(len(held), MAX_KEY_HELD)
+    assert all(r.attempts is None or 0 <= r.attempts < 10**15 for r in rows)
+    # an orderly queue's held record (same keys as written, any values): shown, never a crash
+    values = list(held.values())[:3]
+    names = (b"attempts", b"since", b"owner")[: len(values)]
+    record = {b"offset": b"1-0", **dict(zip(names, values, strict=True))}
+    shown = parse_held(MessageQueue("t", 0), record, None)
+    assert shown is not None and shown.attempts >= 0 and shown.since_ms >= 0

@@ -36,9 +36,12 @@ from rmq_style import (
     AsyncLitePullConsumer,
     AsyncProducer,
     AsyncPullConsumer,
+    AsyncSimpleConsumer,
     Message,
     PushConsumer,
     ReceivedMessage,
+    SimpleConsumer,
+    StaleReceiptHandleError,
     TransactionProducer,
     TransactionState,
     otel,
@@ -267,6 +270,53 @@ async def test_pull_and_lite_pull_receive_spans(url: str, traced: Traced) -> Non
     receives = traced.spans("receive orders")
     assert sorted(sid for span in receives for sid in linked(span)) == [send.context.span_id] * 2
     assert all((s.attributes or {})["messaging.consumer.group.name"] == "audit" for s in receives)
+
+
+@sync
+async def test_simple_consumer_receive_and_ack_spans(url: str, traced: Traced) -> None:
+    """receive (CLIENT, one span per topic, linked to each message's send span); each ack a settle span
+    (CLIENT, linked); a stale ack's span records the error; an empty receive makes no span."""
+    await create_topic(url, queues=1)
+    async with AsyncProducer(url) as producer:
+        await producer.send_batch([Message("orders", n) for n in range(2)])
+    (send,) = traced.spans("send orders")
+    fast = {"consume_from": "first", "await_duration": 0.05}
+    async with AsyncSimpleConsumer(url, "jobs", {"orders": "*"}, **fast) as consumer:
+        messages = await consumer.receive(max_messages=8, invisible_duration=30)
+        assert len(messages) == 2
+        await consumer.ack(messages[0])
+        with pytest.raises(StaleReceiptHandleError):
+            await consumer.ack(messages[0])
+        assert await consumer.receive(max_messages=8, invisible_duration=30) == []
+    receive = traced.one("receive orders")
+    assert receive.kind is SpanKind.CLIENT and linked(receive) == [send.context.span_id] * 2
+    attributes = dict(receive.attributes or {})
+    assert attributes["messaging.consumer.group.name"] == "jobs"
+    assert attributes["messaging.operation.type"] == "receive"
+    assert attributes["messaging.batch.message_count"] == 2
+    acked, stale = traced.spans("ack orders")
+    assert acked.kind is SpanKind.CLIENT and linked(acked) == [send.context.span_id]
+    assert acked.parent is None and acked.status.status_code is StatusCode.UNSET
+    assert dict(acked.attributes or {}) == {
+        "messaging.system": "rmq_style",
+        "messaging.operation.type": "settle",
+        "messaging.operation.name": "ack",
+        "messaging.destination.name": "orders",
+        "messaging.destination.partition.id": "0",
+        "messaging.message.id": messages[0].msg_id,
+        "messaging.consumer.group.name": "jobs",
+    }
+    assert stale.status.status_code is StatusCode.ERROR
+    assert (stale.attributes or {})["error.type"] == "StaleReceiptHandleError"
+    # the generated sync front, acking by the receipt handle's text: topic and queue, no message id
+    traced.exporter.clear()
+    with SimpleConsumer(url, "jobs", {"orders": "*"}, await_duration=0) as sync_consumer:
+        sync_consumer.ack(messages[1].receipt_handle)
+    (by_handle,) = traced.spans("ack orders")
+    assert (by_handle.attributes or {})["messaging.destination.partition.id"] == "0"
+    assert "messaging.message.id" not in (by_handle.attributes or {})
+    durations = traced.metrics()["messaging.client.operation.duration"]
+    assert {p.attributes["messaging.operation.name"] for p in durations} >= {"receive", "ack"}
 
 
 def test_transactional_send_is_one_span_around_the_local_transaction(url: str, traced: Traced) -> None:

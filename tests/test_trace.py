@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -204,3 +205,50 @@ def test_orderly_journey_suspend_dead_letter_and_replay(url: str) -> None:
         ("sub", 0, "ok"),
     ]
     assert trace.steps[1].due_ms == trace.steps[1].recorded_ms + 1
+
+
+def test_simple_consumer_records_acks_expiries_and_dead_letters(url: str) -> None:
+    """A simple consumer's `sub` records: the ack (with the ack, only when accepted), a lease that ended
+    unacknowledged ('expired', at the receive that takes it again), a dead letter at receive; of the
+    flagged messages ("follow"), or of all ("all")."""
+    from rmq_style import SimpleConsumer, StaleReceiptHandleError
+
+    with Admin(url) as admin:
+        admin.create_topic("orders", queues=1)
+    with Producer(url, trace_sample=1.0) as sampling, Producer(url) as producer:
+        traced = sampling.send(Message("orders", "a"))
+        plain = producer.send(Message("orders", "b"))
+    fast = {"consume_from": "first", "await_duration": 1.0, "_min_invisible_s": 0.01}
+
+    def receive(consumer: SimpleConsumer, count: int) -> list[Any]:
+        got = consumer.receive(max_messages=8, invisible_duration=0.05)  # waits for the leases to end
+        assert len(got) == count, got
+        return got
+
+    with SimpleConsumer(url, "workers", {"orders": "*"}, max_attempts=2, **fast) as follow:
+        receive(follow, 2)  # neither acknowledged: both leases end
+        first = {m.msg_id: m for m in receive(follow, 2)}
+        follow.ack(first[traced.msg_id])
+        with pytest.raises(StaleReceiptHandleError):
+            follow.ack(first[traced.msg_id])  # refused: no second record
+    with SimpleConsumer(url, "audit", {"orders": "*"}, max_attempts=1, message_trace="all", **fast) as all_:
+        receive(all_, 2)
+        assert all_.receive(max_messages=8, invisible_duration=0.05) == []  # both dead-lettered at receive
+    with SimpleConsumer(url, "paid", {"orders": "paid"}, consume_from="first", await_duration=0) as tagged:
+        assert tagged.receive(max_messages=8, invisible_duration=10) == []  # neither has the tag
+    with Admin(url) as admin:
+        [a] = admin.trace(traced.msg_id, "orders")
+        [b] = admin.trace(plain.msg_id, "orders")
+    steps = [(s.event, s.group, s.attempt, s.outcome) for s in a.steps]
+    assert steps == [
+        ("pub", "", 0, "ok"),
+        ("sub", "workers", 0, "expired"),
+        ("sub", "workers", 1, "ok"),
+        ("sub", "audit", 0, "dead"),
+        ("sub", "paid", 0, "skipped"),
+    ]
+    ok = a.steps[2]
+    assert ok.host and ok.start_ms <= ok.recorded_ms and ok.problem is None
+    assert "not acknowledged after 1 delivery attempts" in a.steps[3].detail["reason"]
+    # the unflagged message: recorded only by the group that traces all; not sampled, so no pub
+    assert [(s.event, s.group, s.attempt, s.outcome) for s in b.steps] == [("sub", "audit", 0, "dead")]

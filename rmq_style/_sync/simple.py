@@ -8,6 +8,7 @@ from typing import Any
 
 from .._receipt import SimpleMessage
 from .._simple import MIN_INVISIBLE_S, SimpleCore, SimpleSettings
+from .._telemetry import active
 from ._io import Client, ClientHolder, is_cluster
 
 __all__ = ["SimpleConsumer"]
@@ -53,6 +54,7 @@ class SimpleConsumer(ClientHolder):
             settings = SimpleSettings(await_duration_s=await_duration, **options)
         self.settings = settings
         self._core = SimpleCore(group, subscriptions or {}, settings, min_invisible_s=_min_invisible_s)
+        self._telemetry = active()  # OpenTelemetry (rmq_style.otel), None when off
         super().__init__(url)
         self._core.one_queue_per_read = is_cluster(self._client)
 
@@ -73,11 +75,22 @@ class SimpleConsumer(ClientHolder):
     def receive(self, max_messages: int, invisible_duration: float) -> list[SimpleMessage]:
         """Up to *max_messages* (1 to 32) messages, invisible to other receivers for *invisible_duration*
         seconds; waits up to ``await_duration`` seconds for the first (an empty list then)."""
-        return self._drive(self._core.receive_flow(max_messages, invisible_duration))
+        flow = self._core.receive_flow(max_messages, invisible_duration)
+        if self._telemetry is None:
+            return self._drive(flow)
+        with self._telemetry.receiving(self._core.group) as receiving:
+            messages = self._drive(flow)
+            receiving.got(messages)  # one "receive {topic}" span per topic (none for an empty receive)
+        return messages
 
     def ack(self, message: SimpleMessage | str) -> None:
         """Acknowledge *message* (or a receipt handle text); StaleReceiptHandleError if its lease ended."""
-        self._drive(self._core.ack_flow(message))
+        flow = self._core.ack_flow(message)
+        if self._telemetry is None:
+            self._drive(flow)
+            return
+        with self._telemetry.settling(self._core.group, "ack", message):  # "ack {topic}", settle
+            self._drive(flow)
 
     def change_invisible_duration(self, message: SimpleMessage | str, duration: float) -> str:
         """Keep *message* invisible *duration* seconds from now; returns the new receipt handle (also stored

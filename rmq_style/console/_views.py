@@ -125,6 +125,7 @@ class GroupSummary:
     dead_letters: int
     held: int
     owners: list[str]
+    held_keys: int
     rate: float | None
 
 
@@ -155,6 +156,7 @@ def group_summary(group: str, rows: list[QueueReport], rates: RateRing) -> Group
         dead_letters=sum(r.dead_letters for r in rows),
         held=sum(1 for r in rows if r.held is not None),
         owners=sorted({m.instance for m in members} if broadcasting else {r.owner for r in rows if r.owner}),
+        held_keys=sum(len(r.key_held) for r in rows),
         rate=round(sum(known), 2) if known else None,
     )
 

@@ -16,6 +16,7 @@
     KEYS[7] delayed  rmq:{T:i}:delayed
     KEYS[8] seq      rmq:{T:i}:seq
     KEYS[9] trimmed  rmq:{T:i}:trimmed
+    KEYS[10] trace   rmq:{T:i}:trace     the message trace stream
     ARGV[1] group
     ARGV[2] consumer name in the stream groups (every simple consumer uses the same one)
     ARGV[3] invisible duration in ms
@@ -24,6 +25,9 @@
     ARGV[6] token prefix (16 hex digits, new for each call); a message's token adds 2 hex digits
     ARGV[7] topic, ARGV[8] queue id (for the dead letters)
     ARGV[9] trim mode, ARGV[10] trim value (as in send)
+    ARGV[11] message trace: '0' off, '1' the messages carrying the trace flag, '2' all;
+    ARGV[12] trace cap, ARGV[13] trace max age ms, ARGV[14] the consumer's host in its records
+    (a `sub` record per dead letter, and per lease that ended before an ack: outcome 'expired')
 
   Output:
     {now ms, next visible-again ms or -1, next delayed due ms or -1, last id of the queue stream,
@@ -36,6 +40,7 @@
 --@include trim
 --@include append
 --@include release
+--@include trace
 
 if redis.call('EXISTS', KEYS[8]) == 0 then
   return redis.error_reply('NOTOPIC queue does not exist')
@@ -63,6 +68,20 @@ local function reconsumed(fields)
   return 0
 end
 
+local trace_mode, traced = ARGV[11], 0
+
+-- a `sub` record of a traced entry (the delivery with reconsume times `attempt`), when tracing is on
+local function trace(fields, attempt, outcome, detail)
+  if trace_mode == '0' or not trace_mode then
+    return
+  end
+  if trace_mode ~= '2' and not string.find(field(fields, 'p'), '"TRACE_ON":"1"', 1, true) then
+    return
+  end
+  rmq_trace_add(KEYS[10], ARGV[12], field(fields, 'i'), 'sub', group, ARGV[14], attempt, now, 0, outcome, detail)
+  traced = traced + 1
+end
+
 local function forget(member)
   redis.call('ZREM', KEYS[3], member)
   redis.call('HDEL', KEYS[4], member)
@@ -86,6 +105,7 @@ local function dead_letter(src, stream, id, fields, delivered)
     redis.call('XDEL', stream, id)
   end
   dead = dead + 1
+  trace(fields, math.max(r + delivered - 1, 0), 'dead', '{"reason":"' .. reason .. '"}')
 end
 
 -- hand out one entry (delivered before: `delivered` times) under a new lease
@@ -121,6 +141,8 @@ for _, member in ipairs(ended) do
       forget(member)
     else
       redis.call('XCLAIM', stream, group, consumer, 0, id, 'RETRYCOUNT', delivered + 1, 'JUSTID')
+      -- the delivery whose lease ended unacknowledged (its receiver failed or was too slow)
+      trace(entry[1][2], reconsumed(entry[1][2]) + delivered - 1, 'expired', '')
       take(src, id, entry[1][2], delivered)
     end
   end
@@ -164,6 +186,10 @@ local function last_id(stream)
     return '0-0'
   end
   return last[1][1]
+end
+
+if traced > 0 then
+  rmq_trace_trim(KEYS[10], ARGV[13])
 end
 
 local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')

@@ -12,15 +12,13 @@
     the number of records written
 ]]
 --@include clock
+--@include trace
 
 local n = 0
 for k = 3, #ARGV - 8, 9 do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'i', ARGV[k], 'e', ARGV[k + 1], 'g', ARGV[k + 2],
-    'h', ARGV[k + 3], 'a', ARGV[k + 4], 's', ARGV[k + 5], 'd', ARGV[k + 6], 'o', ARGV[k + 7], 'x', ARGV[k + 8])
+  rmq_trace_add(KEYS[1], ARGV[1], ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4], ARGV[k + 5],
+    ARGV[k + 6], ARGV[k + 7], ARGV[k + 8])
   n = n + 1
 end
-local age = tonumber(ARGV[2])
-if age and age > 0 then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', math.max(rmq_now_ms() - age, 0))
-end
+rmq_trace_trim(KEYS[1], ARGV[2])
 return n

@@ -30,7 +30,6 @@ from typing import Any
 
 import structlog
 
-from .._aio import wait_event
 from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._message import MessageQueue, ReceivedMessage
 from .._names import Keys
@@ -47,7 +46,7 @@ from .runner import HandlerPool, Spawn
 from .settings import PushSettings
 from .state import Subscription
 from .trace_recorder import TraceRecorder
-from .waits import Backoff
+from .waits import Backoff, wait_event
 
 __all__ = ["OrderlyQueue", "OrderlyRunner"]
 

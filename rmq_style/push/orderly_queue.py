@@ -14,7 +14,6 @@ from typing import Any, Protocol, cast
 
 import structlog
 
-from .._aio import wait_event
 from .._async._io import TRANSIENT_ERRORS, AsyncClient, execute
 from .._call_values import Call
 from .._entry_check import rejection, shown
@@ -39,7 +38,7 @@ from .redis_calls import check_created, create_groups_calls, packed_record
 from .settings import PushSettings
 from .state import Subscription
 from .trace_recorder import TraceRecorder
-from .waits import Backoff
+from .waits import Backoff, wait_event
 
 __all__ = ["OrderlyQueue"]
 

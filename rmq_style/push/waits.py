@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from .._aio import wait_event
+from .._wait_event import wait_event
 
 __all__ = ["Backoff", "wait_any", "wait_event"]
 

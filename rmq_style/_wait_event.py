@@ -1,4 +1,4 @@
-"""Small asyncio helpers shared by the push runtime."""
+"""`wait_event`: wait for an asyncio event at most so long (push runtime, app, transaction check loop)."""
 
 from __future__ import annotations
 

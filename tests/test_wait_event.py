@@ -1,10 +1,10 @@
-"""The asyncio helpers of the push runtime."""
+"""wait_event: a wait for an event that a racing cancellation never loses."""
 
 from __future__ import annotations
 
 import asyncio
 
-from rmq_style._aio import wait_event
+from rmq_style._wait_event import wait_event
 
 
 def test_a_cancel_that_races_the_event_a_loop_waits_for_is_never_lost() -> None:
