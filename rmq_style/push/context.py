@@ -88,7 +88,7 @@ class Context:
         """
         d = token[0] if isinstance(token, list) else token
         if d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until:
-            if self.recorder is not None:
+            if self.recorder is not None and (type(token) is list or d.traceable):
                 self.recorder.start(token)
             return True
         return False

@@ -37,8 +37,8 @@ class Settler:
         self.unsettled: Callable[[Delivery], None] = c.release
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
-        if self.c.recorder is not None:
-            self.c.recorder.done(token)
+        if self.c.recorder is not None and (isinstance(token, list) or token.started):
+            self.c.recorder.done(token)  # (a single delivery not started: nothing to time)
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
             c = self.c
             c.stats.consumed += 1

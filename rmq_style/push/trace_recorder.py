@@ -42,7 +42,7 @@ class TraceRecorder:
                 token.started = time.time()
             return
         for d in token:
-            if self.trace_all or d.traced():
+            if d.traceable and (self.trace_all or d.traced()):
                 d.started = time.time()
 
     def done(self, token: Delivery | list[Delivery]) -> None:
@@ -59,7 +59,7 @@ class TraceRecorder:
         calls: list[ScriptCall] = []
         trace_all = self.trace_all
         for d in batch:
-            if not d.started and not trace_all and not d.traced():
+            if not d.traceable or (not d.started and not trace_all and not d.traced()):
                 continue
             decision = d.decision
             detail: dict[str, str] = {}
