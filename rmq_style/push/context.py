@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from time import monotonic
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -87,7 +88,7 @@ class Context:
         survivor has taken over their pending entries: what it read ahead is not run.
         """
         d = token[0] if isinstance(token, list) else token
-        if d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until:
+        if d.epoch == d.stream.queue.epoch and monotonic() < self.member_valid_until:
             if self.recorder is not None and (type(token) is list or d.traceable):
                 self.recorder.start(token)
             return True

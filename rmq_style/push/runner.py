@@ -193,6 +193,7 @@ class HandlerPool:
 
     async def _worker(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
+        clock = perf_counter
         pending, idle, budget = self._pending, self._idle, self.budget
         current, timed_out = self._current, self._timed_out
         on_done, wanted, observer = self._on_done, self._wanted, self._observer
@@ -229,7 +230,7 @@ class HandlerPool:
             timed_out[slot] = False
             current[slot] = call
             outcome: object
-            started = perf_counter() if times is not None else 0.0
+            started = clock() if times is not None else 0.0
             begun = observer.begin(token) if observer is not None else None
             try:
                 if is_async:
@@ -255,7 +256,7 @@ class HandlerPool:
                     else:
                         budget.free += 1
             if times is not None:
-                took = perf_counter() - started
+                took = clock() - started
                 if took <= quick:
                     counts[0] += 1
                     times.sum_s += took
