@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from time import monotonic
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import structlog
