@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -87,8 +88,8 @@ class Context:
         survivor has taken over their pending entries: what it read ahead is not run.
         """
         d = token[0] if isinstance(token, list) else token
-        if d.epoch == d.stream.queue.epoch and time.monotonic() < self.member_valid_until:
-            if self.recorder is not None:
+        if d.epoch == d.stream.queue.epoch and monotonic() < self.member_valid_until:
+            if self.recorder is not None and (type(token) is list or d.traceable):
                 self.recorder.start(token)
             return True
         return False

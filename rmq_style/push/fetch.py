@@ -236,6 +236,8 @@ class Fetcher:
         pool = self.c.pool
         assert pool is not None
         returned: set[int] = set()
+        # a plain entry has no properties, so no trace flag: it is traced only when all are
+        plain_traceable = self.c.recorder is not None and self.c.recorder.trace_all
         admits: dict[DedupListener, tuple[Subscription, list[Delivery]]] = {}
         for key, entries in reply or ():
             stream = self.c.streams[key if isinstance(key, bytes) else key.encode()]
@@ -268,9 +270,11 @@ class Fetcher:
                 count += 1
                 # fields as Redis sent them (a list) are checked in place; any other layout as a map
                 fields = raw
+                traceable = plain_traceable
                 if type(raw) is list and plain(raw, max_size):
                     body_size = len(raw[_BODY])
                 else:
+                    traceable = True
                     fields = field_map(raw) if type(raw) is list else raw
                     body_size = len(fields.get(b"d") or b"")
                     problem = rejection(fields, max_size)
@@ -281,7 +285,7 @@ class Fetcher:
                         continue
                 size += body_size
                 msg = ReceivedMessage(topic, queue_id, entry_id, fields)  # lazy: decode_entry
-                d = Delivery(stream, entry_id, fields, body_size, msg, None, epoch)
+                d = Delivery(stream, entry_id, fields, body_size, msg, None, epoch, traceable)
                 if tags is not None and msg.tag not in tags:
                     self.c.stats.filtered += 1
                     self.settling.settle(d, ACK)

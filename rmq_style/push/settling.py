@@ -37,10 +37,10 @@ class Settler:
         self.unsettled: Callable[[Delivery], None] = c.release
 
     def on_done(self, token: Delivery | list[Delivery], outcome: object) -> None:
-        if self.c.recorder is not None:
-            self.c.recorder.done(token)
+        c = self.c
         if outcome is None and type(token) is Delivery and token.decision is None:  # the common case
-            c = self.c
+            if token.started and c.recorder is not None:  # traced: (not started, nothing to time)
+                c.recorder.done(token)
             c.stats.consumed += 1
             if c.settings.trace_messages:
                 self.event(token).debug("message.consumed")
@@ -50,6 +50,8 @@ class Settler:
             if len(buffer) == 1:  # else set since it was empty: the settle loop clears it only then
                 c.settle_wakeup.set()
             return
+        if c.recorder is not None:
+            c.recorder.done(token)
         for d in token if isinstance(token, list) else [token]:
             if d.decision is not None:
                 continue

@@ -76,6 +76,9 @@ class Delivery:
     message: ReceivedMessage | None = None
     decision: Decision | None = None
     epoch: int = 0  # of its queue when read
+    # False: no trace record can be due (read without properties, so without the trace flag, by a
+    # recorder that follows the flag): the recorder is not asked about it per call (docs/trace.md)
+    traceable: bool = True
     started: float = 0.0  # traced only (docs/trace.md): wall clock when its listener started
     ran: float = -1.0  # traced only: how long its listener ran (s)
 

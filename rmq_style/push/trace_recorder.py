@@ -5,7 +5,9 @@ The runtime calls it at three points: a listener call starts (``start``, from
 round is planned (``records``: the trace records go into the same round trip as
 the acks, retries and dead letters). An orderly queue asks ``orderly`` after
 each listener call and sends the records with its next Redis call. A consumer with ``message_trace="off"``
-has no recorder: each point is one ``is not None`` check.
+has no recorder: each point is one ``is not None`` check. With ``"follow"``, an entry read in the
+producers' plain layout has no properties, so no trace flag: the fetch marks its delivery
+``traceable=False`` and none of the three points asks about it (the consumer's hot path).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class TraceRecorder:
                 token.started = time.time()
             return
         for d in token:
-            if self.trace_all or d.traced():
+            if d.traceable and (self.trace_all or d.traced()):
                 d.started = time.time()
 
     def done(self, token: Delivery | list[Delivery]) -> None:
@@ -59,7 +61,7 @@ class TraceRecorder:
         calls: list[ScriptCall] = []
         trace_all = self.trace_all
         for d in batch:
-            if not d.started and not trace_all and not d.traced():
+            if not d.traceable or (not d.started and not trace_all and not d.traced()):
                 continue
             decision = d.decision
             detail: dict[str, str] = {}
