@@ -113,13 +113,7 @@ class DedupListener:
                 return
         try:
             call = claim_call(self.prefix(sub.topic), self.owner, self.lease, keys)
-            merged = c.marks.claim(call) if c.marks is not None else None
-            if merged is None:
-                (reply,) = await execute(c.redis(), [call])
-            else:  # in the settle round about to start, with its acks
-                reply = await merged
-                if isinstance(reply, Exception):
-                    raise reply
+            (reply,) = await execute(c.redis(), [call])
             # the common case, all claimed, read in one C call
             every = isinstance(reply, bytes) and reply.count(b"r") == len(keys)
             found = [] if every else verdicts(reply, len(keys))

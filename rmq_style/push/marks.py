@@ -72,37 +72,6 @@ class MarkBook:
         self.ctx = ctx
         self.listeners: list[DedupListener] = []
         self.admitting: set[asyncio.Task[None]] = set()  # claims of reads in flight
-        # claims of reads for the settle loop's next round (sent with its acks: one round trip
-        # less per read), and the futures of their replies
-        self.claims: list[Call] = []
-        self.waiters: list[asyncio.Future[Any]] = []
-        self.in_round = False  # the settle loop's round trip is in flight
-
-    def claim(self, call: Call) -> asyncio.Future[Any] | None:
-        """Queue *call* (a read's claim) for the settle round about to start; None when that round
-        would be late (one in flight: the caller sends the claim on its own)."""
-        if self.in_round or self.ctx.drained.is_set():
-            return None
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.claims.append(call)
-        self.waiters.append(future)
-        self.ctx.settle_wakeup.set()
-        return future
-
-    def take_claims(self) -> tuple[list[Call], list[asyncio.Future[Any]]]:
-        claims, waiters = self.claims, self.waiters
-        self.claims, self.waiters = [], []
-        return claims, waiters
-
-    @staticmethod
-    def answer(waiters: Sequence[asyncio.Future[Any]], replies: Sequence[Any] | BaseException) -> None:
-        """Hand each claim its reply (a failed round: its exception)."""
-        for i, future in enumerate(waiters):
-            if not future.done():
-                if isinstance(replies, BaseException):
-                    future.set_exception(replies)
-                else:
-                    future.set_result(replies[i])
 
     def admit(self, task: asyncio.Task[None]) -> None:
         self.admitting.add(task)

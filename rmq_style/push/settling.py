@@ -106,14 +106,10 @@ class Settler:
         assert client is not None
         backoff = self.c.backoff()
         marks: list[Call] = []  # idempotent marks: written in the round of their acks, before them
-        book = self.c.marks
-        claims: list[Call] = []  # idempotent claims of reads, after the marks (docs/idempotence.md)
-        waiters: list[Any] = []
         while True:
-            if book is not None:
-                marks += book.take(self.c.drained.is_set())
-                claims, waiters = book.take_claims()
-            if not self._settle_buffer and not marks and not claims:
+            if self.c.marks is not None:
+                marks += self.c.marks.take(self.c.drained.is_set())
+            if not self._settle_buffer and not marks:
                 if self.c.drained.is_set():
                     return
                 self.c.settle_wakeup.clear()
@@ -129,29 +125,17 @@ class Settler:
                 if traced:
                     calls = calls + traced
             try:
-                if book is not None:
-                    book.in_round = True
-                replies = await execute(client, [*marks, *claims, *calls] if book is not None else calls)
+                replies = await execute(client, [*marks, *calls] if marks else calls)
             except TRANSIENT as exc:
-                if waiters:
-                    book.answer(waiters, exc)  # type: ignore[union-attr]
                 self.c.log.warning("consumer.redis_unavailable", task="settle", error=str(exc))
                 self._settle_buffer = batch + self._settle_buffer
                 await backoff.wait(self.c.drained if self.c.drained.is_set() else self.c.stopping)
                 continue
-            except BaseException as exc:
-                if waiters:
-                    book.answer(waiters, exc)  # type: ignore[union-attr]
-                raise
-            finally:
-                if book is not None:
-                    book.in_round = False
             backoff.reset()
-            if book is not None:
-                book.read(marks, replies)
-                if waiters:
-                    book.answer(waiters, replies[len(marks) : len(marks) + len(claims)])
-                replies, marks = replies[len(marks) + len(claims) :], []
+            if marks:
+                assert self.c.marks is not None
+                self.c.marks.read(marks, replies)
+                replies, marks = replies[len(marks) :], []
             extra = replies[len(round_.calls) :]
             if extra and self.c.recorder is not None and self.c.recorder.count_failures(extra):
                 self.c.log.warning("trace.write_failed", failed=self.c.recorder.failed)
