@@ -10,7 +10,9 @@ dedup mark claimed and written per message) and without, same backlog, same run.
 - batch: the same with ``consume_message_batch_max_size=32`` (one claim round
   trip per call of 32 messages).
 
-Median of 3 rounds; one JSON object per line (floor: ratio 0.6).
+Median of 3 rounds; one JSON object per line (floor: ratio 0.6). Each side's CPU time per message
+(``cpu_us_per_msg``: the consumer's process time and the redis-server's, over the drain) moves
+much less than the rates with the load of a shared machine.
 """
 
 from __future__ import annotations
@@ -47,6 +49,11 @@ def preload(url: str, topic: str) -> None:
             producer.send_batch(batch)
 
 
+def server_cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 async def throughput(url: str, topic: str, group: str, *, idempotent: bool, batch: int) -> float:
     consumer = PushConsumer(
         url, group, consume_from="first", trace_messages=False, consume_message_batch_max_size=batch
@@ -71,14 +78,25 @@ async def throughput(url: str, topic: str, group: str, *, idempotent: bool, batc
 
 def run(url: str) -> None:
     flush = redis.Redis.from_url(url)
+
+    def drain(topic: str, group: str, idempotent: bool, batch: int, cpu: dict[str, list[float]]) -> float:
+        started, server = time.process_time(), server_cpu(flush)
+        rate = asyncio.run(throughput(url, topic, group, idempotent=idempotent, batch=batch))
+        cpu[f"{group}_consumer"].append((time.process_time() - started) / BACKLOG * 1e6)
+        cpu[f"{group}_redis"].append((server_cpu(flush) - server) / BACKLOG * 1e6)
+        return rate
+
     for case, batch in (("concurrent", 1), ("batch", 32)):
         rounds: list[tuple[float, float]] = []
+        cpu: dict[str, list[float]] = {
+            f"{g}_{p}": [] for g in ("idem", "plain") for p in ("consumer", "redis")
+        }
         for n in range(ROUNDS):
             flush.flushall()
             topic = f"bench-idem-{case}-{n}"
             preload(url, topic)
-            plain = asyncio.run(throughput(url, topic, "plain", idempotent=False, batch=batch))
-            ours = asyncio.run(throughput(url, topic, "idem", idempotent=True, batch=batch))
+            plain = drain(topic, "plain", False, batch, cpu)
+            ours = drain(topic, "idem", True, batch, cpu)
             rounds.append((ours, plain))
         ours_med = statistics.median(o for o, _ in rounds)
         plain_med = statistics.median(p for _, p in rounds)
@@ -91,6 +109,7 @@ def run(url: str) -> None:
                     "baseline": f"the same PushConsumer without idempotent (batch {batch})",
                     "baseline_msgs_per_s": round(plain_med),
                     "ratio": round(ours_med / plain_med, 3),
+                    "cpu_us_per_msg": {k: round(statistics.median(v), 2) for k, v in cpu.items()},
                 }
             ),
             flush=True,

@@ -83,6 +83,33 @@ def test_msg_id_is_the_default_key_so_two_sends_of_one_key_both_run(url: str) ->
     run(main())
 
 
+def test_the_msg_id_names_one_mark_in_the_producers_layout_and_in_any_other(url: str) -> None:
+    """The default key is read from the fields as Redis sent them (no decode): an entry in the
+    producers' layout and a copy of it in another field order (a map) must find the same mark."""
+
+    async def main() -> None:
+        await create_topic(url)
+        await send(url, [Message("orders", {"n": 0})])
+        client = open_client(url)
+        stream = Keys().queue("orders", 0).stream
+        ((_, first),) = await client.xrange(stream)
+        copy = dict(reversed(list(first.items())))  # same fields, another order: not the plain layout
+        copy[b"d"] = json.dumps({"n": 1}).encode()
+        await client.xadd(stream, copy)  # type: ignore[arg-type]
+        seen: list[int] = []
+        consumer = PushConsumer(url, "billing", fast_settings())
+        consumer.subscribe("orders", "*", lambda m: seen.append(field(m, "n")), idempotent=True)
+        async with consumer:
+            await until(lambda: consumer.stats.duplicates == 1, what="the copy skipped")
+            await until(lambda: consumer.in_flight == 0, what="acks")
+        msg_id = first[b"i"].decode()
+        assert seen == [0]
+        assert await client.get(mark_key("rmq", "orders", "billing", msg_id)) == b"consumed"
+        await client.aclose()
+
+    run(main())
+
+
 def test_a_redelivery_after_a_takeover_of_a_consumed_message_is_acked_without_a_call(url: str) -> None:
     async def main() -> None:
         await create_topic(url, queues=1)

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, cast
 
 from .._async._io import execute
@@ -32,7 +34,9 @@ from .idempotence import (
     key_getter,
     lease_ms,
     mark_prefix,
+    raw_msg_id,
     release_call,
+    shown,
     succeeded,
     verdicts,
 )
@@ -62,10 +66,12 @@ class DedupListener:
         self._marks = Coalescer(ctx)
         self._prefix: str | None = None
         self.key_of = key_getter(spec)
+        # the default key, the msg id, taken from the fields as read (no field map, no decode)
+        self.by_msg_id = spec.key == "msg_id"
         # claims of admitted messages whose outcome is not queued yet: key -> its delivery
-        self.held: dict[str, Delivery] = {}
-        self.done: list[str] = []  # keys to write "consumed" in the next settle round
-        self.release: list[str] = []  # keys to release in the next settle round
+        self.held: dict[str | bytes, Delivery] = {}
+        self.done: list[str | bytes] = []  # keys to write "consumed" in the next settle round
+        self.release: list[str | bytes] = []  # keys to release in the next settle round
         if ctx.marks is None:
             ctx.marks = MarkBook(ctx)
         ctx.marks.listeners.append(self)
@@ -88,8 +94,15 @@ class DedupListener:
         settling = fetcher.settling
         key_of = self.key_of
         good = deliveries
+        keys: list[str | bytes]
         try:
-            keys = [key_of(cast("ReceivedMessage", d.message)) for d in deliveries]
+            if self.by_msg_id:
+                keys = [
+                    r[1] if type(r) is list and r[0] == b"i" else raw_msg_id(r)
+                    for r in [d.raw for d in deliveries]
+                ]
+            else:
+                keys = [key_of(cast("ReceivedMessage", d.message)) for d in deliveries]
         except Exception:  # noqa: BLE001 - a key function that fails on a message: found below
             keys, good = [], []
             for d in deliveries:
@@ -120,12 +133,12 @@ class DedupListener:
             self.hand_on(sub, good, keys, fetcher)
             return
         run: list[Delivery] = []
-        run_keys: list[str] = []
+        run_keys: list[str | bytes] = []
         held = self.held
         for d, key, verdict in zip(good, keys, found, strict=True):
             if verdict is Verdict.RUN or verdict is Verdict.REPLACED:
                 if verdict is Verdict.REPLACED:
-                    c.log.warning("idempotent.junk_mark_replaced", key=key, offset=d.entry_id.decode())
+                    c.log.warning("idempotent.junk_mark_replaced", key=shown(key), offset=d.entry_id.decode())
                 held[key] = d
                 run.append(d)
                 run_keys.append(key)
@@ -136,17 +149,23 @@ class DedupListener:
                 settling.fail(d, DuplicateInProgress(f"a duplicate of {key!r} is being consumed"))
         self.hand_on(sub, run, run_keys, fetcher)
 
-    def hand_on(self, sub: Subscription, run: list[Delivery], keys: list[str], fetcher: Fetcher) -> None:
+    def hand_on(
+        self, sub: Subscription, run: list[Delivery], keys: list[str | bytes], fetcher: Fetcher
+    ) -> None:
         """Queue the calls of the claimed deliveries *run* (their dedup *keys*, in order)."""
         c = self.ctx
         size = c.settings.consume_message_batch_max_size
         if size == 1 and sub.model is None:  # the hot path: one call per message, queued at once
             pool = c.pool
             assert pool is not None
-            call_one = self.call_one
+            call_one = self.call_one_async if self.is_async else self.call_one
             pool.submit_many(
                 [(call_one, True, (d.message, key), d) for d, key in zip(run, keys, strict=True)]
             )
+            return
+        if sub.model is None:  # every delivery of a chunk is called: its keys are the chunk's
+            for start in range(0, len(run), size):
+                fetcher.submit(sub, run[start : start + size], self.calling(keys[start : start + size]))
             return
         claimed = dict(zip(run, keys, strict=True))
         for start in range(0, len(run), size):
@@ -156,13 +175,15 @@ class DedupListener:
                 if d.decision is not None:  # its body did not decode: dead-lettered, never called
                     self.finish([claimed[d]], False)
 
-    async def call_one(self, msg: ReceivedMessage, key: str) -> object:
-        """``call_claimed`` of one message (the hot path: no list, no partial)."""
+    def calling(self, keys: list[str | bytes]) -> Callable[[list[Delivery]], Callable[..., Any]]:
+        """``Fetcher.submit``'s *claimed* for a chunk whose deliveries are all called."""
+        call = partial(self.call_claimed, keys)
+        return lambda _good: call
+
+    async def call_one_async(self, msg: ReceivedMessage, key: str | bytes) -> object:
+        """``call_claimed`` of one message for an async listener (the hot path: no list, no partial)."""
         try:
-            if self.is_async:
-                outcome = await self.listener(msg)
-            else:
-                outcome = await self.call((msg,))
+            outcome = await self.listener(msg)
         except BaseException:  # a raise, a timeout or a stop: the retry must run again
             self.finish((key,), False)
             raise
@@ -173,7 +194,21 @@ class DedupListener:
             self.release.append(key)
         return outcome
 
-    async def call_claimed(self, keys: Sequence[str], *args: Any) -> object:
+    async def call_one(self, msg: ReceivedMessage, key: str | bytes) -> object:
+        """``call_claimed`` of one message for a sync listener."""
+        try:
+            outcome = await self.call((msg,))
+        except BaseException:  # a raise, a timeout or a stop: the retry must run again
+            self.finish((key,), False)
+            raise
+        self.held.pop(key, None)
+        if outcome is None or succeeded(outcome):
+            self.done.append(key)
+        else:
+            self.release.append(key)
+        return outcome
+
+    async def call_claimed(self, keys: Sequence[str | bytes], *args: Any) -> object:
         """Run the listener for messages whose marks are claimed; queue the outcome's marks."""
         try:
             outcome = await self.call(args)
@@ -183,17 +218,15 @@ class DedupListener:
         self.finish(keys, succeeded(outcome))
         return outcome
 
-    def finish(self, keys: Sequence[str], ok: bool) -> None:
+    def finish(self, keys: Sequence[str | bytes], ok: bool) -> None:
         """Queue the marks' outcome for the settle round that carries the acks of the same call."""
-        held = self.held
-        for key in keys:
-            held.pop(key, None)
+        deque(map(self.held.pop, keys, repeat(None)), 0)  # held.pop(key, None) of each, in one C loop
         (self.done if ok else self.release).extend(keys)
         self.ctx.settle_wakeup.set()
 
-    def duplicate(self, d: Delivery, key: str) -> None:
+    def duplicate(self, d: Delivery, key: str | bytes) -> None:
         self.ctx.stats.duplicates += 1
-        self.ctx.log.info("message.duplicate_skipped", key=key, offset=d.entry_id.decode())
+        self.ctx.log.info("message.duplicate_skipped", key=shown(key), offset=d.entry_id.decode())
 
     def take(self, final: bool) -> list[Call]:
         """The mark writes queued since the last settle round (*final*: and every claim still

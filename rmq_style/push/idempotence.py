@@ -30,7 +30,7 @@ The state machine (RocketMQDedupListener's, docs/idempotence.md), one script per
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from operator import attrgetter
@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING
 
 from .._call_values import Call, run_script
 from .._errors import UsageError
+from .._message import field_map
 from .outcomes import ConsumeResult
 
 if TYPE_CHECKING:
@@ -56,8 +57,10 @@ __all__ = [
     "lease_ms",
     "mark_key",
     "mark_prefix",
+    "raw_msg_id",
     "release_call",
     "renew_call",
+    "shown",
     "succeeded",
     "verdicts",
 ]
@@ -169,6 +172,26 @@ def key_getter(spec: Idempotent) -> Callable[[ReceivedMessage], str]:
     return partial(dedup_key, spec=spec)
 
 
+def raw_msg_id(raw: Mapping[bytes, bytes] | list[bytes]) -> bytes:
+    """The msg id of an entry's fields as read, not decoded (the default dedup key, as the mark's
+    name takes it: the entry check admits only ASCII msg ids, so it names the same mark as
+    ``dedup_key``). In the producers' layout it is the second item of the flat fields.
+
+    >>> raw_msg_id([b"i", b"ID1", b"d", b"{}"]), raw_msg_id({b"i": b"ID2"}), raw_msg_id([b"d", b"x"])
+    (b'ID1', b'ID2', b'')
+    """
+    if type(raw) is list:
+        if raw and raw[0] == b"i":
+            return raw[1]
+        raw = field_map(raw)
+    return raw.get(b"i") or b""  # type: ignore[union-attr]
+
+
+def shown(key: str | bytes) -> str:
+    """A dedup key for a log line."""
+    return key.decode(errors="replace") if isinstance(key, bytes) else key
+
+
 def dedup_key(msg: ReceivedMessage, spec: Idempotent) -> str:
     """The business identity of *msg* under *spec* (falls back to the msg id)."""
     key = spec.key
@@ -195,7 +218,7 @@ def mark_key(prefix: str, topic: str, group: str, key: str) -> str:
     return mark_prefix(prefix, topic, group) + key
 
 
-def claim_call(marks: str, owner: bytes, lease: int, keys: Sequence[str]) -> Call:
+def claim_call(marks: str, owner: bytes, lease: int, keys: Sequence[str | bytes]) -> Call:
     """Claim *keys* (idem_claim.lua): one verdict letter per key.
 
     >>> claim_call("rmq:{t:idem:g}:", b"consuming:m1", 500, ["a", "b"]).args
@@ -204,17 +227,17 @@ def claim_call(marks: str, owner: bytes, lease: int, keys: Sequence[str]) -> Cal
     return run_script("idem_claim", [marks], [owner, lease, lease * LIVE_LEASE_FACTOR, *keys])
 
 
-def done_call(marks: str, retention: int, keys: Sequence[str]) -> Call:
+def done_call(marks: str, retention: int, keys: Sequence[str | bytes]) -> Call:
     """Mark *keys* consumed for *retention* ms (idem_done.lua)."""
     return run_script("idem_done", [marks], [retention, *keys])
 
 
-def release_call(marks: str, owner: bytes, keys: Sequence[str]) -> Call:
+def release_call(marks: str, owner: bytes, keys: Sequence[str | bytes]) -> Call:
     """Delete the marks of *keys* still claimed by *owner* (idem_release.lua)."""
     return run_script("idem_release", [marks], [owner, *keys])
 
 
-def renew_call(marks: str, owner: bytes, lease: int, keys: Sequence[str]) -> Call:
+def renew_call(marks: str, owner: bytes, lease: int, keys: Sequence[str | bytes]) -> Call:
     """Extend the leases of *keys* still claimed by *owner* (idem_renew.lua): k kept, l lost."""
     return run_script("idem_renew", [marks], [owner, lease, *keys])
 

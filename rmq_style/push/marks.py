@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .._async._io import execute
 from .._call_values import Call
 from .context import TRANSIENT
-from .idempotence import MarkReplyError, release_call, renew_call
+from .idempotence import MarkReplyError, release_call, renew_call, shown
 
 if TYPE_CHECKING:
     from .context import Context
@@ -107,7 +107,7 @@ class MarkBook:
             except TimeoutError:
                 pass
             calls: list[Call] = []
-            asked: list[tuple[DedupListener, list[str]]] = []
+            asked: list[tuple[DedupListener, list[str | bytes]]] = []
             for listener in self.listeners:
                 prefix = listener._prefix
                 if not listener.held or prefix is None:
@@ -133,7 +133,7 @@ class MarkBook:
                 if keys:
                     self.renewed(listener, keys, reply)
 
-    def renewed(self, listener: DedupListener, keys: list[str], reply: Any) -> None:
+    def renewed(self, listener: DedupListener, keys: list[str | bytes], reply: Any) -> None:
         if isinstance(reply, str):
             reply = reply.encode()
         if isinstance(reply, Exception) or not isinstance(reply, bytes) or len(reply) != len(keys):
@@ -142,5 +142,5 @@ class MarkBook:
         for key, letter in zip(keys, reply, strict=True):
             if letter != ord("k") and key in listener.held:
                 # another owner took it after our lease lapsed (a stall): its call may overlap ours
-                self.ctx.log.warning("idempotent.lease_lost", key=key)
+                self.ctx.log.warning("idempotent.lease_lost", key=shown(key))
                 del listener.held[key]
