@@ -103,8 +103,8 @@ PUSH = ("conc", "ord", "mix", "key", "idem")
 # of the topic sent after it first started), named by its instance name; b is orderly (per member)
 BROADCAST = {"bca": "a", "bcb": "b"}
 SETTLED = (*PUSH, "simple")  # groups that retry and dead-letter (replay, purge, reset)
-FOCUS_PROFILE = {"max_examples": 10, "stateful_step_count": 20}  # the transactions machine's CI run
-AREA_PROFILE = {"max_examples": 4, "stateful_step_count": 20}  # the push and pull machines' CI run
+FOCUS_PROFILE = {"max_examples": 5, "stateful_step_count": 20}  # the transactions machine's CI run
+AREA_PROFILE = {"max_examples": 4, "stateful_step_count": 15}  # the push and pull machines' CI run
 CONCURRENCY = 2
 TRACED = ("conc", "ord")  # groups whose members trace every message (docs/trace.md)
 MAX_QUEUES = 4
