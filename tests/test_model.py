@@ -24,6 +24,16 @@ Time is fast-forwarded, never slept: retries are due after 1 ms, delayed
 messages are sent hours ahead and the clock rule moves their due time in
 Redis to 0.
 
+Machines: ``ModelMachine`` composes everything; a short run of it reaches some groups barely or
+not at all, so focused subclasses restrict the groups and rules and start with members running and
+one message of every kind sent (``first_steps``): ``PushMachine`` (concurrent, orderly, mix,
+key-ordered), ``PullMachine`` (lite pull, simple, broadcasting) and ``FocusMachine`` (transactions
+and the idempotent group, with two halves left unknown for the first checks). Each run counts what
+it did (``reach``: listener calls, failures and dead letters per group, receives, acks and lease
+ends of the simple consumer, polls, check-backs per answer, discarded halves, idempotent
+duplicates...) and fails if a name of its ``must_reach`` stayed at 0: a change of rules or
+profile that leaves a kind without work does not pass silently.
+
 Profiles: CI runs a bounded, derandomized one (no example database) on both
 backends. A longer search for local runs::
 
