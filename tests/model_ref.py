@@ -103,6 +103,7 @@ class GroupModel:
     running: int = 0  # members running now
     started: bool = False
     idempotent: bool = False  # listener calls deduplicated by msg id
+    duplicates: int = 0  # deliveries an idempotent group acked without a call
     fates: dict[str, Fate] = field(default_factory=dict)
 
     @property
@@ -166,6 +167,7 @@ class Model:
                         fate.handled += 1
                         continue
                     if g.idempotent and fate.handled:
+                        g.duplicates += 1
                         continue  # a duplicate: acked without a call
                     cycle = run_simple_cycle if g.simple else run_cycle
                     fate.attempts, handled = cycle(self.msgs[msg_id].kind, fate.attempts)
