@@ -12,19 +12,33 @@ from __future__ import annotations
 import os
 import select
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from time import monotonic
 from typing import Any, cast
 
 import redis.asyncio as redis_asyncio
 from hiredis import pack_command
+from redis._parsers.hiredis import NOT_ENOUGH_DATA as _NOT_ENOUGH_DATA
+from redis._parsers.hiredis import _AsyncHiredisParser
 from redis.asyncio.sentinel import SentinelConnectionPool
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .._call_values import Call, Command, ScriptCall
 
-__all__ = ["LANE_IDLE_CHECK_S", "LaneClient", "direct_round_trip", "exchange", "is_unblocked", "pack_calls"]
+__all__ = [
+    "HIREDIS_PARSER",
+    "LANE_IDLE_CHECK_S",
+    "NOT_ENOUGH_DATA",
+    "LaneClient",
+    "RedisConnectionError",
+    "RedisTimeoutError",
+    "direct_round_trip",
+    "exchange",
+    "is_unblocked",
+    "pack_calls",
+]
 
 # a lane idle for longer is checked before use; a server restart takes longer than this, so a
 # lane it closed is never written to (a close while in use is a failure of that call)
@@ -62,6 +76,14 @@ class LaneClient(redis_asyncio.Redis):
             raise
 
 
+# hiredis's parser and its "not enough data" reply, for an exchange that reads many replies in
+# one loop (push.mark_lane): the I/O modules alone import redis
+HIREDIS_PARSER: Any = _AsyncHiredisParser
+NOT_ENOUGH_DATA: Any = _NOT_ENOUGH_DATA
+
+# an exchange on a connection: send packed calls, read that many replies
+Exchange = Callable[[Any, bytes, int], Any]  # an awaitable of the replies on the async side
+
 # commands whose replies redis-py hands back as read (no response callback): they may go packed
 _PLAIN_COMMANDS = frozenset({"XACK", "XDEL", "WAIT", "WAITAOF"})
 
@@ -94,8 +116,11 @@ def _evalsha(call: ScriptCall, packed_args: bytes) -> bytes:
     return b"*%d%b%b" % (3 + len(call.keys) + len(call.args), head, packed_args)
 
 
-async def direct_round_trip(client: redis_asyncio.Redis, packed: bytes, count: int) -> list[Any]:
-    """Send packed commands and read *count* replies (redis-py's pipeline, leaner).
+async def direct_round_trip(
+    client: redis_asyncio.Redis, packed: bytes, count: int, read: Exchange | None = None
+) -> list[Any]:
+    """Send packed commands and read *count* replies (redis-py's pipeline, leaner; *read*: the
+    exchange on the connection, ``exchange`` unless given).
 
     Connection errors are retried by the client's retry policy, as redis-py does;
     any other exception leaves the connection in an unknown state: it is dropped.
@@ -112,13 +137,13 @@ async def direct_round_trip(client: redis_asyncio.Redis, packed: bytes, count: i
                 await conn.disconnect()  # it reconnects on send
             if client.follows_master:
                 await _follow_master(pool, conn)
-            return await _exchange_on(conn, packed, count)
+            return await _exchange_on(conn, packed, count, read)
         finally:
             client.lane_used = monotonic()
             client.lane_lock.release()
     conn = await pool.get_connection()
     try:
-        return await _exchange_on(conn, packed, count)
+        return await _exchange_on(conn, packed, count, read)
     finally:
         await pool.release(conn)
 
@@ -155,12 +180,13 @@ async def _follow_master(pool: Any, conn: Any) -> None:
         await conn.connect()
 
 
-async def _exchange_on(conn: Any, packed: bytes, count: int) -> list[Any]:
+async def _exchange_on(conn: Any, packed: bytes, count: int, read: Exchange | None) -> list[Any]:
+    run = exchange if read is None else read
     try:
         return cast(
             "list[Any]",
             await conn.retry.call_with_retry(
-                lambda: exchange(conn, packed, count), lambda _error: conn.disconnect()
+                lambda: run(conn, packed, count), lambda _error: conn.disconnect()
             ),
         )
     except BaseException:

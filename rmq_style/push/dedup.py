@@ -1,8 +1,9 @@
 """Idempotent consumption, the wiring: a listener wrapped with the marks of ``push.idempotence``.
 
 Concurrent subscriptions (single or batch calls): the fetcher hands each read to ``admit``,
-which claims the marks of the whole read in ONE round trip (idem_claim.lua: all marks of a
-subscription share a slot) and queues only the claimed messages; duplicates are acked, those
+which claims the marks of the whole read in ONE round trip (``SET ... NX PX ... GET`` per mark
+on the lane, ``push.mark_lane``; idem_claim.lua for the rest and on other clients: all marks of
+a subscription share a slot) and queues only the claimed messages; duplicates are acked, those
 in progress elsewhere retried. The outcome of a call is queued (``MarkBook``) and written by
 the settle loop in the same round trip as the acks, just before them (idem_done.lua /
 idem_release.lua). A listener call waits for no Redis round trip of its own.
@@ -21,7 +22,6 @@ from functools import partial
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, cast
 
-from .._async._io import execute
 from .._call_values import Call
 from .context import TRANSIENT
 from .idempotence import (
@@ -40,6 +40,7 @@ from .idempotence import (
     succeeded,
     verdicts,
 )
+from .mark_lane import claim
 from .marks import Coalescer, MarkBook
 from .outcomes import ConsumeResult
 from .runner import _call_in_context
@@ -114,11 +115,10 @@ class DedupListener:
             if not good:
                 return
         try:
-            call = claim_call(self.prefix(sub.topic), self.owner, self.lease, keys)
-            (reply,) = await execute(c.redis(), [call])
-            # the common case, all claimed, read in one C call
-            every = isinstance(reply, bytes) and reply.count(b"r") == len(keys)
-            found = [] if every else verdicts(reply, len(keys))
+            # plain SETs on the lane where the client packs calls, else idem_claim.lua
+            claimed = await claim(c.redis(), self.prefix(sub.topic), self.owner, self.lease, keys)
+            every = claimed is None  # the common case, all claimed
+            found = claimed or []
         except TRANSIENT as exc:  # Redis away: left pending, read again (no reconsume time spent)
             c.log.warning("consumer.redis_unavailable", task="idempotent_claim", error=str(exc))
             c.drop(good)
